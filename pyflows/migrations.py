@@ -1,0 +1,203 @@
+"""Applying, rolling back and checking the pyflows schema.
+
+``migrations/`` holds yoyo migrations (immutable once released); ``sql/`` holds repeatable
+definitions that are applied, in file-name order and in one transaction, after every migrate,
+whether or not a migration was pending (yoyo's post-apply hooks would run only when one was).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+from yoyo import read_migrations
+from yoyo.backends import PostgresqlPsycopgBackend
+from yoyo.exceptions import LockTimeout
+from yoyo.migrations import MigrationList
+
+from . import __version__
+from .connection import connect
+from .errors import MigrationError, SchemaMissing, describe
+from .queries import query
+from .resources import migrations_dir, sql_files
+
+__all__ = ["MigrateResult", "Status", "migrate", "rollback", "status", "apply_sql", "sql_digest"]
+
+MIGRATION_TABLE = "_yoyo_migration"
+LOCK_TIMEOUT_SECONDS = 60
+
+
+@dataclass(frozen=True)
+class _Target:
+    """What yoyo calls a parsed URI: here any libpq conninfo, or '' for the PG* variables."""
+
+    conninfo: str
+
+    @property
+    def database(self) -> str | None:
+        return conninfo_to_dict(self.conninfo).get("dbname") if self.conninfo else None
+
+
+class _Backend(PostgresqlPsycopgBackend):  # type: ignore[misc]
+    """yoyo's psycopg 3 backend, connecting with any libpq conninfo rather than only a URL."""
+
+    def connect(self, dburi: _Target) -> psycopg.Connection[tuple[object, ...]]:
+        return connect(dburi.conninfo, autocommit=True, application_name="pyflows-migrate")
+
+
+@dataclass(frozen=True)
+class MigrateResult:
+    applied: list[str]
+    sql_files: list[str]
+    dry_run: bool
+
+
+@dataclass(frozen=True)
+class Status:
+    applied: list[str]
+    pending: list[str]
+    schema_present: bool
+    sql_current: bool
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _migrations() -> MigrationList:
+    migrations = read_migrations(str(migrations_dir()))
+    for migration in migrations:
+        migration.load()  # a broken file fails here, before anything is applied
+    return migrations
+
+
+@contextmanager
+def _backend(dsn: str) -> Iterator[_Backend]:
+    backend = _Backend(_Target(dsn), MIGRATION_TABLE)
+    try:
+        backend.init_database()
+        yield backend
+    finally:
+        backend.connection.close()
+
+
+@contextmanager
+def _locked(backend: _Backend) -> Iterator[None]:
+    try:
+        with backend.lock(timeout=LOCK_TIMEOUT_SECONDS):
+            yield
+    except LockTimeout as exc:
+        raise MigrationError(f"another migration holds the lock: {exc}") from exc
+
+
+def sql_digest() -> str:
+    """A digest of the sql/ definitions shipped with this package."""
+    digest = hashlib.sha256()
+    for path in sql_files():
+        digest.update(path.name.encode())
+        digest.update(b"\0")
+        digest.update(path.read_bytes())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def apply_sql(dsn: str) -> list[str]:
+    """Apply every sql/ file in one transaction, serialised against concurrent runs."""
+    files = sql_files()
+    with connect(dsn, application_name="pyflows-migrate") as conn:
+        try:
+            with conn.transaction():
+                conn.execute(query("lock_sql_definitions"))
+                for path in files:
+                    try:
+                        conn.execute(path.read_text(encoding="utf-8").encode())
+                    except psycopg.Error as exc:
+                        raise MigrationError(f"sql/{path.name} failed to apply: {describe(exc)}") from exc
+                conn.execute(query("record_sql_definitions"),
+                             {"digest": sql_digest(), "version": __version__})
+        except psycopg.Error as exc:
+            raise MigrationError(f"sql/ failed to apply: {describe(exc)}") from exc
+    return [path.name for path in files]
+
+
+def migrate(dsn: str, *, dry_run: bool = False) -> MigrateResult:
+    """Apply pending migrations under yoyo's lock, then every sql/ file."""
+    migrations = _migrations()
+    with _backend(dsn) as backend, _locked(backend):
+        pending = backend.to_apply(migrations)
+        if dry_run:
+            return MigrateResult([m.id for m in pending], [p.name for p in sql_files()], dry_run=True)
+        applied: list[str] = []
+        for migration in pending:
+            try:
+                backend.apply_one(migration)
+            except psycopg.Error as exc:
+                raise MigrationError(f"migration {migration.id} failed: {describe(exc)}") from exc
+            applied.append(migration.id)
+        files = apply_sql(dsn)
+    return MigrateResult(applied, files, dry_run=False)
+
+
+def rollback(dsn: str, *, to: str | None = None, all_: bool = False) -> list[str]:
+    """Roll back the newest migration, every migration after ``to``, or all of them."""
+    migrations = _migrations()
+    known = [m.id for m in migrations]
+    if to is not None and to not in known:
+        raise MigrationError(f"no migration {to!r}; known: {', '.join(known)}")
+    with _backend(dsn) as backend, _locked(backend):
+        applied = backend.to_rollback(migrations)  # newest first
+        if all_:
+            targets = list(applied)
+        elif to is not None:
+            keep = set(known[: known.index(to) + 1])
+            targets = [m for m in applied if m.id not in keep]
+        else:
+            targets = list(applied)[:1]
+        done: list[str] = []
+        for migration in targets:
+            try:
+                backend.rollback_one(migration)
+            except psycopg.Error as exc:
+                raise MigrationError(f"rollback of {migration.id} failed: {describe(exc)}") from exc
+            done.append(migration.id)
+    return done
+
+
+def status(dsn: str) -> Status:
+    """What is applied, what is pending, and whether sql/ matches this package."""
+    migrations = _migrations()
+    with connect(dsn, application_name="pyflows-check") as conn:
+        row = conn.execute(query("schema_state"), {"migration_table": MIGRATION_TABLE}).fetchone()
+        assert row is not None
+        schema_present, has_installed_sql, has_migration_table = (bool(v) for v in row)
+        digest = None
+        if has_installed_sql:
+            found = conn.execute(query("installed_sql_digest")).fetchone()
+            digest = found[0] if found else None
+        applied_ids: set[str] = set()
+        if has_migration_table:
+            applied_ids = {str(r[0]) for r in conn.execute(query("applied_migrations"))}
+    applied = [m.id for m in migrations if m.id in applied_ids]
+    pending = [m.id for m in migrations if m.id not in applied_ids]
+    sql_current = digest == sql_digest()
+    problems: list[str] = []
+    if not schema_present or not applied:
+        problems.append("the pyflows schema is missing: run `pyflows migrate`")
+    else:
+        if pending:
+            problems.append(f"{len(pending)} migration(s) pending: {', '.join(pending)}; run `pyflows migrate`")
+        if not sql_current:
+            problems.append("the sql/ definitions differ from this package's: run `pyflows migrate`")
+    return Status(applied, pending, schema_present, sql_current, problems)
+
+
+def require_current(dsn: str) -> None:
+    """Raise SchemaMissing unless the schema is fully migrated."""
+    state = status(dsn)
+    if not state.ok:
+        raise SchemaMissing("; ".join(state.problems))

@@ -1,0 +1,57 @@
+-- The SQL that pyflows' Python side runs, one named block each ("-- name: NAME"), called by name
+-- through pyflows.queries.query(). The SQL API itself lives in sql/ and migrations/.
+
+-- name: lock_sql_definitions
+-- Serialise concurrent sql/ applications (transaction-level: nothing leaks behind a pool).
+select pg_advisory_xact_lock(hashtext('pyflows: sql definitions'))
+
+-- name: record_sql_definitions
+insert into pyflows.installed_sql (singleton, digest, pyflows_version, applied_at)
+values (true, %(digest)s, %(version)s, now())
+on conflict (singleton) do update
+   set digest = excluded.digest, pyflows_version = excluded.pyflows_version, applied_at = excluded.applied_at
+
+-- name: schema_state
+select exists (select from pg_catalog.pg_namespace where nspname = 'pyflows'),
+       to_regclass('pyflows.installed_sql') is not null,
+       to_regclass(%(migration_table)s) is not null
+
+-- name: installed_sql_digest
+select digest from pyflows.installed_sql
+
+-- name: applied_migrations
+select migration_id from _yoyo_migration
+
+-- name: database_exists
+select exists (select from pg_catalog.pg_database where datname = %(dbname)s)
+
+-- name: set_context
+select pyflows.set_context(%(client_id)s, %(engagement_id)s, %(actor)s)
+
+-- name: tenant_names
+select c.name, e.name
+  from pyflows.engagements as e
+  join pyflows.clients as c on c.id = e.client_id
+ where e.client_id = %(client_id)s and e.id = %(engagement_id)s
+
+-- name: demo_flow_summary
+-- The current context's flows with what each owns; the demo prints it. The tenant filter is
+-- spelled out because the demo usually runs as a superuser, whom RLS does not restrict.
+select f.id, f.name, f.status, f.current_phase, f.progress_percentage,
+       (select count(*) from pyflows.data_imports as i
+         where (i.client_id, i.engagement_id, i.flow_id) = (f.client_id, f.engagement_id, f.id)) as imports,
+       (select count(*) from pyflows.raw_import_records as r
+          join pyflows.data_imports as i
+            on (i.client_id, i.engagement_id, i.id) = (r.client_id, r.engagement_id, r.import_id)
+         where (i.client_id, i.engagement_id, i.flow_id) = (f.client_id, f.engagement_id, f.id)) as raw_records,
+       (select count(*) from pyflows.import_field_mappings as m
+          join pyflows.data_imports as i
+            on (i.client_id, i.engagement_id, i.id) = (m.client_id, m.engagement_id, m.import_id)
+         where (i.client_id, i.engagement_id, i.flow_id) = (f.client_id, f.engagement_id, f.id)) as mappings,
+       (select count(*) from pyflows.assets as a
+         where (a.client_id, a.engagement_id, a.flow_id) = (f.client_id, f.engagement_id, f.id)) as assets,
+       (select count(*) from pyflows.asset_dependencies as d
+         where (d.client_id, d.engagement_id, d.flow_id) = (f.client_id, f.engagement_id, f.id)) as dependencies
+  from pyflows.discovery_flows as f
+ where f.client_id = pyflows.current_client_id() and f.engagement_id = pyflows.current_engagement_id()
+ order by f.created_at
