@@ -10,7 +10,11 @@ makes the directories above the data directory traversable by it.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +27,7 @@ from .connection import connect
 from .errors import PyflowsError
 from .queries import query
 
-__all__ = ["EmbeddedServer", "default_data_dir", "start", "stop", "DATABASE"]
+__all__ = ["EmbeddedServer", "EmbeddedUnavailable", "default_data_dir", "start", "stop", "temporary", "DATABASE"]
 
 DATABASE = "pyflows"
 
@@ -76,6 +80,26 @@ def start(data_dir: Path | None = None, *, create_database: bool = True) -> Embe
     if create_database:
         _ensure_database(server)
     return server
+
+
+@contextmanager
+def temporary() -> Iterator[EmbeddedServer]:
+    """A throw-away embedded server in a new temporary directory, stopped and deleted afterwards."""
+    pgserver = _pgserver()
+    path = Path(tempfile.mkdtemp(prefix="pyflows-pg-")).resolve()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            handle = pgserver.get_server(path / "pgdata", cleanup_mode="delete")
+    except Exception as exc:
+        shutil.rmtree(path, ignore_errors=True)
+        raise EmbeddedUnavailable(f"the embedded PostgreSQL in {path} failed to start: {exc}") from exc
+    try:
+        info = handle.get_postmaster_info()
+        yield EmbeddedServer(data_dir=path / "pgdata", socket_dir=str(info.socket_dir), port=int(info.port))
+    finally:
+        handle.cleanup()
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _ensure_database(server: EmbeddedServer) -> None:

@@ -55,3 +55,17 @@ select f.id, f.name, f.status, f.current_phase, f.progress_percentage,
   from pyflows.discovery_flows as f
  where f.client_id = pyflows.current_client_id() and f.engagement_id = pyflows.current_engagement_id()
  order by f.created_at
+
+-- name: role_exists
+select exists (select from pg_catalog.pg_roles where rolname = %(role)s)
+
+-- name: set_raw_context
+-- Bind the transaction to ids whose engagement may not exist yet (provisioning as the owner).
+select set_config('pyflows.client_id', %(client_id)s::text, true),
+       set_config('pyflows.engagement_id', %(engagement_id)s::text, true)
+
+-- name: insert_client
+insert into pyflows.clients (id, name) values (%(client_id)s, %(name)s)
+
+-- name: insert_engagement
+insert into pyflows.engagements (client_id, id, name) values (%(client_id)s, %(engagement_id)s, %(name)s)

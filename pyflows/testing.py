@@ -1,0 +1,228 @@
+"""pytest plugin: the real pyflows schema on a real PostgreSQL, a fresh database for every test.
+
+Use it from an application's ``conftest.py`` with ``pytest_plugins = ["pyflows.testing"]``.
+
+The server is, in order: ``PYFLOWS_TEST_DSN`` if set; else 127.0.0.1:5432 as ``postgres`` when it
+answers; else an embedded server (pgserver) in a temporary directory. ``PYFLOWS_TEST_EMBEDDED=1``
+forces the embedded server. A template database is migrated once per session
+(pytest-postgresql's ``postgresql_noproc`` factory) and every test gets a clone of it.
+
+Isolation claims must be tested as a non-superuser: ``pyflows_connect("app")`` logs in as
+``pyflows_test_app``, a LOGIN role whose only privileges come from ``pyflows_app``.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from pytest_postgresql import factories
+from pytest_postgresql.executors import NoopExecutor
+
+from . import embedded, migrations
+from .queries import query
+
+__all__ = ["Tenant", "TEST_ROLES", "ServerInfo", "bind"]
+
+# LOGIN roles the harness creates (cluster-wide, once): name -> the pyflows role it is granted.
+TEST_ROLES: dict[str, tuple[str, str | None]] = {
+    "app": ("pyflows_test_app", "pyflows_app"),
+    "admin": ("pyflows_test_admin", "pyflows_admin"),
+    "outsider": ("pyflows_test_outsider", None),
+}
+TEST_ROLE_PASSWORD = "pyflows-test"
+LOCAL_SERVER = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
+TEST_DBNAME = f"pyflows_test_{os.getpid()}"
+
+
+class ServerInfo(NoopExecutor):
+    """Connection details of the test server, in the shape pytest-postgresql's factories take."""
+
+    def __init__(self, *, source: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.source = source  # "PYFLOWS_TEST_DSN", "local" or "embedded"
+
+    @property
+    def template_dbname(self) -> str | None:  # type: ignore[override]
+        # The pyflows template is built from scratch (template1), not cloned from another template.
+        return None
+
+    def conninfo(self, dbname: str, *, user: str | None = None, password: str | None = None) -> str:
+        params: dict[str, Any] = {"host": self.host, "port": str(self.port), "dbname": dbname,
+                                  "user": user or self.user}
+        secret = password if user else self.password
+        if secret:
+            params["password"] = secret
+        return make_conninfo(**params)
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _from_conninfo(dsn: str, source: str) -> ServerInfo:
+    params = conninfo_to_dict(dsn)
+    return ServerInfo(
+        source=source,
+        host=str(params.get("host") or "127.0.0.1"),
+        port=int(params.get("port") or 5432),
+        user=str(params.get("user") or getpass.getuser()),
+        password=params.get("password"),
+        options=str(params.get("options") or ""),
+        dbname=TEST_DBNAME,
+        maintenance_dbname=str(params.get("dbname") or "postgres"),
+    )
+
+
+def _local_server_answers() -> bool:
+    try:
+        with psycopg.connect(LOCAL_SERVER, connect_timeout=3):
+            return True
+    except psycopg.OperationalError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def pyflows_server() -> Iterator[ServerInfo]:
+    """The PostgreSQL server the tests run on (see the module docstring for how it is chosen)."""
+    dsn = os.environ.get("PYFLOWS_TEST_DSN")
+    if not _truthy(os.environ.get("PYFLOWS_TEST_EMBEDDED")):
+        if dsn:
+            yield _from_conninfo(dsn, "PYFLOWS_TEST_DSN")
+            return
+        if _local_server_answers():
+            yield _from_conninfo(LOCAL_SERVER, "local")
+            return
+    with embedded.temporary() as server:
+        yield _from_conninfo(server.dsn("postgres"), "embedded")
+
+
+def _ensure_test_roles(conn: psycopg.Connection[Any]) -> None:
+    for role, member_of in TEST_ROLES.values():
+        row = conn.execute(query("role_exists"), {"role": role}).fetchone()
+        if not (row and row[0]):
+            try:
+                conn.execute(sql.SQL("create role {} login nosuperuser nobypassrls password {}").format(
+                    sql.Identifier(role), sql.Literal(TEST_ROLE_PASSWORD)))
+            except psycopg.errors.DuplicateObject:
+                pass  # another test session created it between our check and our create
+        if member_of:
+            conn.execute(sql.SQL("grant {} to {}").format(sql.Identifier(member_of), sql.Identifier(role)))
+
+
+def load_pyflows_schema(host: str, port: int, user: str, dbname: str, password: str | None = None,
+                        **_: Any) -> None:
+    """pytest-postgresql loader: migrate the template database and create the test login roles."""
+    params: dict[str, Any] = {"host": host, "port": str(port), "user": user, "dbname": dbname}
+    if password:
+        params["password"] = password
+    dsn = make_conninfo(**params)
+    migrations.migrate(dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        _ensure_test_roles(conn)
+
+
+pyflows_template = factories.postgresql_noproc(
+    depends_on="pyflows_server", dbname=TEST_DBNAME, load=[load_pyflows_schema])
+pyflows_db = factories.postgresql("pyflows_template")
+
+
+@pytest.fixture
+def pyflows_dsn(pyflows_db: psycopg.Connection[Any], pyflows_server: ServerInfo) -> str:
+    """Conninfo of this test's fresh, migrated database, as the server's (super)user."""
+    return pyflows_server.conninfo(pyflows_db.info.dbname)
+
+
+@pytest.fixture
+def pyflows_role_dsn(pyflows_dsn: str, pyflows_server: ServerInfo) -> Callable[[str], str]:
+    """Conninfo of this test's database for a test login role: "app", "admin" or "outsider"."""
+    dbname = conninfo_to_dict(pyflows_dsn)["dbname"]
+
+    def role_dsn(kind: str) -> str:
+        role, _ = TEST_ROLES[kind]
+        return pyflows_server.conninfo(str(dbname), user=role, password=TEST_ROLE_PASSWORD)
+
+    return role_dsn
+
+
+@pytest.fixture
+def pyflows_connect(pyflows_dsn: str, pyflows_role_dsn: Callable[[str], str]
+                    ) -> Iterator[Callable[..., psycopg.Connection[Any]]]:
+    """Open connections to this test's database: ``pyflows_connect("app")``, or "owner" for the superuser.
+
+    Every connection is closed when the test ends.
+    """
+    opened: list[psycopg.Connection[Any]] = []
+
+    def open_connection(kind: str = "app", *, autocommit: bool = False) -> psycopg.Connection[Any]:
+        dsn = pyflows_dsn if kind == "owner" else pyflows_role_dsn(kind)
+        conn = psycopg.connect(dsn, autocommit=autocommit)
+        opened.append(conn)
+        return conn
+
+    yield open_connection
+    for conn in opened:
+        conn.close()
+
+
+@dataclass(frozen=True)
+class Tenant:
+    client_id: uuid.UUID
+    engagement_id: uuid.UUID
+    actor: str = "pytest"
+
+
+def bind(conn: psycopg.Connection[Any], tenant: Tenant) -> None:
+    """Set the tenant context in the connection's current transaction (one is begun if needed)."""
+    conn.execute(query("set_context"), {"client_id": tenant.client_id, "engagement_id": tenant.engagement_id,
+                                        "actor": tenant.actor})
+
+
+@pytest.fixture
+def make_tenant(pyflows_db: psycopg.Connection[Any]) -> Callable[..., Tenant]:
+    """Create a client with one engagement (as the owner) and return it as a Tenant."""
+
+    def create(client_name: str = "Test client", engagement_name: str = "Test engagement") -> Tenant:
+        tenant = Tenant(uuid.uuid4(), uuid.uuid4())
+        ids = {"client_id": tenant.client_id, "engagement_id": tenant.engagement_id}
+        with pyflows_db.transaction():
+            pyflows_db.execute(query("set_raw_context"), ids)
+            pyflows_db.execute(query("insert_client"), {**ids, "name": client_name})
+            pyflows_db.execute(query("insert_engagement"), {**ids, "name": engagement_name})
+        return tenant
+
+    return create
+
+
+@pytest.fixture
+def tenant_a(make_tenant: Callable[..., Tenant]) -> Tenant:
+    return make_tenant("Client A", "Engagement A")
+
+
+@pytest.fixture
+def tenant_b(make_tenant: Callable[..., Tenant]) -> Tenant:
+    return make_tenant("Client B", "Engagement B")
+
+
+@pytest.fixture
+def app_conn(pyflows_connect: Callable[..., psycopg.Connection[Any]]
+             ) -> Callable[[Tenant], psycopg.Connection[Any]]:
+    """A connection as ``pyflows_test_app`` (non-superuser, member of pyflows_app) bound to a tenant.
+
+    The context lives in the open transaction: after ``commit()`` call ``bind(conn, tenant)`` again.
+    """
+
+    def open_bound(tenant: Tenant) -> psycopg.Connection[Any]:
+        conn = pyflows_connect("app")
+        bind(conn, tenant)
+        return conn
+
+    return open_bound

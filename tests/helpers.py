@@ -1,0 +1,119 @@
+"""Small helpers shared by pyflows' tests: writing a flow tree and reading the catalog."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from pyflows.testing import Tenant
+
+TENANT_TABLES = (
+    "clients", "engagements", "discovery_flows", "data_imports", "raw_import_records",
+    "import_field_mappings", "assets", "asset_dependencies", "file_cleanup_queue",
+)
+FLOW_TREE_TABLES = (
+    "discovery_flows", "data_imports", "raw_import_records", "import_field_mappings", "assets",
+    "asset_dependencies",
+)
+
+
+@dataclass(frozen=True)
+class FlowTree:
+    flow_id: uuid.UUID
+    import_id: uuid.UUID
+    asset_ids: tuple[int, ...]
+
+
+def set_raw_context(conn: psycopg.Connection[Any], tenant: Tenant) -> None:
+    conn.execute("select set_config('pyflows.client_id', %s, true), set_config('pyflows.engagement_id', %s, true)",
+                 (str(tenant.client_id), str(tenant.engagement_id)))
+
+
+def write_flow_tree(conn: psycopg.Connection[Any], tenant: Tenant, *, status: str = "running",
+                    name: str = "flow", records: int = 3, assets: int = 3) -> FlowTree:
+    """One flow with an import, its records and mappings, assets and a chain of dependencies.
+
+    Runs in the caller's transaction, under the tenant's context (works for any role that may write).
+    """
+    set_raw_context(conn, tenant)
+    ids = (tenant.client_id, tenant.engagement_id)
+    row = conn.execute(
+        "insert into pyflows.discovery_flows (client_id, engagement_id, name, status) values (%s, %s, %s, %s) "
+        "returning id", (*ids, name, status)).fetchone()
+    assert row is not None
+    flow_id = row[0]
+    row = conn.execute(
+        "insert into pyflows.data_imports (client_id, engagement_id, flow_id, filename, storage_uri, byte_size) "
+        "values (%s, %s, %s, 'cmdb.csv', %s, 100) returning id",
+        (*ids, flow_id, f"file:///tmp/pyflows-test/{flow_id}.csv")).fetchone()
+    assert row is not None
+    import_id = row[0]
+    for n in range(1, records + 1):
+        conn.execute(
+            "insert into pyflows.raw_import_records (client_id, engagement_id, import_id, row_number, data) "
+            "values (%s, %s, %s, %s, %s::jsonb)", (*ids, import_id, n, f'{{"Host": "host-{n}"}}'))
+    for field in ("Host", "IP"):
+        conn.execute(
+            "insert into pyflows.import_field_mappings (client_id, engagement_id, import_id, source_field, "
+            "target_attribute, confidence) values (%s, %s, %s, %s, %s, 0.9)",
+            (*ids, import_id, field, field.lower()))
+    asset_ids: list[int] = []
+    for n in range(assets):
+        row = conn.execute(
+            "insert into pyflows.assets (client_id, engagement_id, flow_id, name, asset_type) "
+            "values (%s, %s, %s, %s, 'server') returning id", (*ids, flow_id, f"host-{n}")).fetchone()
+        assert row is not None
+        asset_ids.append(row[0])
+    for source, target in zip(asset_ids, asset_ids[1:]):
+        conn.execute(
+            "insert into pyflows.asset_dependencies (client_id, engagement_id, flow_id, source_asset_id, "
+            "target_asset_id, dependency_type) values (%s, %s, %s, %s, %s, 'network')",
+            (*ids, flow_id, source, target))
+    return FlowTree(flow_id, import_id, tuple(asset_ids))
+
+
+def count_rows(conn: psycopg.Connection[Any], table: str) -> int:
+    row = conn.execute(sql.SQL("select count(*) from {}").format(sql.Identifier("pyflows", table))).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def schema_snapshot(conn: psycopg.Connection[Any]) -> dict[str, list[tuple[Any, ...]]]:
+    """What the pyflows schemas contain, in a comparable form (names, definitions, flags)."""
+    queries = {
+        "relations": """
+            select n.nspname, c.relname, c.relkind, c.relrowsecurity, c.relforcerowsecurity
+              from pg_class c join pg_namespace n on n.oid = c.relnamespace
+             where n.nspname in ('pyflows', 'pyflows_audit') order by 1, 2""",
+        "columns": """
+            select table_schema, table_name, column_name, data_type, is_nullable, column_default
+              from information_schema.columns
+             where table_schema in ('pyflows', 'pyflows_audit') order by 1, 2, 3""",
+        "constraints": """
+            select conrelid::regclass::text, conname, pg_get_constraintdef(oid)
+              from pg_constraint where connamespace = 'pyflows'::regnamespace order by 1, 2""",
+        "indexes": """
+            select tablename, indexname, indexdef from pg_indexes
+             where schemaname in ('pyflows', 'pyflows_audit') order by 1, 2""",
+        "policies": """
+            select tablename, policyname, cmd, qual, with_check from pg_policies
+             where schemaname = 'pyflows' order by 1, 2""",
+        "functions": """
+            select p.oid::regprocedure::text, p.prosecdef, p.provolatile, coalesce(p.proconfig, '{}')::text,
+                   coalesce(p.proacl, '{}')::text
+              from pg_proc p where p.pronamespace in ('pyflows'::regnamespace, 'pyflows_audit'::regnamespace)
+             order by 1""",
+        "triggers": """
+            select tgrelid::regclass::text, tgname, pg_get_triggerdef(oid) from pg_trigger
+             where not tgisinternal and tgrelid in (
+                select c.oid from pg_class c where c.relnamespace = 'pyflows'::regnamespace) order by 1, 2""",
+        "grants": """
+            select table_schema, table_name, grantee, privilege_type
+              from information_schema.role_table_grants
+             where table_schema in ('pyflows', 'pyflows_audit') order by 1, 2, 3, 4""",
+    }
+    return {name: conn.execute(q).fetchall() for name, q in queries.items()}

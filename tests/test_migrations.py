@@ -1,0 +1,145 @@
+"""Migrations: up, all the way down, up again; idempotence; rollbacks; failures leave nothing behind."""
+
+from __future__ import annotations
+
+import re
+
+import psycopg
+import pytest
+from yoyo.migrations import read_sql_migration
+
+from pyflows import migrations
+from pyflows.errors import MigrationError
+from pyflows.resources import migrations_dir, sql_files
+
+from .helpers import schema_snapshot
+
+MIGRATION_IDS = sorted(p.stem for p in migrations_dir().glob("*.sql") if not p.stem.endswith(".rollback"))
+
+
+def _snapshot(dsn: str) -> dict[str, list[tuple[object, ...]]]:
+    with psycopg.connect(dsn) as conn:
+        return schema_snapshot(conn)
+
+
+def _schemas(dsn: str) -> set[str]:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute("select nspname from pg_namespace where nspname like 'pyflows%'").fetchall()
+    return {r[0] for r in rows}
+
+
+def test_migration_files_are_numbered_and_each_has_a_rollback() -> None:
+    names = sorted(p.name for p in migrations_dir().glob("*.sql"))
+    forward = [n for n in names if not n.endswith(".rollback.sql")]
+    assert forward, "no migrations found"
+    for name in forward:
+        assert re.fullmatch(r"\d{4}_[a-z0-9_]+\.sql", name), name
+        rollback = name.replace(".sql", ".rollback.sql")
+        assert rollback in names, f"{name} has no {rollback}: yoyo would roll it back as a silent no-op"
+    numbers = [int(n[:4]) for n in forward]
+    assert numbers == list(range(1, len(forward) + 1)), "migration numbers must be consecutive from 0001"
+
+
+def test_migrations_never_select() -> None:
+    # yoyo prints the rows of any SELECT in a migration to stdout; split statements as yoyo does.
+    for path in migrations_dir().glob("*.sql"):
+        _, _, statements = read_sql_migration(str(path))
+        assert statements, path.name
+        for statement in statements:
+            code = re.sub(r"--[^\n]*", "", statement).strip().lower()
+            assert not code.startswith(("select", "with", "table", "values")), f"{path.name}: {code[:60]}"
+
+
+@pytest.mark.smoke
+def test_up_down_up_gives_the_same_schema(blank_dsn: str) -> None:
+    first = migrations.migrate(blank_dsn)
+    assert first.applied == MIGRATION_IDS
+    assert first.sql_files == [p.name for p in sql_files()]
+    assert migrations.status(blank_dsn).ok
+    migrated = _snapshot(blank_dsn)
+
+    rolled_back = migrations.rollback(blank_dsn, all_=True)
+    assert rolled_back == list(reversed(MIGRATION_IDS))
+    assert _schemas(blank_dsn) == set()
+    state = migrations.status(blank_dsn)
+    assert state.pending == MIGRATION_IDS and not state.ok
+
+    again = migrations.migrate(blank_dsn)
+    assert again.applied == MIGRATION_IDS
+    assert _snapshot(blank_dsn) == migrated
+
+
+def test_each_migration_rolls_back_alone_and_reapplies(blank_dsn: str) -> None:
+    migrations.migrate(blank_dsn)
+    full = _snapshot(blank_dsn)
+    for expected in reversed(MIGRATION_IDS):
+        assert migrations.rollback(blank_dsn) == [expected]
+        assert migrations.status(blank_dsn).pending[0] == expected
+    assert migrations.rollback(blank_dsn) == []  # nothing left
+    migrations.migrate(blank_dsn)
+    assert _snapshot(blank_dsn) == full
+
+
+def test_rollback_to_keeps_the_named_migration(blank_dsn: str) -> None:
+    migrations.migrate(blank_dsn)
+    done = migrations.rollback(blank_dsn, to=MIGRATION_IDS[0])
+    assert done == list(reversed(MIGRATION_IDS[1:]))
+    assert migrations.status(blank_dsn).applied == MIGRATION_IDS[:1]
+    assert _schemas(blank_dsn) == {"pyflows", "pyflows_audit"}
+
+
+def test_rollback_to_an_unknown_id_is_refused(blank_dsn: str) -> None:
+    migrations.migrate(blank_dsn)
+    with pytest.raises(MigrationError, match="no migration 'nope'"):
+        migrations.rollback(blank_dsn, to="nope")
+    assert migrations.status(blank_dsn).ok
+
+
+def test_migrate_twice_is_a_no_op(blank_dsn: str) -> None:
+    migrations.migrate(blank_dsn)
+    before = _snapshot(blank_dsn)
+    second = migrations.migrate(blank_dsn)
+    assert second.applied == []
+    assert _snapshot(blank_dsn) == before
+
+
+def test_sql_definitions_apply_twice_without_duplicates(pyflows_dsn: str) -> None:
+    before = _snapshot(pyflows_dsn)
+    migrations.apply_sql(pyflows_dsn)
+    migrations.apply_sql(pyflows_dsn)
+    assert _snapshot(pyflows_dsn) == before
+
+
+def test_dry_run_applies_nothing(blank_dsn: str) -> None:
+    result = migrations.migrate(blank_dsn, dry_run=True)
+    assert result.dry_run and result.applied == MIGRATION_IDS
+    assert _schemas(blank_dsn) == set()
+
+
+def test_a_failing_migration_leaves_nothing_half_written(blank_dsn: str) -> None:
+    with psycopg.connect(blank_dsn, autocommit=True) as conn:
+        conn.execute("create schema pyflows_audit")  # 0001 creates it and will collide
+    with pytest.raises(MigrationError, match=r"0001_schemas_and_roles failed: .*pyflows_audit"):
+        migrations.migrate(blank_dsn)
+    assert _schemas(blank_dsn) == {"pyflows_audit"}  # 0001's own `create schema pyflows` rolled back
+    assert migrations.status(blank_dsn).applied == []
+
+
+def test_check_reports_stale_sql_definitions(pyflows_dsn: str) -> None:
+    assert migrations.status(pyflows_dsn).ok
+    with psycopg.connect(pyflows_dsn, autocommit=True) as conn:
+        conn.execute("update pyflows.installed_sql set digest = 'older'")
+    state = migrations.status(pyflows_dsn)
+    assert not state.ok and not state.sql_current
+    assert any("sql/ definitions differ" in p for p in state.problems)
+    migrations.migrate(pyflows_dsn)
+    assert migrations.status(pyflows_dsn).ok
+
+
+def test_rollback_keeps_the_cluster_roles(blank_dsn: str) -> None:
+    migrations.migrate(blank_dsn)
+    migrations.rollback(blank_dsn, all_=True)
+    with psycopg.connect(blank_dsn) as conn:
+        roles = {r[0] for r in conn.execute(
+            "select rolname from pg_roles where rolname in ('pyflows_app', 'pyflows_admin')")}
+    assert roles == {"pyflows_app", "pyflows_admin"}
