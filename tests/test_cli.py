@@ -1,0 +1,161 @@
+"""The command line against a real database: exit codes, one-line errors, migrate/check/rollback, demo."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from click.testing import CliRunner, Result
+
+from pyflows import embedded
+from pyflows.cli import Exit, cli
+from pyflows.connection import resolve_dsn
+from pyflows.demo import DEMO_TENANTS
+
+from .helpers import FLOW_TREE_TABLES, count_rows
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> Result:
+    return CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
+
+
+def assert_one_line_error(result: Result, code: Exit, *fragments: str) -> None:
+    assert result.exit_code == code, (result.exit_code, result.output)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pyflows: "), result.stderr
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])  # nothing listens once the socket is closed
+
+
+def test_unreachable_server(closed_port: int) -> None:
+    for command in ("check", "migrate", "demo"):
+        result = run("--dsn", f"host=127.0.0.1 port={closed_port} connect_timeout=2", command)
+        assert_one_line_error(result, Exit.CONNECTION, "cannot reach PostgreSQL", str(closed_port))
+
+
+def test_authentication_failure(pyflows_dsn: str) -> None:
+    result = run("--dsn", pyflows_dsn + " user=pyflows_no_such_role", "check")
+    assert_one_line_error(result, Exit.CONNECTION, "authentication failed", "pyflows_no_such_role")
+
+
+def test_invalid_dsn() -> None:
+    assert_one_line_error(run("--dsn", "this is not a dsn", "check"), Exit.CONNECTION, "invalid DSN")
+
+
+def test_check_on_a_database_without_the_schema(blank_dsn: str) -> None:
+    result = run("--dsn", blank_dsn, "check")
+    assert result.exit_code == Exit.SCHEMA
+    assert "the pyflows schema is missing: run `pyflows migrate`" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_migrate_check_and_dry_run(blank_dsn: str) -> None:
+    dry = run("--dsn", blank_dsn, "migrate", "--dry-run")
+    assert dry.exit_code == 0 and "would apply migration 0001_schemas_and_roles" in dry.stdout
+    assert run("--dsn", blank_dsn, "check").exit_code == Exit.SCHEMA  # the dry run changed nothing
+
+    applied = run("--dsn", blank_dsn, "migrate")
+    assert applied.exit_code == 0 and "applied migration 0003_row_level_security" in applied.stdout
+    again = run("--dsn", blank_dsn, "migrate")
+    assert again.exit_code == 0 and "no migration pending" in again.stdout
+    check = run("--dsn", blank_dsn, "check")
+    assert check.exit_code == 0 and "up to date" in check.stdout
+
+
+def test_dsn_comes_from_the_environment(blank_dsn: str) -> None:
+    run("--dsn", blank_dsn, "migrate")
+    assert run("check", env={"PYFLOWS_DSN": blank_dsn, "DATABASE_URL": "host=/nonexistent"}).exit_code == 0
+    assert run("check", env={"PYFLOWS_DSN": "", "DATABASE_URL": blank_dsn}).exit_code == 0
+
+
+def test_dsn_resolution_order() -> None:
+    env = {"PYFLOWS_DSN": "dbname=a", "DATABASE_URL": "dbname=b"}
+    assert resolve_dsn("dbname=x", env) == "dbname=x"
+    assert resolve_dsn(None, env) == "dbname=a"
+    assert resolve_dsn(None, {"DATABASE_URL": "dbname=b"}) == "dbname=b"
+    assert resolve_dsn(None, {}) == ""  # libpq's PG* variables decide
+
+
+def test_rollback_needs_yes_without_a_terminal(pyflows_dsn: str) -> None:
+    result = run("--dsn", pyflows_dsn, "rollback", "--all")
+    assert_one_line_error(result, Exit.USAGE, "without --yes")
+    assert run("--dsn", pyflows_dsn, "check").exit_code == 0  # nothing was rolled back
+
+
+def test_rollback_all_then_check_then_migrate(pyflows_dsn: str) -> None:
+    result = run("--dsn", pyflows_dsn, "rollback", "--all", "--yes")
+    assert result.exit_code == 0 and "rolled back migration 0001_schemas_and_roles" in result.stdout
+    assert run("--dsn", pyflows_dsn, "check").exit_code == Exit.SCHEMA
+    assert run("--dsn", pyflows_dsn, "migrate").exit_code == 0
+    assert run("--dsn", pyflows_dsn, "check").exit_code == 0
+
+
+def test_conflicting_options_are_usage_errors(pyflows_dsn: str) -> None:
+    assert run("--dsn", pyflows_dsn, "--embedded", "check").exit_code == Exit.USAGE
+    assert run("--dsn", pyflows_dsn, "rollback", "--to", "0001_schemas_and_roles", "--all").exit_code == Exit.USAGE
+
+
+def test_rollback_to_unknown_migration(pyflows_dsn: str) -> None:
+    result = run("--dsn", pyflows_dsn, "rollback", "--to", "9999_nope", "--yes")
+    assert_one_line_error(result, Exit.ERROR, "no migration '9999_nope'")
+
+
+def test_demo_seeds_two_tenants_once(pyflows_dsn: str) -> None:
+    first = run("--dsn", pyflows_dsn, "demo")
+    assert first.exit_code == 0, first.output
+    for name in ("Acme Logistics / Cloud migration 2027", "Globex Retail / Data-centre exit", "Q4 CMDB export",
+                 "waiting_for_user", "export PYFLOWS_DSN="):
+        assert name in first.stdout
+    with psycopg.connect(pyflows_dsn) as conn:
+        counts = {t: count_rows(conn, t) for t in FLOW_TREE_TABLES}
+        incomplete = conn.execute("""
+            select f.client_id, count(distinct a.id), count(distinct d.id), count(distinct i.id),
+                   count(distinct r.id), count(distinct m.id)
+              from pyflows.discovery_flows f
+              left join pyflows.assets a on a.flow_id = f.id
+              left join pyflows.asset_dependencies d on d.flow_id = f.id
+              left join pyflows.data_imports i on i.flow_id = f.id
+              left join pyflows.raw_import_records r on r.import_id = i.id
+              left join pyflows.import_field_mappings m on m.import_id = i.id
+             where f.status in ('initialized', 'running', 'paused', 'waiting_for_user', 'failed')
+             group by f.client_id, f.id""").fetchall()
+    assert {row[0] for row in incomplete} == {client for client, _ in DEMO_TENANTS}
+    assert any(all(n > 0 for n in row[1:]) for row in incomplete), incomplete  # one flow owns every kind of row
+    assert len({row[0] for row in incomplete}) == len(incomplete)  # one incomplete flow per context
+
+    second = run("--dsn", pyflows_dsn, "demo")
+    assert second.exit_code == 0
+    with psycopg.connect(pyflows_dsn) as conn:
+        assert {t: count_rows(conn, t) for t in FLOW_TREE_TABLES} == counts
+
+
+@pytest.fixture
+def embedded_dir(tmp_path: Path) -> Iterator[Path]:
+    data_dir = tmp_path / "pgdata"
+    yield data_dir
+    embedded.stop(data_dir)
+
+
+@pytest.mark.smoke
+def test_demo_on_the_embedded_server(embedded_dir: Path) -> None:
+    result = run("--data-dir", str(embedded_dir), "demo", env={"PYFLOWS_DSN": "", "DATABASE_URL": ""})
+    assert result.exit_code == 0, result.output
+    assert f"Embedded PostgreSQL in {embedded_dir}" in result.stdout
+    assert "Acme Logistics" in result.stdout and "Globex Retail" in result.stdout
+    # The server keeps running and the data directory is reused: --embedded reaches the same database.
+    check = run("--embedded", "--data-dir", str(embedded_dir), "check")
+    assert check.exit_code == 0 and "up to date" in check.stdout
+    stop = run("--data-dir", str(embedded_dir), "embedded", "stop")
+    assert stop.exit_code == 0 and "stopped" in stop.stdout
+    assert "no embedded PostgreSQL is running" in run("--data-dir", str(embedded_dir), "embedded", "stop").stdout
