@@ -16,7 +16,8 @@ from typing import Any, NoReturn
 import click
 import psycopg
 
-from . import __version__, demo as demo_mod, embedded, migrations
+from . import __version__, embedded, migrations
+from . import demo as demo_mod
 from .connection import describe_dsn, resolve_dsn
 from .errors import ConnectionFailed, MigrationError, PyflowsError, SchemaMissing, describe, from_psycopg
 
@@ -182,16 +183,12 @@ def demo(target: Target) -> None:
         ]
         widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
         for row in rows:
-            click.echo("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+            click.echo("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
     click.echo("")
     click.echo("Use this database with the other commands:")
     click.echo(f"  export PYFLOWS_DSN='{dsn}'")
     click.echo("  pyflows check")
-    first_client, first_engagement = demo_mod.DEMO_TENANTS[0]
-    click.echo(
-        f"  psql \"$PYFLOWS_DSN\" -c \"begin; select pyflows.set_context('{first_client}', "
-        f"'{first_engagement}', 'you'); select name, status, progress_percentage from pyflows.discovery_flows; commit;\""
-    )
+    click.echo(f"  {demo_mod.psql_example()}")
 
 
 @cli.group(name="embedded", cls=_Group)

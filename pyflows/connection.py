@@ -34,9 +34,10 @@ def describe_dsn(dsn: str) -> str:
         params = conninfo_to_dict(dsn)
     except psycopg.ProgrammingError:
         return "<unparsable DSN>"
-    if "password" in params:
-        params["password"] = "***"
-    return make_conninfo(**params) if params else "<libpq defaults>"
+    shown = {key: str(value) for key, value in params.items() if value is not None}
+    if "password" in shown:
+        shown["password"] = "***"
+    return make_conninfo(**shown) if shown else "<libpq defaults>"
 
 
 def connect(
@@ -53,7 +54,8 @@ def connect(
         raise ConnectionFailed(f"invalid DSN: {str(exc).strip()}", reason="dsn") from exc
     params.setdefault("application_name", application_name)
     params.setdefault("connect_timeout", str(connect_timeout))
+    conninfo = make_conninfo(**{key: str(value) for key, value in params.items() if value is not None})
     try:
-        return psycopg.connect(make_conninfo(**params), autocommit=autocommit)
+        return psycopg.connect(conninfo, autocommit=autocommit)
     except psycopg.OperationalError as exc:
         raise connection_failed(exc) from exc

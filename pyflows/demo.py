@@ -12,7 +12,7 @@ from psycopg.rows import class_row
 from .connection import connect
 from .queries import query
 
-__all__ = ["DEMO_TENANTS", "DemoFlow", "DemoTenant", "seed", "describe"]
+__all__ = ["DEMO_TENANTS", "DemoFlow", "DemoTenant", "seed", "describe", "psql_example"]
 
 # The same ids are written by demo.sql.
 DEMO_TENANTS: tuple[tuple[uuid.UUID, uuid.UUID], ...] = (
@@ -42,6 +42,13 @@ class DemoTenant:
     client_name: str
     engagement_name: str
     flows: list[DemoFlow]
+
+
+def psql_example() -> str:
+    """A psql command that reads the first demo tenant's flows through its context, as an application would."""
+    client_id, engagement_id = DEMO_TENANTS[0]
+    return (f"psql \"$PYFLOWS_DSN\" -c \"begin; select pyflows.set_context('{client_id}', '{engagement_id}', "
+            "'you'); select name, status, progress_percentage from pyflows.discovery_flows; commit;\"")
 
 
 def seed(dsn: str) -> None:

@@ -56,7 +56,7 @@ def _pgserver() -> Any:
         with warnings.catch_warnings():
             # platformdirs warns when XDG_RUNTIME_DIR is unset; pgserver then uses /tmp, which is fine.
             warnings.simplefilter("ignore")
-            import pgserver  # type: ignore[import-untyped]
+            import pgserver
     except ImportError as exc:
         raise EmbeddedUnavailable(
             "the embedded server needs pgserver: pip install 'pyflows[embedded]'"
@@ -112,13 +112,13 @@ def _ensure_database(server: EmbeddedServer) -> None:
 def stop(data_dir: Path | None = None) -> bool:
     """Stop the embedded server in ``data_dir``; False when none was running there."""
     _pgserver()
-    from pgserver._commands import pg_ctl  # type: ignore[import-untyped]
-    from pgserver.utils import PostmasterInfo  # type: ignore[import-untyped]
+    from pgserver import _commands
+    from pgserver.utils import PostmasterInfo
 
     path = (data_dir or default_data_dir()).expanduser().resolve()
     info = PostmasterInfo.read_from_pgdata(path) if path.is_dir() else None
     if info is None or not info.is_running():
         return False
     user = "pgserver" if hasattr(os, "geteuid") and os.geteuid() == 0 else None
-    pg_ctl(["-w", "-m", "fast", "stop"], pgdata=path, user=user)
+    _commands.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=path, user=user)  # type: ignore[attr-defined]
     return True

@@ -116,9 +116,10 @@ SCHEMA_MISSING_SQLSTATES = frozenset({"3F000", "42P01", "42883"})
 
 def describe(exc: BaseException) -> str:
     """One line for any error: a database error's message, detail and hint, without the query echo."""
-    if isinstance(exc, psycopg.Error) and exc.diag.message_primary:
+    primary = exc.diag.message_primary if isinstance(exc, psycopg.Error) else None
+    if isinstance(exc, psycopg.Error) and primary:
         diag = exc.diag
-        parts = [diag.message_primary]
+        parts: list[str] = [primary]
         if diag.message_detail:
             parts.append(f"DETAIL: {diag.message_detail}")
         if diag.message_hint:

@@ -39,7 +39,8 @@ class _Target:
 
     @property
     def database(self) -> str | None:
-        return conninfo_to_dict(self.conninfo).get("dbname") if self.conninfo else None
+        dbname = conninfo_to_dict(self.conninfo).get("dbname") if self.conninfo else None
+        return None if dbname is None else str(dbname)
 
 
 class _Backend(PostgresqlPsycopgBackend):  # type: ignore[misc]

@@ -32,4 +32,4 @@ def names() -> list[str]:
 
 def query(name: str) -> sql.SQL:
     """The named query, ready for ``cursor.execute``; KeyError for an unknown name."""
-    return sql.SQL(_load()[name])  # type: ignore[arg-type]
+    return sql.SQL(_load()[name])

@@ -13,6 +13,7 @@ Isolation claims must be tested as a non-superuser: ``pyflows_connect("app")`` l
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import uuid
@@ -109,11 +110,10 @@ def _ensure_test_roles(conn: psycopg.Connection[Any]) -> None:
     for role, member_of in TEST_ROLES.values():
         row = conn.execute(query("role_exists"), {"role": role}).fetchone()
         if not (row and row[0]):
-            try:
+            # Another test session may create it between our check and our create: that is the same role.
+            with contextlib.suppress(psycopg.errors.DuplicateObject):
                 conn.execute(sql.SQL("create role {} login nosuperuser nobypassrls password {}").format(
                     sql.Identifier(role), sql.Literal(TEST_ROLE_PASSWORD)))
-            except psycopg.errors.DuplicateObject:
-                pass  # another test session created it between our check and our create
         if member_of:
             conn.execute(sql.SQL("grant {} to {}").format(sql.Identifier(member_of), sql.Identifier(role)))
 

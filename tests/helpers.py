@@ -68,7 +68,7 @@ def write_flow_tree(conn: psycopg.Connection[Any], tenant: Tenant, *, status: st
             "values (%s, %s, %s, %s, 'server') returning id", (*ids, flow_id, f"host-{n}")).fetchone()
         assert row is not None
         asset_ids.append(row[0])
-    for source, target in zip(asset_ids, asset_ids[1:]):
+    for source, target in zip(asset_ids, asset_ids[1:], strict=False):
         conn.execute(
             "insert into pyflows.asset_dependencies (client_id, engagement_id, flow_id, source_asset_id, "
             "target_asset_id, dependency_type) values (%s, %s, %s, %s, %s, 'network')",

@@ -215,7 +215,7 @@ def _insert_flow(conn: psycopg.Connection[Any], tenant: Tenant, **columns: Any) 
         values=sql.SQL(", ").join(sql.Placeholder(k) for k in columns))
     row = conn.execute(query, {"c": tenant.client_id, "e": tenant.engagement_id, **columns}).fetchone()
     assert row is not None
-    return dict(zip(("status", "current_phase", "phases_completed", "progress_percentage"), row))
+    return dict(zip(("status", "current_phase", "phases_completed", "progress_percentage"), row, strict=True))
 
 
 def test_progress_is_derived_from_phases_completed(owner: psycopg.Connection[Any], tenant_a: Tenant) -> None:
@@ -273,9 +273,8 @@ def test_one_incomplete_flow_per_context(owner: psycopg.Connection[Any], tenant_
     _insert_flow(owner, tenant_a, status="cancelled")
     _insert_flow(owner, tenant_a, status="paused")
     for status in INCOMPLETE:
-        with pytest.raises(psycopg.errors.UniqueViolation) as caught:
-            with owner.transaction():
-                _insert_flow(owner, tenant_a, status=status)
+        with pytest.raises(psycopg.errors.UniqueViolation) as caught, owner.transaction():
+            _insert_flow(owner, tenant_a, status=status)
         assert caught.value.diag.constraint_name == "discovery_flows_one_incomplete"
     # Another engagement of the same client is another context.
     other = make_tenant()
