@@ -188,6 +188,7 @@ def demo(target: Target) -> None:
     click.echo("Use this database with the other commands:")
     click.echo(f"  export PYFLOWS_DSN='{dsn}'")
     click.echo("  pyflows check")
+    click.echo("  # as pyflows_app under Acme's context, row-level security shows Acme's flows only:")
     click.echo(f"  {demo_mod.psql_example()}")
 
 

@@ -12,7 +12,7 @@ from psycopg.rows import class_row
 from .connection import connect
 from .queries import query
 
-__all__ = ["DEMO_TENANTS", "DemoFlow", "DemoTenant", "seed", "describe", "psql_example"]
+__all__ = ["DEMO_TENANTS", "DemoFlow", "DemoTenant", "seed", "describe", "psql_example", "example_sql"]
 
 # The same ids are written by demo.sql.
 DEMO_TENANTS: tuple[tuple[uuid.UUID, uuid.UUID], ...] = (
@@ -44,11 +44,18 @@ class DemoTenant:
     flows: list[DemoFlow]
 
 
-def psql_example() -> str:
-    """A psql command that reads the first demo tenant's flows through its context, as an application would."""
+def example_sql() -> str:
+    """SQL that reads the first demo tenant's flows as an application would: as pyflows_app, under a context.
+
+    ``set local role`` matters: the demo DSN logs in as a superuser, whom row-level security ignores.
+    """
     client_id, engagement_id = DEMO_TENANTS[0]
-    return (f"psql \"$PYFLOWS_DSN\" -c \"begin; select pyflows.set_context('{client_id}', '{engagement_id}', "
-            "'you'); select name, status, progress_percentage from pyflows.discovery_flows; commit;\"")
+    return (f"begin; set local role pyflows_app; select pyflows.set_context('{client_id}', '{engagement_id}', "
+            "'you'); select name, status, progress_percentage from pyflows.discovery_flows; commit;")
+
+
+def psql_example() -> str:
+    return f'psql "$PYFLOWS_DSN" -c "{example_sql()}"'
 
 
 def seed(dsn: str) -> None:

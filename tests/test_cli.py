@@ -13,7 +13,7 @@ from click.testing import CliRunner, Result
 from pyflows import embedded
 from pyflows.cli import Exit, cli
 from pyflows.connection import resolve_dsn
-from pyflows.demo import DEMO_TENANTS
+from pyflows.demo import DEMO_TENANTS, example_sql, psql_example
 
 from .helpers import FLOW_TREE_TABLES, count_rows
 
@@ -133,6 +133,14 @@ def test_demo_seeds_two_tenants_once(pyflows_dsn: str) -> None:
     assert {row[0] for row in incomplete} == {client for client, _ in DEMO_TENANTS}
     assert any(all(n > 0 for n in row[1:]) for row in incomplete), incomplete  # one flow owns every kind of row
     assert len({row[0] for row in incomplete}) == len(incomplete)  # one incomplete flow per context
+
+    # The printed example shows one tenant's flows only, even though the DSN is a superuser's.
+    assert psql_example() in first.stdout
+    with psycopg.connect(pyflows_dsn, autocommit=True) as conn:
+        conn.execute(example_sql().replace("commit;", "").encode())
+        names = {row[0] for row in conn.execute("select name from pyflows.discovery_flows")}
+        conn.execute("rollback")
+    assert names == {"Q3 CMDB export", "Q4 CMDB export"}
 
     second = run("--dsn", pyflows_dsn, "demo")
     assert second.exit_code == 0
