@@ -185,8 +185,12 @@ def status(dsn: str) -> Status:
             applied_ids = {str(r[0]) for r in conn.execute(query("applied_migrations"))}
     applied = [m.id for m in migrations if m.id in applied_ids]
     pending = [m.id for m in migrations if m.id not in applied_ids]
+    unknown = sorted(applied_ids - {m.id for m in migrations})
     sql_current = digest == sql_digest()
     problems: list[str] = []
+    if unknown:
+        problems.append(f"the database has migrations this pyflows {__version__} does not know: "
+                        f"{', '.join(unknown)}; upgrade pyflows")
     if not schema_present or not applied:
         problems.append("the pyflows schema is missing: run `pyflows migrate`")
     else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 
 import psycopg
 import pytest
@@ -143,3 +144,32 @@ def test_rollback_keeps_the_cluster_roles(blank_dsn: str) -> None:
         roles = {r[0] for r in conn.execute(
             "select rolname from pg_roles where rolname in ('pyflows_app', 'pyflows_admin')")}
     assert roles == {"pyflows_app", "pyflows_admin"}
+
+
+def test_check_reports_migrations_from_a_newer_pyflows(pyflows_dsn: str) -> None:
+    with psycopg.connect(pyflows_dsn, autocommit=True) as conn:
+        conn.execute("insert into _yoyo_migration (migration_hash, migration_id, applied_at_utc) "
+                     "values ('f00', '0999_from_the_future', now())")
+    state = migrations.status(pyflows_dsn)
+    assert not state.ok
+    assert any("0999_from_the_future" in p and "upgrade pyflows" in p for p in state.problems)
+
+
+def test_concurrent_migrations_apply_once(blank_dsn: str) -> None:
+    results: list[migrations.MigrateResult] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            results.append(migrations.migrate(blank_dsn))
+        except BaseException as exc:  # collected and re-raised in the test thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert errors == []
+    assert sorted(len(r.applied) for r in results) == [0, 0, len(MIGRATION_IDS)]
+    assert migrations.status(blank_dsn).ok
