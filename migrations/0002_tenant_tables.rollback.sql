@@ -13,7 +13,7 @@ drop table pyflows.data_imports;
 
 drop table pyflows.discovery_flows;
 
-drop function pyflows._derive_flow_progress();
+drop function pyflows._flow_row_rules();
 
 drop table pyflows.phases;
 

@@ -73,7 +73,7 @@ create table pyflows.discovery_flows (
 );
 
 comment on column pyflows.discovery_flows.progress_percentage is
-    'derived from phases_completed by trigger discovery_flows_derive; never written independently';
+    'derived from phases_completed by trigger discovery_flows_rules; never written independently';
 
 -- The rule pyflows exists for: at most one incomplete flow per (client, engagement).
 -- The list of incomplete statuses is repeated in sql/ and in docs; tests/test_schema.py keeps them equal.
@@ -84,14 +84,21 @@ create unique index discovery_flows_one_incomplete
 create index discovery_flows_last_activity
     on pyflows.discovery_flows (client_id, engagement_id, last_activity_at desc, id);
 
--- Validates phases, orders and de-duplicates phases_completed, derives progress_percentage and
--- touches updated_at. Raises PF422 for an unknown phase or a progress written by hand.
-create function pyflows._derive_flow_progress()
+-- The rules every write to a flow row obeys, whoever writes it (the API or a plain UPDATE):
+--  * current_phase and phases_completed name known phases (PF422); phases_completed is ordered and
+--    de-duplicated, and progress_percentage is derived from it (writing it by hand is PF422);
+--  * status changes follow the lifecycle (PF422 otherwise): an incomplete flow may move to another
+--    incomplete status (never back to initialized), to cancelled, or to completed once every phase
+--    is complete; any flow may move to deleting; completed, cancelled and deleting flows move nowhere
+--    else. A completed flow has no current phase and a completed_at;
+--  * updated_at is touched on every update.
+create function pyflows._flow_row_rules()
 returns trigger
 language plpgsql
 set search_path = pg_catalog, pyflows
 as $$
 declare
+    c_incomplete constant text[] := array['initialized', 'running', 'paused', 'waiting_for_user', 'failed'];
     v_unknown   text;
     v_total     integer;
     v_completed text[];
@@ -126,10 +133,30 @@ begin
             raise exception 'progress_percentage is derived from phases_completed and cannot be written'
                 using errcode = 'PF422';
         end if;
+        if new.status <> old.status and not (
+               new.status = 'deleting'
+            or (old.status = any (c_incomplete)
+                and (new.status = any (c_incomplete) and new.status <> 'initialized'
+                     or new.status in ('cancelled', 'completed')))
+        ) then
+            raise exception 'a flow cannot go from % to %', old.status, new.status
+                using errcode = 'PF422',
+                      detail = json_build_object('from', old.status, 'to', new.status)::text;
+        end if;
         new.updated_at := now();
     elsif new.progress_percentage is not null and new.progress_percentage <> v_progress then
         raise exception 'progress_percentage is derived from phases_completed and cannot be written'
             using errcode = 'PF422';
+    end if;
+
+    if new.status = 'completed' then
+        if cardinality(v_completed) < v_total then
+            raise exception 'a flow completes only when every phase is complete (% of % are)',
+                cardinality(v_completed), v_total
+                using errcode = 'PF422';
+        end if;
+        new.current_phase := null;
+        new.completed_at := coalesce(new.completed_at, now());
     end if;
 
     new.phases_completed := v_completed;
@@ -138,9 +165,9 @@ begin
 end;
 $$;
 
-create trigger discovery_flows_derive
+create trigger discovery_flows_rules
     before insert or update on pyflows.discovery_flows
-    for each row execute function pyflows._derive_flow_progress();
+    for each row execute function pyflows._flow_row_rules();
 
 create table pyflows.data_imports (
     client_id      uuid not null,

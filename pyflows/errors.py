@@ -9,7 +9,10 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import uuid
 from collections.abc import Iterator
+from datetime import datetime
+from decimal import Decimal
 from typing import Any, ClassVar
 
 import psycopg
@@ -71,9 +74,27 @@ class FlowNotFound(PyflowsError):
 
 
 class IncompleteFlowExists(PyflowsError):
-    """PF409: the context already has an incomplete flow; ``detail`` describes it."""
+    """PF409: the context already has an incomplete flow; ``detail`` describes it.
+
+    The blocking flow's fields are also attributes: ``flow_id``, ``name``, ``status``,
+    ``current_phase``, ``progress_percentage``, ``last_activity_at``, ``next_steps`` and ``actions``.
+    """
 
     sqlstate = "PF409"
+
+    def __init__(self, message: str, *, detail: dict[str, Any] | None = None, hint: str | None = None) -> None:
+        super().__init__(message, detail=detail, hint=hint)
+        raw_id = self.detail.get("flow_id")
+        self.flow_id: uuid.UUID | None = uuid.UUID(str(raw_id)) if raw_id else None
+        self.name: str | None = self.detail.get("name")
+        self.status: str | None = self.detail.get("status")
+        self.current_phase: str | None = self.detail.get("current_phase")
+        progress = self.detail.get("progress_percentage")
+        self.progress_percentage: Decimal | None = None if progress is None else Decimal(str(progress))
+        activity = self.detail.get("last_activity_at")
+        self.last_activity_at: datetime | None = None if activity is None else datetime.fromisoformat(activity)
+        self.next_steps: list[str] = list(self.detail.get("next_steps") or [])
+        self.actions: list[str] = list(self.detail.get("actions") or [])
 
 
 class InvalidRequest(PyflowsError):

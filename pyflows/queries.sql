@@ -69,3 +69,41 @@ insert into pyflows.clients (id, name) values (%(client_id)s, %(name)s)
 
 -- name: insert_engagement
 insert into pyflows.engagements (client_id, id, name) values (%(client_id)s, %(engagement_id)s, %(name)s)
+
+-- name: flow_gate
+select pyflows.flow_gate()
+
+-- name: start_flow
+select pyflows.start_flow(p_name => %(name)s, p_created_by => %(created_by)s)
+
+-- name: start_import
+select pyflows.start_import(p_filename => %(filename)s, p_storage_uri => %(storage_uri)s,
+                            p_byte_size => %(byte_size)s, p_flow_name => %(flow_name)s)
+
+-- name: add_import
+select pyflows.add_import(p_flow_id => %(flow_id)s, p_filename => %(filename)s,
+                          p_storage_uri => %(storage_uri)s, p_byte_size => %(byte_size)s)
+
+-- name: list_flows
+select * from pyflows.list_flows(p_filter => %(filter)s, p_limit => %(limit)s, p_offset => %(offset)s)
+
+-- name: list_incomplete_flows
+select * from pyflows.list_incomplete_flows(p_limit => %(limit)s, p_offset => %(offset)s)
+
+-- name: flow_details
+select pyflows.flow_details(p_flow_id => %(flow_id)s)
+
+-- name: record_progress
+select pyflows.record_progress(p_flow_id => %(flow_id)s, p_phase => %(phase)s, p_insight => %(insight)s)
+
+-- name: heartbeat
+select pyflows.heartbeat(p_flow_id => %(flow_id)s)
+
+-- name: set_flow_status
+select pyflows.set_flow_status(p_flow_id => %(flow_id)s, p_status => %(status)s, p_error => %(error)s)
+
+-- name: resume_flow
+select pyflows.resume_flow(p_flow_id => %(flow_id)s)
+
+-- name: admin_list_incomplete_flows
+select * from pyflows.admin_list_incomplete_flows(p_idle_for => %(idle_for)s)

@@ -18,7 +18,6 @@ import getpass
 import os
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -29,6 +28,7 @@ from pytest_postgresql import factories
 from pytest_postgresql.executors import NoopExecutor
 
 from . import embedded, migrations
+from .models import Tenant
 from .queries import query
 
 __all__ = ["Tenant", "TEST_ROLES", "ServerInfo", "bind"]
@@ -173,13 +173,6 @@ def pyflows_connect(pyflows_dsn: str, pyflows_role_dsn: Callable[[str], str]
         conn.close()
 
 
-@dataclass(frozen=True)
-class Tenant:
-    client_id: uuid.UUID
-    engagement_id: uuid.UUID
-    actor: str = "pytest"
-
-
 def bind(conn: psycopg.Connection[Any], tenant: Tenant) -> None:
     """Set the tenant context in the connection's current transaction (one is begun if needed)."""
     conn.execute(query("set_context"), {"client_id": tenant.client_id, "engagement_id": tenant.engagement_id,
@@ -191,7 +184,7 @@ def make_tenant(pyflows_db: psycopg.Connection[Any]) -> Callable[..., Tenant]:
     """Create a client with one engagement (as the owner) and return it as a Tenant."""
 
     def create(client_name: str = "Test client", engagement_name: str = "Test engagement") -> Tenant:
-        tenant = Tenant(uuid.uuid4(), uuid.uuid4())
+        tenant = Tenant(uuid.uuid4(), uuid.uuid4(), "pytest")
         ids = {"client_id": tenant.client_id, "engagement_id": tenant.engagement_id}
         with pyflows_db.transaction():
             pyflows_db.execute(query("set_raw_context"), ids)

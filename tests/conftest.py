@@ -10,6 +10,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from .lifecycle_support import ApiFactory, open_api
+
 if TYPE_CHECKING:  # imported by pytest as a plugin below; importing it first would skip assert rewriting
     from pyflows.testing import ServerInfo
 
@@ -34,3 +36,15 @@ def blank_dsn(pyflows_server: ServerInfo) -> Iterator[str]:
 def owner(pyflows_connect: Callable[..., psycopg.Connection[Any]]) -> psycopg.Connection[Any]:
     """An autocommit connection to the test database as the server's superuser."""
     return pyflows_connect("owner", autocommit=True)
+
+
+@pytest.fixture(params=["sync", "async"])
+def api(request: pytest.FixtureRequest, pyflows_role_dsn: Callable[[str], str]) -> Iterator[ApiFactory]:
+    """The API as pyflows_test_app, once sync and once async."""
+    yield from open_api(request.param, pyflows_role_dsn("app"))
+
+
+@pytest.fixture(params=["sync", "async"])
+def admin_api(request: pytest.FixtureRequest, pyflows_role_dsn: Callable[[str], str]) -> Iterator[ApiFactory]:
+    """The API as pyflows_test_admin, once sync and once async."""
+    yield from open_api(request.param, pyflows_role_dsn("admin"))

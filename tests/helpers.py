@@ -42,8 +42,9 @@ def write_flow_tree(conn: psycopg.Connection[Any], tenant: Tenant, *, status: st
     set_raw_context(conn, tenant)
     ids = (tenant.client_id, tenant.engagement_id)
     row = conn.execute(
-        "insert into pyflows.discovery_flows (client_id, engagement_id, name, status) values (%s, %s, %s, %s) "
-        "returning id", (*ids, name, status)).fetchone()
+        "insert into pyflows.discovery_flows (client_id, engagement_id, name, status, phases_completed) "
+        "select %s, %s, %s, %s, case when %s = 'completed' then array_agg(phase) else '{}' end from pyflows.phases "
+        "returning id", (*ids, name, status, status)).fetchone()
     assert row is not None
     flow_id = row[0]
     row = conn.execute(

@@ -153,7 +153,7 @@ def test_with_check_refuses_writing_another_tenants_ids(
     before = {t: count_rows(owner, t) for t in TENANT_TABLES}
     with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
         conn.execute("insert into pyflows.discovery_flows (client_id, engagement_id, name, status) "
-                     "values (%s, %s, 'intruder', 'completed')", (b.client_id, b.engagement_id))
+                     "values (%s, %s, 'intruder', 'cancelled')", (b.client_id, b.engagement_id))
     conn.rollback()
     bind(conn, a)
     with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):

@@ -219,7 +219,7 @@ def _insert_flow(conn: psycopg.Connection[Any], tenant: Tenant, **columns: Any) 
 
 
 def test_progress_is_derived_from_phases_completed(owner: psycopg.Connection[Any], tenant_a: Tenant) -> None:
-    flow = _insert_flow(owner, tenant_a, status="completed",
+    flow = _insert_flow(owner, tenant_a, status="cancelled",
                         phases_completed=["field_mapping", "data_import", "data_import"])
     assert flow["phases_completed"] == ["data_import", "field_mapping"]  # ordered, de-duplicated
     assert str(flow["progress_percentage"]) == "28.57"
@@ -239,7 +239,7 @@ def test_progress_follows_updates_and_cannot_be_written(owner: psycopg.Connectio
         owner.execute("update pyflows.discovery_flows set progress_percentage = 99")
     assert caught.value.sqlstate == "PF422"
     with pytest.raises(psycopg.Error) as caught:
-        _insert_flow(owner, tenant_a, status="completed", progress_percentage=50)
+        _insert_flow(owner, tenant_a, status="cancelled", progress_percentage=50)
     assert caught.value.sqlstate == "PF422"
     assert str(owner.execute("select progress_percentage from pyflows.discovery_flows").fetchone()[0]) == "28.57"
 
@@ -269,7 +269,7 @@ def test_invalid_flow_values_are_refused(owner: psycopg.Connection[Any], tenant_
 
 def test_one_incomplete_flow_per_context(owner: psycopg.Connection[Any], tenant_a: Tenant,
                                          make_tenant: Callable[..., Tenant]) -> None:
-    _insert_flow(owner, tenant_a, status="completed")
+    _insert_flow(owner, tenant_a, status="completed", phases_completed=list(ALL_PHASES))
     _insert_flow(owner, tenant_a, status="cancelled")
     _insert_flow(owner, tenant_a, status="paused")
     for status in INCOMPLETE:
@@ -315,3 +315,43 @@ def test_deleting_a_client_cascades_to_its_flows_only(owner: psycopg.Connection[
         query = sql.SQL("select count(*), count(*) filter (where client_id = %s) from {}").format(
             sql.Identifier("pyflows", table))
         assert owner.execute(query, (tenant_b.client_id,)).fetchone() == (count_rows(owner, table),) * 2, table
+
+
+# The lifecycle, written out pair by pair (not derived from the trigger's own rule).
+ALLOWED_TRANSITIONS = {
+    "initialized": {"running", "paused", "waiting_for_user", "failed", "cancelled", "completed", "deleting"},
+    "running": {"paused", "waiting_for_user", "failed", "cancelled", "completed", "deleting"},
+    "paused": {"running", "waiting_for_user", "failed", "cancelled", "completed", "deleting"},
+    "waiting_for_user": {"running", "paused", "failed", "cancelled", "completed", "deleting"},
+    "failed": {"running", "paused", "waiting_for_user", "cancelled", "completed", "deleting"},
+    "completed": {"deleting"},
+    "cancelled": {"deleting"},
+    "deleting": set(),
+}
+
+
+def test_status_transitions_follow_the_lifecycle(owner: psycopg.Connection[Any], tenant_a: Tenant) -> None:
+    refused = []
+    for source, targets in ALLOWED_TRANSITIONS.items():
+        for target in ALLOWED_TRANSITIONS:
+            if target == source:
+                continue
+            with owner.transaction(force_rollback=True):
+                _insert_flow(owner, tenant_a, status=source, phases_completed=list(ALL_PHASES))
+                try:
+                    with owner.transaction():
+                        owner.execute("update pyflows.discovery_flows set status = %s", (target,))
+                except psycopg.Error as exc:
+                    assert exc.sqlstate == "PF422", (source, target, exc)
+                    refused.append((source, target))
+            assert ((source, target) not in refused) == (target in targets), (source, target)
+
+
+def test_completion_needs_every_phase(owner: psycopg.Connection[Any], tenant_a: Tenant) -> None:
+    _insert_flow(owner, tenant_a, status="running", phases_completed=list(ALL_PHASES[:-1]))
+    with pytest.raises(psycopg.Error) as caught:
+        owner.execute("update pyflows.discovery_flows set status = 'completed'")
+    assert caught.value.sqlstate == "PF422"
+    row = owner.execute("update pyflows.discovery_flows set status = 'completed', phases_completed = %s "
+                        "returning current_phase, completed_at is not null", (list(ALL_PHASES),)).fetchone()
+    assert row == (None, True)

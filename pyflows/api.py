@@ -1,0 +1,274 @@
+"""The Python face of the SQL API: ``Flows`` (sync) and ``AsyncFlows`` (async).
+
+Both take a psycopg connection or pool. ``flows.tenant(client_id, engagement_id, actor=...)`` gives
+a scope whose every call runs in its own transaction that first calls ``pyflows.set_context``, so
+nothing depends on state left on a pooled connection. Each operation is described once, as a
+``_Call`` (a named query, its parameters, and how to build the result); the sync and async classes
+only run those calls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Generic, TypeVar
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
+
+from .errors import wrap_errors
+from .models import (
+    AdminFlowRow,
+    FlowDetails,
+    FlowRow,
+    FlowSummary,
+    Gate,
+    Heartbeat,
+    ResumeResult,
+    StartedImport,
+    StatusChange,
+    Tenant,
+    from_json,
+)
+from .queries import query
+
+__all__ = ["Flows", "AsyncFlows", "TenantFlows", "AsyncTenantFlows", "Tenant"]
+
+T = TypeVar("T")
+Rows = list[dict[str, Any]]
+SyncSource = psycopg.Connection[Any] | ConnectionPool[Any]
+AsyncSource = psycopg.AsyncConnection[Any] | AsyncConnectionPool[Any]
+
+
+@dataclass(frozen=True)
+class _Call(Generic[T]):
+    query: str
+    params: Mapping[str, Any]
+    build: Callable[[Rows], T]
+
+
+def _one(cls: type[T]) -> Callable[[Rows], T]:
+    """The single jsonb value a scalar function returned, as ``cls``."""
+    return lambda rows: from_json(cls, next(iter(rows[0].values())))
+
+
+def _each(cls: type[T]) -> Callable[[Rows], list[T]]:
+    return lambda rows: [from_json(cls, row) for row in rows]
+
+
+def _jsonb(value: Any) -> Jsonb | None:
+    return None if value is None else Jsonb(value)
+
+
+# One function per SQL API call: the only place that knows its query, parameters and result type.
+def _gate() -> _Call[Gate]:
+    return _Call("flow_gate", {}, _one(Gate))
+
+
+def _start(name: str, created_by: str | None) -> _Call[FlowSummary]:
+    return _Call("start_flow", {"name": name, "created_by": created_by}, _one(FlowSummary))
+
+
+def _start_import(filename: str, storage_uri: str, byte_size: int, flow_name: str | None) -> _Call[StartedImport]:
+    params = {"filename": filename, "storage_uri": storage_uri, "byte_size": byte_size, "flow_name": flow_name}
+    return _Call("start_import", params, _one(StartedImport))
+
+
+def _add_import(flow_id: uuid.UUID, filename: str, storage_uri: str, byte_size: int) -> _Call[StartedImport]:
+    params = {"flow_id": flow_id, "filename": filename, "storage_uri": storage_uri, "byte_size": byte_size}
+    return _Call("add_import", params, _one(StartedImport))
+
+
+def _list(filter: str, limit: int, offset: int) -> _Call[list[FlowRow]]:
+    return _Call("list_flows", {"filter": filter, "limit": limit, "offset": offset}, _each(FlowRow))
+
+
+def _list_incomplete(limit: int, offset: int) -> _Call[list[FlowRow]]:
+    return _Call("list_incomplete_flows", {"limit": limit, "offset": offset}, _each(FlowRow))
+
+
+def _details(flow_id: uuid.UUID) -> _Call[FlowDetails]:
+    return _Call("flow_details", {"flow_id": flow_id}, _one(FlowDetails))
+
+
+def _record_progress(flow_id: uuid.UUID, phase: str, insight: Any) -> _Call[FlowSummary]:
+    params = {"flow_id": flow_id, "phase": phase, "insight": _jsonb(insight)}
+    return _Call("record_progress", params, _one(FlowSummary))
+
+
+def _heartbeat(flow_id: uuid.UUID) -> _Call[Heartbeat]:
+    return _Call("heartbeat", {"flow_id": flow_id}, _one(Heartbeat))
+
+
+def _set_status(flow_id: uuid.UUID, status: str, error: Any) -> _Call[StatusChange]:
+    params = {"flow_id": flow_id, "status": status, "error": _jsonb(error)}
+    return _Call("set_flow_status", params, _one(StatusChange))
+
+
+def _resume(flow_id: uuid.UUID) -> _Call[ResumeResult]:
+    return _Call("resume_flow", {"flow_id": flow_id}, _one(ResumeResult))
+
+
+def _admin_list_incomplete(idle_for: timedelta | None) -> _Call[list[AdminFlowRow]]:
+    return _Call("admin_list_incomplete_flows", {"idle_for": idle_for}, _each(AdminFlowRow))
+
+
+def _context_params(tenant: Tenant) -> dict[str, Any]:
+    return {"client_id": tenant.client_id, "engagement_id": tenant.engagement_id, "actor": tenant.actor}
+
+
+class Flows:
+    """The SQL API over a psycopg connection or connection pool."""
+
+    def __init__(self, source: SyncSource) -> None:
+        self._source = source
+
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+        if isinstance(self._source, ConnectionPool):
+            with self._source.connection() as conn:
+                yield conn
+        else:
+            yield self._source
+
+    def _run(self, call: _Call[T], tenant: Tenant | None) -> T:
+        with self._connection() as conn, wrap_errors(), conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+            if tenant is not None:
+                cur.execute(query("set_context"), _context_params(tenant))
+            cur.execute(query(call.query), call.params)
+            rows = cur.fetchall()
+        return call.build(rows)
+
+    def tenant(self, client_id: uuid.UUID, engagement_id: uuid.UUID, actor: str | None = None) -> TenantFlows:
+        return TenantFlows(self, Tenant(client_id, engagement_id, actor))
+
+    def admin_list_incomplete(self, idle_for: timedelta | None = None) -> list[AdminFlowRow]:
+        """Incomplete flows of every tenant (members of pyflows_admin only, Forbidden otherwise)."""
+        return self._run(_admin_list_incomplete(idle_for), None)
+
+
+class TenantFlows:
+    """The SQL API for one tenant context; each call is one transaction."""
+
+    def __init__(self, flows: Flows, tenant: Tenant) -> None:
+        self._flows = flows
+        self.context = tenant
+
+    def _run(self, call: _Call[T]) -> T:
+        return self._flows._run(call, self.context)
+
+    def gate(self) -> Gate:
+        return self._run(_gate())
+
+    def start(self, name: str, created_by: str | None = None) -> FlowSummary:
+        return self._run(_start(name, created_by))
+
+    def start_import(self, filename: str, storage_uri: str, byte_size: int,
+                     flow_name: str | None = None) -> StartedImport:
+        return self._run(_start_import(filename, storage_uri, byte_size, flow_name))
+
+    def add_import(self, flow_id: uuid.UUID, filename: str, storage_uri: str, byte_size: int) -> StartedImport:
+        return self._run(_add_import(flow_id, filename, storage_uri, byte_size))
+
+    def list_flows(self, filter: str = "all", limit: int = 50, offset: int = 0) -> list[FlowRow]:
+        return self._run(_list(filter, limit, offset))
+
+    def list_incomplete(self, limit: int = 50, offset: int = 0) -> list[FlowRow]:
+        return self._run(_list_incomplete(limit, offset))
+
+    def details(self, flow_id: uuid.UUID) -> FlowDetails:
+        return self._run(_details(flow_id))
+
+    def record_progress(self, flow_id: uuid.UUID, phase: str, insight: Any = None) -> FlowSummary:
+        return self._run(_record_progress(flow_id, phase, insight))
+
+    def heartbeat(self, flow_id: uuid.UUID) -> Heartbeat:
+        return self._run(_heartbeat(flow_id))
+
+    def set_status(self, flow_id: uuid.UUID, status: str, error: Any = None) -> StatusChange:
+        return self._run(_set_status(flow_id, status, error))
+
+    def resume(self, flow_id: uuid.UUID) -> ResumeResult:
+        return self._run(_resume(flow_id))
+
+
+class AsyncFlows:
+    """The async twin of :class:`Flows`, over an async connection or pool."""
+
+    def __init__(self, source: AsyncSource) -> None:
+        self._source = source
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        if isinstance(self._source, AsyncConnectionPool):
+            async with self._source.connection() as conn:
+                yield conn
+        else:
+            yield self._source
+
+    async def _run(self, call: _Call[T], tenant: Tenant | None) -> T:
+        async with self._connection() as conn:
+            with wrap_errors():
+                async with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+                    if tenant is not None:
+                        await cur.execute(query("set_context"), _context_params(tenant))
+                    await cur.execute(query(call.query), call.params)
+                    rows = await cur.fetchall()
+        return call.build(rows)
+
+    def tenant(self, client_id: uuid.UUID, engagement_id: uuid.UUID, actor: str | None = None) -> AsyncTenantFlows:
+        return AsyncTenantFlows(self, Tenant(client_id, engagement_id, actor))
+
+    async def admin_list_incomplete(self, idle_for: timedelta | None = None) -> list[AdminFlowRow]:
+        return await self._run(_admin_list_incomplete(idle_for), None)
+
+
+class AsyncTenantFlows:
+    """The async twin of :class:`TenantFlows`."""
+
+    def __init__(self, flows: AsyncFlows, tenant: Tenant) -> None:
+        self._flows = flows
+        self.context = tenant
+
+    async def _run(self, call: _Call[T]) -> T:
+        return await self._flows._run(call, self.context)
+
+    async def gate(self) -> Gate:
+        return await self._run(_gate())
+
+    async def start(self, name: str, created_by: str | None = None) -> FlowSummary:
+        return await self._run(_start(name, created_by))
+
+    async def start_import(self, filename: str, storage_uri: str, byte_size: int,
+                           flow_name: str | None = None) -> StartedImport:
+        return await self._run(_start_import(filename, storage_uri, byte_size, flow_name))
+
+    async def add_import(self, flow_id: uuid.UUID, filename: str, storage_uri: str, byte_size: int
+                         ) -> StartedImport:
+        return await self._run(_add_import(flow_id, filename, storage_uri, byte_size))
+
+    async def list_flows(self, filter: str = "all", limit: int = 50, offset: int = 0) -> list[FlowRow]:
+        return await self._run(_list(filter, limit, offset))
+
+    async def list_incomplete(self, limit: int = 50, offset: int = 0) -> list[FlowRow]:
+        return await self._run(_list_incomplete(limit, offset))
+
+    async def details(self, flow_id: uuid.UUID) -> FlowDetails:
+        return await self._run(_details(flow_id))
+
+    async def record_progress(self, flow_id: uuid.UUID, phase: str, insight: Any = None) -> FlowSummary:
+        return await self._run(_record_progress(flow_id, phase, insight))
+
+    async def heartbeat(self, flow_id: uuid.UUID) -> Heartbeat:
+        return await self._run(_heartbeat(flow_id))
+
+    async def set_status(self, flow_id: uuid.UUID, status: str, error: Any = None) -> StatusChange:
+        return await self._run(_set_status(flow_id, status, error))
+
+    async def resume(self, flow_id: uuid.UUID) -> ResumeResult:
+        return await self._run(_resume(flow_id))

@@ -1,0 +1,173 @@
+"""Typed results of the SQL API, built from its jsonb objects and result rows."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any, TypeVar
+
+__all__ = [
+    "Tenant", "FlowSummary", "Gate", "StartedImport", "FlowRow", "PhaseState", "FlowDetails", "StatusChange",
+    "Heartbeat", "ResumeResult", "AdminFlowRow", "from_json",
+]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """A tenant context: what ``pyflows.set_context`` binds a transaction to."""
+
+    client_id: uuid.UUID
+    engagement_id: uuid.UUID
+    actor: str | None = None
+
+
+@dataclass(frozen=True)
+class FlowSummary:
+    flow_id: uuid.UUID
+    name: str
+    status: str
+    current_phase: str | None
+    phase_title: str | None
+    phases_completed: list[str]
+    progress_percentage: Decimal
+    created_by: str | None
+    created_at: datetime
+    updated_at: datetime
+    last_activity_at: datetime
+    heartbeat_at: datetime | None
+    completed_at: datetime | None
+    next_steps: list[str]
+
+
+@dataclass(frozen=True)
+class Gate:
+    can_start: bool
+    blocking_flow: FlowSummary | None
+    next_steps: list[str]
+
+
+@dataclass(frozen=True)
+class StartedImport:
+    flow_id: uuid.UUID
+    import_id: uuid.UUID
+    flow: FlowSummary | None = None  # start_import returns the new flow; add_import only the ids
+
+
+@dataclass(frozen=True)
+class FlowRow:
+    """One row of list_flows / list_incomplete_flows."""
+
+    flow_id: uuid.UUID
+    name: str
+    status: str
+    current_phase: str | None
+    phase_title: str | None
+    progress_percentage: Decimal
+    created_by: str | None
+    created_at: datetime
+    last_activity_at: datetime
+    counts: dict[str, int]
+    next_steps: list[str]
+
+
+@dataclass(frozen=True)
+class PhaseState:
+    phase: str
+    position: int
+    title: str
+    state: str  # completed, current or pending
+
+
+@dataclass(frozen=True)
+class FlowDetails:
+    flow: FlowSummary
+    phases: list[PhaseState]
+    counts: dict[str, int]
+    errors: list[Any]
+    agent_insights: list[Any]
+    next_steps: list[str]
+    can_resume: bool
+    can_delete: bool
+
+
+@dataclass(frozen=True)
+class StatusChange:
+    flow_id: uuid.UUID
+    status: str
+    changed: bool
+    previous_status: str
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    flow_id: uuid.UUID
+    heartbeat_at: datetime
+    lease_until: datetime
+
+
+@dataclass(frozen=True)
+class ResumeResult:
+    flow_id: uuid.UUID
+    resumed: bool
+    previous_status: str
+    status: str
+    message: str
+    current_phase: str | None
+    phase_title: str | None
+    next_steps: list[str]
+    flow: FlowSummary
+
+
+@dataclass(frozen=True)
+class AdminFlowRow:
+    """One row of admin_list_incomplete_flows."""
+
+    client_id: uuid.UUID
+    client_name: str
+    engagement_id: uuid.UUID
+    engagement_name: str
+    flow_id: uuid.UUID
+    name: str
+    status: str
+    current_phase: str | None
+    progress_percentage: Decimal
+    created_by: str | None
+    created_at: datetime
+    last_activity_at: datetime
+    heartbeat_at: datetime | None
+    idle_for: timedelta
+
+
+def _convert(value: Any, hint: Any) -> Any:
+    if value is None:
+        return None
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _convert(value, options[0])
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        return from_json(hint, value)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return [_convert(v, item) for v in value]
+    if hint is uuid.UUID:
+        return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+    if hint is datetime:
+        return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    if hint is Decimal:
+        return value if isinstance(value, Decimal) else Decimal(str(value))
+    return value
+
+
+def from_json(cls: type[T], data: dict[str, Any]) -> T:
+    """Build dataclass ``cls`` from a jsonb object, converting ids, timestamps and numbers by field type."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: _convert(v, hints[k]) for k, v in data.items() if k in fields})

@@ -1,0 +1,199 @@
+-- pyflows sql/020_flow_views: how a flow is described to callers — its summary, its counts per
+-- table, its next steps — and the small validation helpers the lifecycle functions share.
+-- Nothing here writes. Flows are passed as jsonb (to_jsonb(row)), never as the table's row type,
+-- so these functions do not depend on the table and never block a migration's rollback.
+
+create or replace function pyflows._incomplete_statuses()
+returns text[]
+language sql
+immutable
+parallel safe
+as $$ select array['initialized', 'running', 'paused', 'waiting_for_user', 'failed']::text[] $$;
+
+create or replace function pyflows._terminal_statuses()
+returns text[]
+language sql
+immutable
+parallel safe
+as $$ select array['completed', 'cancelled']::text[] $$;
+
+-- How long a heartbeat keeps a running flow "active": setting pyflows.active_lease, default 5 minutes.
+create or replace function pyflows._active_lease()
+returns interval
+language sql
+stable
+as $$ select coalesce(nullif(pg_catalog.current_setting('pyflows.active_lease', true), '')::interval,
+                      interval '5 minutes') $$;
+
+-- PF422 unless p_value is a non-blank text of at most p_max characters.
+create or replace function pyflows._check_text(p_value text, p_what text, p_max integer default 200)
+returns text
+language plpgsql
+immutable
+set search_path = pg_catalog, pyflows
+as $$
+begin
+    if p_value is null or btrim(p_value) = '' then
+        raise exception '% must not be empty', p_what using errcode = 'PF422';
+    end if;
+    if char_length(p_value) > p_max then
+        raise exception '% must be at most % characters (got %)', p_what, p_max, char_length(p_value)
+            using errcode = 'PF422';
+    end if;
+    return btrim(p_value);
+end;
+$$;
+
+-- PF422 unless p_limit is 1..1000 and p_offset is 0 or more.
+create or replace function pyflows._check_page(p_limit integer, p_offset integer)
+returns void
+language plpgsql
+immutable
+set search_path = pg_catalog, pyflows
+as $$
+begin
+    if p_limit is null or p_limit < 1 or p_limit > 1000 then
+        raise exception 'limit must be between 1 and 1000 (got %)', coalesce(p_limit::text, 'NULL')
+            using errcode = 'PF422';
+    end if;
+    if p_offset is null or p_offset < 0 then
+        raise exception 'offset must be 0 or more (got %)', coalesce(p_offset::text, 'NULL')
+            using errcode = 'PF422';
+    end if;
+end;
+$$;
+
+-- What the user should do next with a flow in this status and phase: a list of sentences.
+create or replace function pyflows._next_steps(p_status text, p_current_phase text, p_error jsonb default null)
+returns jsonb
+language plpgsql
+stable
+set search_path = pg_catalog, pyflows
+as $$
+declare
+    v_title text;
+    v_step  text;
+    v_error text := nullif(coalesce(p_error ->> 'message', p_error #>> '{}'), '');
+begin
+    select title, next_step into v_title, v_step from pyflows.phases where phase = p_current_phase;
+    return case p_status
+        when 'initialized' then jsonb_build_array(format('%s: %s', v_title, v_step))
+        when 'running' then jsonb_build_array(
+            format('%s is running; follow its progress, or pause the flow.', v_title))
+        when 'paused' then jsonb_build_array(
+            format('Resume the flow to continue with %s: %s', lower(v_title), v_step))
+        when 'waiting_for_user' then jsonb_build_array(format('%s: %s', v_title, v_step))
+        when 'failed' then jsonb_build_array(
+            format('%s failed%s. Resume the flow to retry it, or delete the flow.',
+                   coalesce(v_title, 'The flow'), coalesce(': ' || v_error, '')))
+        when 'completed' then jsonb_build_array(
+            'The flow is complete. Upload a new CMDB export to start another flow.')
+        when 'cancelled' then jsonb_build_array(
+            'The flow was cancelled. Delete it once its data is no longer needed.')
+        else '[]'::jsonb
+    end;
+end;
+$$;
+
+-- A flow as callers see it, from to_jsonb(discovery_flows row).
+create or replace function pyflows._flow_summary(p_flow jsonb)
+returns jsonb
+language sql
+stable
+as $$
+    select jsonb_build_object(
+        'flow_id', p_flow -> 'id',
+        'name', p_flow -> 'name',
+        'status', p_flow -> 'status',
+        'current_phase', p_flow -> 'current_phase',
+        'phase_title', (select to_jsonb(ph.title) from pyflows.phases as ph where ph.phase = p_flow ->> 'current_phase'),
+        'phases_completed', p_flow -> 'phases_completed',
+        'progress_percentage', p_flow -> 'progress_percentage',
+        'created_by', p_flow -> 'created_by',
+        'created_at', p_flow -> 'created_at',
+        'updated_at', p_flow -> 'updated_at',
+        'last_activity_at', p_flow -> 'last_activity_at',
+        'heartbeat_at', p_flow -> 'heartbeat_at',
+        'completed_at', p_flow -> 'completed_at',
+        'next_steps', pyflows._next_steps(p_flow ->> 'status', p_flow ->> 'current_phase', p_flow -> 'error'))
+$$;
+
+-- Rows per table that a flow owns (index scans on the tenant-leading keys; RLS applies as usual).
+create or replace function pyflows._flow_counts(p_client_id uuid, p_engagement_id uuid, p_flow_id uuid)
+returns jsonb
+language sql
+stable
+as $$
+    select jsonb_build_object(
+        'data_imports', (
+            select count(*) from pyflows.data_imports as i
+             where i.client_id = p_client_id and i.engagement_id = p_engagement_id and i.flow_id = p_flow_id),
+        'raw_import_records', (
+            select count(*) from pyflows.data_imports as i
+              join pyflows.raw_import_records as r
+                on r.client_id = i.client_id and r.engagement_id = i.engagement_id and r.import_id = i.id
+             where i.client_id = p_client_id and i.engagement_id = p_engagement_id and i.flow_id = p_flow_id),
+        'import_field_mappings', (
+            select count(*) from pyflows.data_imports as i
+              join pyflows.import_field_mappings as m
+                on m.client_id = i.client_id and m.engagement_id = i.engagement_id and m.import_id = i.id
+             where i.client_id = p_client_id and i.engagement_id = p_engagement_id and i.flow_id = p_flow_id),
+        'assets', (
+            select count(*) from pyflows.assets as a
+             where a.client_id = p_client_id and a.engagement_id = p_engagement_id and a.flow_id = p_flow_id),
+        'asset_dependencies', (
+            select count(*) from pyflows.asset_dependencies as d
+             where d.client_id = p_client_id and d.engagement_id = p_engagement_id and d.flow_id = p_flow_id))
+$$;
+
+-- The context's incomplete flow as a summary, or NULL. Under RLS only the context's rows are visible;
+-- the filter is spelled out as well for superusers.
+create or replace function pyflows._blocking_flow()
+returns jsonb
+language sql
+stable
+as $$
+    select pyflows._flow_summary(to_jsonb(f))
+      from pyflows.discovery_flows as f
+     where f.client_id = pyflows.current_client_id()
+       and f.engagement_id = pyflows.current_engagement_id()
+       and f.status = any (pyflows._incomplete_statuses())
+$$;
+
+-- PF409 describing p_blocking (a summary from _blocking_flow), with what the user can do about it.
+create or replace function pyflows._raise_incomplete_flow_exists(p_blocking jsonb)
+returns void
+language plpgsql
+set search_path = pg_catalog, pyflows
+as $$
+declare
+    v_detail jsonb := jsonb_build_object(
+        'flow_id', p_blocking -> 'flow_id',
+        'name', p_blocking -> 'name',
+        'status', p_blocking -> 'status',
+        'current_phase', p_blocking -> 'current_phase',
+        'progress_percentage', p_blocking -> 'progress_percentage',
+        'last_activity_at', p_blocking -> 'last_activity_at',
+        'next_steps', coalesce(p_blocking -> 'next_steps', '[]'::jsonb),
+        'actions', jsonb_build_array('resume', 'delete'));
+begin
+    raise exception 'an incomplete flow exists in this context: %',
+        coalesce(format('%s (%s, %s, %s%%)', p_blocking ->> 'name', p_blocking ->> 'flow_id',
+                        p_blocking ->> 'status', p_blocking ->> 'progress_percentage'),
+                 'started by a concurrent transaction')
+        using errcode = 'PF409',
+              detail = v_detail::text,
+              hint = 'Resume that flow, or delete it, before starting a new one.';
+end;
+$$;
+
+revoke all on function pyflows._incomplete_statuses(), pyflows._terminal_statuses(), pyflows._active_lease(),
+    pyflows._check_text(text, text, integer), pyflows._check_page(integer, integer),
+    pyflows._next_steps(text, text, jsonb), pyflows._flow_summary(jsonb),
+    pyflows._flow_counts(uuid, uuid, uuid), pyflows._blocking_flow(), pyflows._raise_incomplete_flow_exists(jsonb)
+    from public;
+grant execute on function pyflows._incomplete_statuses(), pyflows._terminal_statuses(), pyflows._active_lease(),
+    pyflows._check_text(text, text, integer), pyflows._check_page(integer, integer),
+    pyflows._next_steps(text, text, jsonb), pyflows._flow_summary(jsonb),
+    pyflows._flow_counts(uuid, uuid, uuid), pyflows._blocking_flow(), pyflows._raise_incomplete_flow_exists(jsonb)
+    to pyflows_app;
