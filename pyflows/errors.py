@@ -157,7 +157,7 @@ def _parse_detail(text: str | None) -> dict[str, Any]:
     if not text:
         return {}
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_float=Decimal)
     except ValueError:
         return {"text": text}
     return value if isinstance(value, dict) else {"value": value}

@@ -12,11 +12,14 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 __all__ = [
-    "Tenant", "FlowSummary", "Gate", "StartedImport", "FlowRow", "PhaseState", "FlowDetails", "StatusChange",
-    "Heartbeat", "ResumeResult", "AdminFlowRow", "from_json",
+    "FLOW_TABLES", "Tenant", "FlowSummary", "Gate", "StartedImport", "FlowRow", "PhaseState", "FlowDetails",
+    "StatusChange", "Heartbeat", "ResumeResult", "AdminFlowRow", "from_json",
 ]
 
 T = TypeVar("T")
+
+# The tables a flow owns, parents first: the keys of every "counts" object, in display order.
+FLOW_TABLES = ("data_imports", "raw_import_records", "import_field_mappings", "assets", "asset_dependencies")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,149 @@
+"""`pyflows flows ...` through click's CliRunner against the real database, as pyflows_test_app."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import pytest
+from click.testing import CliRunner, Result
+
+from pyflows.cli import Exit, cli, parse_duration
+from pyflows.models import Tenant
+
+from .test_cli import assert_one_line_error
+
+
+@pytest.fixture
+def flows_cli(pyflows_role_dsn: Callable[[str], str]) -> Callable[..., Result]:
+    """Run `pyflows --dsn <app role> flows --client A --engagement E --actor ops ARGS` for a tenant."""
+
+    def run(tenant: Tenant | None, *args: str, role: str = "app") -> Result:
+        context = ["--client", str(tenant.client_id), "--engagement", str(tenant.engagement_id)] if tenant else []
+        argv = ["--dsn", pyflows_role_dsn(role), "flows", *context, "--actor", "ops@example.com", *args]
+        return CliRunner().invoke(cli, argv, catch_exceptions=False,
+                                  env={"PYFLOWS_CLIENT_ID": "", "PYFLOWS_ENGAGEMENT_ID": ""})
+
+    return run
+
+
+def as_json(result: Result) -> Any:
+    assert result.exit_code in (0, Exit.CONFLICT), result.output
+    return json.loads(result.stdout)
+
+
+@pytest.mark.smoke
+def test_gate_start_and_blocked_gate(flows_cli: Callable[..., Result], tenant_a: Tenant) -> None:
+    open_gate = flows_cli(tenant_a, "gate")
+    assert open_gate.exit_code == 0 and "A new flow can start." in open_gate.stdout
+
+    started = flows_cli(tenant_a, "start", "Q4 export")
+    assert started.exit_code == 0 and "started flow" in started.stdout
+    flow = as_json(flows_cli(tenant_a, "list", "--json"))[0]
+    assert flow["name"] == "Q4 export" and flow["created_by"] == "ops@example.com"
+
+    blocked = flows_cli(tenant_a, "gate")
+    assert blocked.exit_code == Exit.CONFLICT
+    for text in ('"Q4 export" is initialized in Data import at 0.00%', "Next steps:",
+                 f"pyflows flows resume {flow['flow_id']}", "Or delete"):
+        assert text in blocked.stdout
+    gate_json = as_json(flows_cli(tenant_a, "gate", "--json"))
+    assert set(gate_json) == {"can_start", "blocking_flow", "next_steps"}
+    assert gate_json["can_start"] is False and gate_json["blocking_flow"]["flow_id"] == flow["flow_id"]
+
+
+def test_start_while_blocked_is_pf409_in_text_and_json(flows_cli: Callable[..., Result], tenant_a: Tenant,
+                                                       owner: psycopg.Connection[Any]) -> None:
+    flows_cli(tenant_a, "start", "first")
+    text = flows_cli(tenant_a, "start", "second")
+    assert_one_line_error(text, Exit.CONFLICT, "an incomplete flow exists", "first")
+    err = flows_cli(tenant_a, "start", "second", "--json")
+    assert err.exit_code == Exit.CONFLICT and err.stdout == ""
+    payload = json.loads(err.stderr)["error"]
+    assert payload["code"] == "PF409" and payload["detail"]["name"] == "first"
+    assert payload["detail"]["actions"] == ["resume", "delete"] and payload["hint"]
+    assert owner.execute("select count(*) from pyflows.discovery_flows").fetchone() == (1,)
+
+
+def test_upload_show_progress_resume(flows_cli: Callable[..., Result], tenant_a: Tenant) -> None:
+    upload = as_json(flows_cli(tenant_a, "upload", "cmdb.csv", "--storage-uri", "s3://b/cmdb.csv",
+                               "--byte-size", "123", "--json"))
+    flow_id = upload["flow_id"]
+    assert set(upload) == {"flow_id", "import_id", "flow"}
+    more = as_json(flows_cli(tenant_a, "upload", "more.csv", "--storage-uri", "s3://b/more.csv", "--byte-size",
+                             "5", "--flow", flow_id, "--json"))
+    assert more["flow_id"] == flow_id and more["import_id"] != upload["import_id"]
+
+    progressed = as_json(flows_cli(tenant_a, "progress", flow_id, "data_import", "--insight", '{"rows": 2}',
+                                   "--json"))
+    assert progressed["current_phase"] == "data_validation" and progressed["progress_percentage"] == 14.29
+
+    shown = flows_cli(tenant_a, "show", flow_id)
+    assert shown.exit_code == 0
+    for text in ("data_import          Data import          completed", "data_imports           2",
+                 '"insight": {"rows": 2}', "can resume: no"):
+        assert text in shown.stdout, shown.stdout
+    details = as_json(flows_cli(tenant_a, "show", flow_id, "--json"))
+    assert set(details) == {"flow", "phases", "counts", "errors", "agent_insights", "next_steps", "can_resume",
+                            "can_delete"}
+
+    resumed = flows_cli(tenant_a, "resume", flow_id)
+    assert resumed.exit_code == 0 and "already running; nothing to do" in resumed.stdout
+
+
+def test_flows_list_filters_and_json_keys(flows_cli: Callable[..., Result], tenant_a: Tenant) -> None:
+    assert flows_cli(tenant_a, "list").stdout.strip() == "no flows"
+    flows_cli(tenant_a, "start", "one")
+    rows = as_json(flows_cli(tenant_a, "list", "--filter", "incomplete", "--json"))
+    assert set(rows[0]) == {"flow_id", "name", "status", "current_phase", "phase_title", "progress_percentage",
+                            "created_by", "created_at", "last_activity_at", "counts", "next_steps"}
+    assert as_json(flows_cli(tenant_a, "list", "--filter", "terminal", "--json")) == []
+
+
+@pytest.mark.parametrize("args, code, fragment", [
+    (("show", str(uuid.UUID(int=1))), Exit.NOT_FOUND, "not found"),
+    (("resume", str(uuid.UUID(int=1))), Exit.NOT_FOUND, "not found"),
+    (("progress", str(uuid.UUID(int=1)), "data_import"), Exit.NOT_FOUND, "not found"),
+    (("start", "   "), Exit.INVALID, "flow name must not be empty"),
+    (("list", "--limit", "0"), Exit.INVALID, "limit must be between 1 and 1000"),
+    (("upload", "f.csv", "--storage-uri", "no-scheme", "--byte-size", "1"), Exit.INVALID, "storage_uri"),
+])
+def test_errors_map_to_exit_codes(flows_cli: Callable[..., Result], tenant_a: Tenant, args: tuple[str, ...],
+                                  code: Exit, fragment: str) -> None:
+    assert_one_line_error(flows_cli(tenant_a, *args), code, fragment)
+
+
+def test_another_tenants_engagement_is_not_found(flows_cli: Callable[..., Result], tenant_a: Tenant,
+                                                 tenant_b: Tenant) -> None:
+    mixed = Tenant(tenant_a.client_id, tenant_b.engagement_id)
+    assert_one_line_error(flows_cli(mixed, "gate"), Exit.NOT_FOUND, "not found for client")
+
+
+def test_usage_errors(flows_cli: Callable[..., Result], tenant_a: Tenant) -> None:
+    assert flows_cli(None, "gate").exit_code == Exit.USAGE
+    assert flows_cli(tenant_a, "show", "not-a-uuid").exit_code == Exit.USAGE
+    assert flows_cli(tenant_a, "progress", str(uuid.uuid4()), "data_import", "--insight", "{bad").exit_code \
+        == Exit.USAGE
+    assert flows_cli(tenant_a, "list", "--idle-for", "2h").exit_code == Exit.USAGE
+    assert flows_cli(tenant_a, "list", "--all-tenants", "--idle-for", "soon").exit_code == Exit.USAGE
+
+
+def test_all_tenants_listing_is_for_admins(flows_cli: Callable[..., Result], tenant_a: Tenant,
+                                           tenant_b: Tenant) -> None:
+    flows_cli(tenant_a, "start", "A's flow")
+    flows_cli(tenant_b, "start", "B's flow")
+    admin = flows_cli(None, "list", "--all-tenants", role="admin")
+    assert admin.exit_code == 0 and "A's flow" in admin.stdout and "B's flow" in admin.stdout
+    rows = as_json(flows_cli(None, "list", "--all-tenants", "--json", role="admin"))
+    assert {r["client_name"] for r in rows} == {"Client A", "Client B"}
+    assert isinstance(rows[0]["idle_for"], float)
+    assert as_json(flows_cli(None, "list", "--all-tenants", "--idle-for", "7d", "--json", role="admin")) == []
+    assert_one_line_error(flows_cli(None, "list", "--all-tenants", role="app"), Exit.FORBIDDEN, "pyflows_admin")
+
+
+def test_parse_duration() -> None:
+    assert [parse_duration(t).total_seconds() for t in ("90", "90s", "15m", "2h", "7d", "1w")] == \
+        [90, 90, 900, 7200, 604800, 604800]
