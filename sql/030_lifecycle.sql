@@ -171,6 +171,28 @@ begin
 end;
 $$;
 
+-- PF422 unless the flow (from _lock_flow) is in one of p_allowed: "flow <id> is <status>: <p_why>".
+create or replace function pyflows._require_status(p_flow jsonb, p_allowed text[], p_why text,
+                                                   p_hint text default null)
+returns void
+language plpgsql
+set search_path = pg_catalog, pyflows
+as $$
+begin
+    if (p_flow ->> 'status') = any (p_allowed) then
+        return;
+    end if;
+    if p_hint is null then
+        raise exception 'flow % is %: %', p_flow ->> 'id', p_flow ->> 'status', p_why
+            using errcode = 'PF422',
+                  detail = json_build_object('flow_id', p_flow -> 'id', 'status', p_flow -> 'status')::text;
+    end if;
+    raise exception 'flow % is %: %', p_flow ->> 'id', p_flow ->> 'status', p_why
+        using errcode = 'PF422', hint = p_hint,
+              detail = json_build_object('flow_id', p_flow -> 'id', 'status', p_flow -> 'status')::text;
+end;
+$$;
+
 -- Another file into an incomplete flow of the context.
 create or replace function pyflows.add_import(p_flow_id uuid, p_filename text, p_storage_uri text,
                                               p_byte_size bigint)
@@ -185,12 +207,8 @@ begin
     perform pyflows._require_context();
     perform pyflows._check_import(p_filename, p_storage_uri, p_byte_size);
     v_flow := pyflows._lock_flow(p_flow_id);
-    if not (v_flow ->> 'status') = any (pyflows._incomplete_statuses()) then
-        raise exception 'flow % is %: imports go into an incomplete flow', p_flow_id, v_flow ->> 'status'
-            using errcode = 'PF422',
-                  detail = json_build_object('flow_id', p_flow_id, 'status', v_flow ->> 'status')::text,
-                  hint = 'Start a new flow for a new import.';
-    end if;
+    perform pyflows._require_status(v_flow, pyflows._incomplete_statuses(),
+                                    'imports go into an incomplete flow', 'Start a new flow for a new import.');
     v_import_id := pyflows._insert_import(p_flow_id, p_filename, p_storage_uri, p_byte_size);
     update pyflows.discovery_flows set last_activity_at = now()
      where client_id = pyflows.current_client_id() and engagement_id = pyflows.current_engagement_id()
@@ -315,11 +333,8 @@ begin
             using errcode = 'PF422', hint = 'The phases are listed in pyflows.phases.';
     end if;
     v_flow := pyflows._lock_flow(p_flow_id);
-    if not (v_flow ->> 'status') = any (pyflows._incomplete_statuses()) then
-        raise exception 'flow % is %: progress is recorded on incomplete flows only', p_flow_id, v_flow ->> 'status'
-            using errcode = 'PF422',
-                  detail = json_build_object('flow_id', p_flow_id, 'status', v_flow ->> 'status')::text;
-    end if;
+    perform pyflows._require_status(v_flow, pyflows._incomplete_statuses(),
+                                    'progress is recorded on incomplete flows only');
     v_completed := array(select jsonb_array_elements_text(v_flow -> 'phases_completed')) || p_phase;
     select ph.phase into v_next from pyflows.phases as ph
      where ph.phase <> all (v_completed) order by ph.position limit 1;
@@ -352,12 +367,8 @@ declare
 begin
     perform pyflows._require_context();
     v_flow := pyflows._lock_flow(p_flow_id);
-    if v_flow ->> 'status' <> 'running' then
-        raise exception 'flow % is %: heartbeats are for running flows', p_flow_id, v_flow ->> 'status'
-            using errcode = 'PF422',
-                  detail = json_build_object('flow_id', p_flow_id, 'status', v_flow ->> 'status')::text,
-                  hint = 'Resume the flow first.';
-    end if;
+    perform pyflows._require_status(v_flow, array['running'], 'heartbeats are for running flows',
+                                    'Resume the flow first.');
     update pyflows.discovery_flows as f
        set heartbeat_at = now(), last_activity_at = now()
      where f.client_id = pyflows.current_client_id() and f.engagement_id = pyflows.current_engagement_id()
@@ -421,12 +432,8 @@ begin
     perform pyflows._require_context();
     v_flow := pyflows._lock_flow(p_flow_id, true);
     v_status := v_flow ->> 'status';
-    if v_status in ('completed', 'cancelled') then
-        raise exception 'flow % is % and cannot be resumed', p_flow_id, v_status
-            using errcode = 'PF422',
-                  detail = json_build_object('flow_id', p_flow_id, 'status', v_status)::text,
-                  hint = 'Start a new flow for a new import.';
-    end if;
+    perform pyflows._require_status(v_flow, pyflows._incomplete_statuses(), 'it cannot be resumed',
+                                    'Start a new flow for a new import.');
     if v_status <> 'running' then
         update pyflows.discovery_flows as f
            set status = 'running', error = null, last_activity_at = now()
@@ -452,6 +459,7 @@ revoke all on function
     pyflows.flow_gate(), pyflows._insert_flow(text, text), pyflows.start_flow(text, text),
     pyflows._check_import(text, text, bigint), pyflows._insert_import(uuid, text, text, bigint),
     pyflows.start_import(text, text, bigint, text), pyflows._lock_flow(uuid, boolean),
+    pyflows._require_status(jsonb, text[], text, text),
     pyflows.add_import(uuid, text, text, bigint), pyflows.list_flows(text, integer, integer),
     pyflows.list_incomplete_flows(integer, integer), pyflows.flow_details(uuid),
     pyflows.record_progress(uuid, text, jsonb), pyflows.heartbeat(uuid),
@@ -461,6 +469,7 @@ grant execute on function
     pyflows.flow_gate(), pyflows._insert_flow(text, text), pyflows.start_flow(text, text),
     pyflows._check_import(text, text, bigint), pyflows._insert_import(uuid, text, text, bigint),
     pyflows.start_import(text, text, bigint, text), pyflows._lock_flow(uuid, boolean),
+    pyflows._require_status(jsonb, text[], text, text),
     pyflows.add_import(uuid, text, text, bigint), pyflows.list_flows(text, integer, integer),
     pyflows.list_incomplete_flows(integer, integer), pyflows.flow_details(uuid),
     pyflows.record_progress(uuid, text, jsonb), pyflows.heartbeat(uuid),

@@ -303,8 +303,9 @@ def test_resume(api: ApiFactory, tenant_a: Tenant, owner: psycopg.Connection[Any
         assert flows.resume(flow.flow_id).previous_status == status
     for status in ("completed", "cancelled"):
         done = insert_flow(owner, tenant_a, status)
-        with pytest.raises(InvalidRequest, match="cannot be resumed"):
+        with pytest.raises(InvalidRequest, match="cannot be resumed") as caught:
             flows.resume(done)
+        assert caught.value.detail == {"flow_id": str(done), "status": status}
     with pytest.raises(FlowNotFound):
         flows.resume(uuid.uuid4())
 
