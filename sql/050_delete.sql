@@ -1,0 +1,343 @@
+-- pyflows sql/050_delete: what a deletion would remove, whether it is safe, the audited delete of one
+-- flow or a batch, and reading the audit trail.
+--
+-- The delete functions are SECURITY DEFINER because they write the audit, which applications may
+-- not; every row they touch is filtered by the caller's tenant context explicitly, so they act only
+-- where the caller could. The counting and archiving is done by the statement-level triggers of
+-- migration 0004, which see every row the foreign-key cascade removes.
+
+-- What deleting the flow removes, counted without loading a row: per table (including dependency
+-- edges of other flows that touch this flow's assets, which the cascade removes too), those
+-- external edges alone, and the stored files that will be enqueued for removal.
+create or replace function pyflows._deletion_counts(p_flow_id uuid)
+returns jsonb
+language plpgsql
+stable
+set search_path = pg_catalog, pyflows
+as $$
+declare
+    c_client     constant uuid := pyflows.current_client_id();
+    c_engagement constant uuid := pyflows.current_engagement_id();
+    v_counts     jsonb := pyflows._flow_counts(c_client, c_engagement, p_flow_id);
+    v_external   bigint;
+    v_files      bigint;
+    v_sample     jsonb;
+begin
+    select count(*) into v_external
+      from (select d.id
+              from pyflows.asset_dependencies as d
+              join pyflows.assets as a
+                on a.client_id = d.client_id and a.engagement_id = d.engagement_id and a.id = d.source_asset_id
+             where d.client_id = c_client and d.engagement_id = c_engagement
+               and a.flow_id = p_flow_id and d.flow_id <> p_flow_id
+            union
+            select d.id
+              from pyflows.asset_dependencies as d
+              join pyflows.assets as a
+                on a.client_id = d.client_id and a.engagement_id = d.engagement_id and a.id = d.target_asset_id
+             where d.client_id = c_client and d.engagement_id = c_engagement
+               and a.flow_id = p_flow_id and d.flow_id <> p_flow_id) as edges;
+    select count(*) into v_files
+      from pyflows.data_imports as i
+     where i.client_id = c_client and i.engagement_id = c_engagement and i.flow_id = p_flow_id;
+    select coalesce(jsonb_agg(s.storage_uri), '[]') into v_sample
+      from (select i.storage_uri from pyflows.data_imports as i
+             where i.client_id = c_client and i.engagement_id = c_engagement and i.flow_id = p_flow_id
+             order by i.created_at, i.id
+             limit 10) as s;
+    v_counts := jsonb_build_object('discovery_flows', 1)
+             || v_counts
+             || jsonb_build_object('asset_dependencies', (v_counts ->> 'asset_dependencies')::bigint + v_external);
+    return jsonb_build_object(
+        'counts', v_counts,
+        'total_rows', (select sum(value::bigint) from jsonb_each_text(v_counts)),
+        'external_dependencies', v_external,
+        'files', jsonb_build_object('count', v_files, 'sample', v_sample));
+end;
+$$;
+
+-- Blockers and warnings for deleting a flow (from to_jsonb(row)) with the given counts.
+-- Blockers: 'locked' (another transaction holds the flow; never overridden), 'active' (running with a
+-- heartbeat inside pyflows.active_lease) and 'terminal' (completed or cancelled), which p_force turns
+-- into warnings. Warnings: 'high_progress' (above 80 %), 'many_records' (more than 10,000 raw records),
+-- 'external_dependencies' (edges owned by other flows that touch this flow's assets).
+create or replace function pyflows._deletion_verdict(p_flow jsonb, p_counts jsonb, p_force boolean,
+                                                     p_locked boolean)
+returns jsonb
+language plpgsql
+stable
+set search_path = pg_catalog, pyflows
+as $$
+declare
+    v_blockers jsonb := '[]';
+    v_warnings jsonb := '[]';
+    v_status   text := p_flow ->> 'status';
+    v_beat     timestamptz := (p_flow ->> 'heartbeat_at')::timestamptz;
+    v_records  bigint := coalesce((p_counts #>> '{counts,raw_import_records}')::bigint, 0);
+    v_external bigint := coalesce((p_counts ->> 'external_dependencies')::bigint, 0);
+    v_item     jsonb;
+begin
+    if p_locked then
+        v_blockers := v_blockers || jsonb_build_object(
+            'code', 'locked', 'overridable', false,
+            'message', 'another transaction holds this flow; try again when it has finished');
+    end if;
+    if v_status = 'running' and v_beat > now() - pyflows._active_lease() then
+        v_item := jsonb_build_object(
+            'code', 'active', 'overridable', true,
+            'message', format('the flow is running and its worker sent a heartbeat %s ago (lease %s)',
+                              date_trunc('second', now() - v_beat), pyflows._active_lease()));
+        if p_force then
+            v_warnings := v_warnings || (v_item || jsonb_build_object('code', 'forced_active'));
+        else
+            v_blockers := v_blockers || v_item;
+        end if;
+    end if;
+    if v_status = any (pyflows._terminal_statuses()) then
+        v_item := jsonb_build_object(
+            'code', 'terminal', 'overridable', true,
+            'message', format('the flow is %s; its data is the record of a finished import', v_status));
+        if p_force then
+            v_warnings := v_warnings || (v_item || jsonb_build_object('code', 'forced_terminal'));
+        else
+            v_blockers := v_blockers || v_item;
+        end if;
+    end if;
+    if (p_flow ->> 'progress_percentage')::numeric > 80 then
+        v_warnings := v_warnings || jsonb_build_object(
+            'code', 'high_progress', 'overridable', true,
+            'message', format('the flow is %s%% complete', p_flow ->> 'progress_percentage'));
+    end if;
+    if v_records > 10000 then
+        v_warnings := v_warnings || jsonb_build_object(
+            'code', 'many_records', 'overridable', true,
+            'message', format('the flow holds %s raw records', v_records));
+    end if;
+    if v_external > 0 then
+        v_warnings := v_warnings || jsonb_build_object(
+            'code', 'external_dependencies', 'overridable', true,
+            'message', format('%s dependency edge(s) of other flows touch this flow''s assets and will be deleted',
+                              v_external));
+    end if;
+    return jsonb_build_object('safe', jsonb_array_length(v_blockers) = 0, 'forced', p_force,
+                              'blockers', v_blockers, 'warnings', v_warnings);
+end;
+$$;
+
+-- The context's flow for a deletion check, and whether another transaction holds its row. Takes the
+-- row lock when it is free (held to the end of the caller's transaction), never waits for it.
+create or replace function pyflows._flow_for_deletion(p_flow_id uuid, out o_flow jsonb, out o_locked boolean)
+language plpgsql
+set search_path = pg_catalog, pyflows
+as $$
+begin
+    begin
+        o_flow := pyflows._lock_flow(p_flow_id, true);
+        o_locked := false;
+    exception when sqlstate 'PF423' then
+        select to_jsonb(f) into o_flow from pyflows.discovery_flows as f
+         where f.client_id = pyflows.current_client_id() and f.engagement_id = pyflows.current_engagement_id()
+           and f.id = p_flow_id and f.status <> 'deleting';
+        if o_flow is null then
+            raise exception 'flow % not found', p_flow_id
+                using errcode = 'PF404', detail = json_build_object('flow_id', p_flow_id)::text;
+        end if;
+        o_locked := true;
+    end;
+end;
+$$;
+
+create or replace function pyflows.deletion_safety(p_flow_id uuid, p_force boolean default false)
+returns jsonb
+language plpgsql
+set search_path = pg_catalog, pyflows
+as $$
+declare
+    v_target record;
+begin
+    perform pyflows._require_context();
+    v_target := pyflows._flow_for_deletion(p_flow_id);
+    return pyflows._deletion_verdict(v_target.o_flow, pyflows._deletion_counts(p_flow_id),
+                                     coalesce(p_force, false), v_target.o_locked);
+end;
+$$;
+
+create or replace function pyflows.deletion_impact(p_flow_id uuid)
+returns jsonb
+language plpgsql
+set search_path = pg_catalog, pyflows
+as $$
+declare
+    v_target record;
+    v_counts jsonb;
+begin
+    perform pyflows._require_context();
+    v_target := pyflows._flow_for_deletion(p_flow_id);
+    v_counts := pyflows._deletion_counts(p_flow_id);
+    return jsonb_build_object('flow_id', p_flow_id, 'flow', pyflows._flow_summary(v_target.o_flow))
+        || v_counts
+        || jsonb_build_object('safety', pyflows._deletion_verdict(v_target.o_flow, v_counts, false,
+                                                                  v_target.o_locked));
+end;
+$$;
+
+-- The audited delete of one flow and everything it owns, in the caller's transaction.
+create or replace function pyflows.delete_flow(p_flow_id uuid, p_reason text, p_force boolean default false)
+returns jsonb
+language plpgsql
+security definer
+set search_path = pg_catalog, pyflows
+as $$
+declare
+    c_client     constant uuid := pyflows.current_client_id();
+    c_engagement constant uuid := pyflows.current_engagement_id();
+    v_reason  text;
+    v_flow    jsonb;
+    v_impact  jsonb;
+    v_verdict jsonb;
+    v_event   bigint;
+    v_deleted jsonb;
+    v_files   bigint;
+begin
+    perform pyflows._require_context(true);
+    v_reason := pyflows._check_text(p_reason, 'reason', 1000);
+    v_flow := pyflows._lock_flow(p_flow_id, true);
+    v_impact := pyflows._deletion_counts(p_flow_id);
+    v_verdict := pyflows._deletion_verdict(v_flow, v_impact, coalesce(p_force, false), false);
+    if not (v_verdict ->> 'safe')::boolean then
+        raise exception 'flow % cannot be deleted: %', p_flow_id,
+            (select string_agg(b ->> 'message', '; ') from jsonb_array_elements(v_verdict -> 'blockers') as b)
+            using errcode = 'PF423',
+                  detail = jsonb_build_object('flow_id', p_flow_id, 'blockers', v_verdict -> 'blockers',
+                                              'warnings', v_verdict -> 'warnings')::text,
+                  hint = 'Pass p_force => true to delete it anyway; the override is recorded in the audit.';
+    end if;
+
+    v_event := pyflows_audit._begin_event('flow.delete', p_flow_id, v_reason,
+                                          v_impact || jsonb_build_object('safety', v_verdict),
+                                          v_flow, coalesce(p_force, false));
+    delete from pyflows.discovery_flows as f
+     where f.client_id = c_client and f.engagement_id = c_engagement and f.id = p_flow_id;
+    -- The statement-level triggers have run: the event holds the counts actually deleted.
+    select e.deleted into v_deleted from pyflows_audit.events as e where e.id = v_event;
+    select count(*) into v_files from pyflows.file_cleanup_queue as q
+     where q.client_id = c_client and q.engagement_id = c_engagement and q.event_id = v_event;
+    perform pyflows_audit._end_event();
+    return jsonb_build_object('event_id', v_event, 'flow_id', p_flow_id, 'deleted', v_deleted,
+                              'files_enqueued', v_files, 'forced', coalesce(p_force, false),
+                              'warnings', v_verdict -> 'warnings');
+end;
+$$;
+
+-- Many flows with one reason and one batch id on all their events. Atomic (the default): any
+-- failure raises and nothing is deleted. Per flow: each flow in its own subtransaction, and a
+-- result row says what happened to it. Duplicate ids are deleted once; at most 10,000 ids a call.
+create or replace function pyflows.delete_flows(p_flow_ids uuid[], p_reason text, p_force boolean default false,
+                                                p_atomic boolean default true)
+returns table (flow_id uuid, ok boolean, event_id bigint, error_code text, message text)
+language plpgsql
+set search_path = pg_catalog, pyflows
+as $$
+declare
+    v_ids    uuid[];
+    v_id     uuid;
+    v_result jsonb;
+    v_state  text;
+    v_text   text;
+begin
+    perform pyflows._require_context(true);
+    perform pyflows._check_text(p_reason, 'reason', 1000);
+    if p_flow_ids is null or cardinality(p_flow_ids) = 0 then
+        raise exception 'no flow ids given' using errcode = 'PF422';
+    end if;
+    if cardinality(p_flow_ids) > 10000 then
+        raise exception 'at most 10000 flow ids a call (got %)', cardinality(p_flow_ids)
+            using errcode = 'PF422', hint = 'Split the batch; each call is one transaction.';
+    end if;
+    if array_position(p_flow_ids, null) is not null then
+        raise exception 'flow ids must not be NULL' using errcode = 'PF422';
+    end if;
+    select array_agg(u.id order by u.first) into v_ids
+      from (select x.id, min(x.n) as first from unnest(p_flow_ids) with ordinality as x(id, n) group by x.id) as u;
+
+    perform set_config('pyflows.audit_batch', gen_random_uuid()::text, true);
+    foreach v_id in array v_ids loop
+        if coalesce(p_atomic, true) then
+            v_result := pyflows.delete_flow(v_id, p_reason, p_force);
+            return query select v_id, true, (v_result ->> 'event_id')::bigint, null::text, null::text;
+        else
+            begin
+                v_result := pyflows.delete_flow(v_id, p_reason, p_force);
+                return query select v_id, true, (v_result ->> 'event_id')::bigint, null::text, null::text;
+            exception when others then
+                -- Reported in this flow's result row, not swallowed: the caller sees the code and message.
+                get stacked diagnostics v_state = returned_sqlstate, v_text = message_text;
+                return query select v_id, false, null::bigint, v_state, v_text;
+            end;
+        end if;
+    end loop;
+    perform set_config('pyflows.audit_batch', '', true);
+end;
+$$;
+
+-- The context's audit trail, newest first.
+create or replace function pyflows.list_audit_events(p_flow_id uuid default null, p_since timestamptz default null,
+                                                     p_limit integer default 100)
+returns table (
+    event_id bigint, occurred_at timestamptz, action text, actor text, db_user text, application_name text,
+    client_addr inet, flow_id uuid, batch_id uuid, reason text, forced boolean, impact jsonb, deleted jsonb,
+    statement text)
+language plpgsql
+stable
+set search_path = pg_catalog, pyflows
+as $$
+begin
+    perform pyflows._require_context();
+    perform pyflows._check_page(p_limit, 0);
+    return query
+        select e.id, e.occurred_at, e.action, e.actor, e.db_user, e.application_name, e.client_addr, e.flow_id,
+               e.batch_id, e.reason, e.forced, e.impact, e.deleted, e.statement
+          from pyflows_audit.events as e
+         where e.client_id = pyflows.current_client_id() and e.engagement_id = pyflows.current_engagement_id()
+           and (p_flow_id is null or e.flow_id = p_flow_id)
+           and (p_since is null or e.occurred_at >= p_since)
+         order by e.occurred_at desc, e.id desc
+         limit p_limit;
+end;
+$$;
+
+-- One event of the context in full, with the flow snapshot it kept.
+create or replace function pyflows.audit_event(p_event_id bigint)
+returns jsonb
+language plpgsql
+stable
+set search_path = pg_catalog, pyflows
+as $$
+declare
+    v_event jsonb;
+begin
+    perform pyflows._require_context();
+    select to_jsonb(e) - 'id' || jsonb_build_object('event_id', e.id) into v_event
+      from pyflows_audit.events as e
+     where e.id = p_event_id
+       and e.client_id = pyflows.current_client_id() and e.engagement_id = pyflows.current_engagement_id();
+    if v_event is null then
+        raise exception 'audit event % not found', p_event_id
+            using errcode = 'PF404', detail = json_build_object('event_id', p_event_id)::text;
+    end if;
+    return v_event;
+end;
+$$;
+
+revoke all on function
+    pyflows._deletion_counts(uuid), pyflows._deletion_verdict(jsonb, jsonb, boolean, boolean),
+    pyflows._flow_for_deletion(uuid), pyflows.deletion_safety(uuid, boolean), pyflows.deletion_impact(uuid),
+    pyflows.delete_flow(uuid, text, boolean), pyflows.delete_flows(uuid[], text, boolean, boolean),
+    pyflows.list_audit_events(uuid, timestamptz, integer), pyflows.audit_event(bigint)
+    from public;
+grant execute on function
+    pyflows._deletion_counts(uuid), pyflows._deletion_verdict(jsonb, jsonb, boolean, boolean),
+    pyflows._flow_for_deletion(uuid), pyflows.deletion_safety(uuid, boolean), pyflows.deletion_impact(uuid),
+    pyflows.delete_flow(uuid, text, boolean), pyflows.delete_flows(uuid[], text, boolean, boolean),
+    pyflows.list_audit_events(uuid, timestamptz, integer), pyflows.audit_event(bigint)
+    to pyflows_app;
