@@ -12,9 +12,9 @@ from __future__ import annotations
 import contextlib
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Generic, TypeVar
 
@@ -26,12 +26,19 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 from .errors import wrap_errors
 from .models import (
     AdminFlowRow,
+    AuditEvent,
+    BatchItem,
+    CleanupOutcome,
+    DeleteResult,
+    FileCleanup,
     FlowDetails,
     FlowRow,
     FlowSummary,
     Gate,
     Heartbeat,
+    Impact,
     ResumeResult,
+    Safety,
     StartedImport,
     StatusChange,
     Tenant,
@@ -42,6 +49,7 @@ from .queries import query
 __all__ = ["Flows", "AsyncFlows", "TenantFlows", "AsyncTenantFlows", "Tenant"]
 
 T = TypeVar("T")
+DEFAULT_LEASE = timedelta(minutes=5)
 Rows = list[dict[str, Any]]
 SyncSource = psycopg.Connection[Any] | ConnectionPool[Any]
 AsyncSource = psycopg.AsyncConnection[Any] | AsyncConnectionPool[Any]
@@ -52,11 +60,12 @@ class _Call(Generic[T]):
     query: str
     params: Mapping[str, Any]
     build: Callable[[Rows], T]
+    rollback: bool = False  # run for real, then roll the transaction back (a dry run)
 
 
-def _one(cls: type[T]) -> Callable[[Rows], T]:
-    """The single jsonb value a scalar function returned, as ``cls``."""
-    return lambda rows: from_json(cls, next(iter(rows[0].values())))
+def _one(cls: type[T], **extra: Any) -> Callable[[Rows], T]:
+    """The single jsonb value a scalar function returned, as ``cls`` (with ``extra`` fields set)."""
+    return lambda rows: from_json(cls, {**next(iter(rows[0].values())), **extra})
 
 
 def _each(cls: type[T]) -> Callable[[Rows], list[T]]:
@@ -125,6 +134,41 @@ def _admin_list_incomplete(idle_for: timedelta | None) -> _Call[list[AdminFlowRo
     return _Call("admin_list_incomplete_flows", {"idle_for": idle_for}, _each(AdminFlowRow))
 
 
+def _impact(flow_id: uuid.UUID) -> _Call[Impact]:
+    return _Call("deletion_impact", {"flow_id": flow_id}, _one(Impact))
+
+
+def _safety(flow_id: uuid.UUID, force: bool) -> _Call[Safety]:
+    return _Call("deletion_safety", {"flow_id": flow_id, "force": force}, _one(Safety))
+
+
+def _delete(flow_id: uuid.UUID, reason: str, force: bool, dry_run: bool) -> _Call[DeleteResult]:
+    params = {"flow_id": flow_id, "reason": reason, "force": force}
+    return _Call("delete_flow", params, _one(DeleteResult, dry_run=dry_run), rollback=dry_run)
+
+
+def _delete_many(flow_ids: Iterable[uuid.UUID], reason: str, force: bool, atomic: bool,
+                 dry_run: bool) -> _Call[list[BatchItem]]:
+    params = {"flow_ids": list(flow_ids), "reason": reason, "force": force, "atomic": atomic}
+    return _Call("delete_flows", params, _each(BatchItem), rollback=dry_run)
+
+
+def _audit_events(flow_id: uuid.UUID | None, since: datetime | None, limit: int) -> _Call[list[AuditEvent]]:
+    return _Call("list_audit_events", {"flow_id": flow_id, "since": since, "limit": limit}, _each(AuditEvent))
+
+
+def _audit_event(event_id: int) -> _Call[AuditEvent]:
+    return _Call("audit_event", {"event_id": event_id}, _one(AuditEvent))
+
+
+def _claim_file_cleanups(limit: int, lease: timedelta) -> _Call[list[FileCleanup]]:
+    return _Call("claim_file_cleanups", {"limit": limit, "lease": lease}, _each(FileCleanup))
+
+
+def _finish_file_cleanup(cleanup_id: int, error: str | None) -> _Call[CleanupOutcome]:
+    return _Call("finish_file_cleanup", {"id": cleanup_id, "error": error}, _one(CleanupOutcome))
+
+
 def _context_params(tenant: Tenant) -> dict[str, Any]:
     return {"client_id": tenant.client_id, "engagement_id": tenant.engagement_id, "actor": tenant.actor}
 
@@ -144,7 +188,8 @@ class Flows:
             yield self._source
 
     def _run(self, call: _Call[T], tenant: Tenant | None) -> T:
-        with self._connection() as conn, wrap_errors(), conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        with self._connection() as conn, wrap_errors(), conn.transaction(force_rollback=call.rollback), \
+                conn.cursor(row_factory=dict_row) as cur:
             set_json_loads(_loads, cur)
             if tenant is not None:
                 cur.execute(query("set_context"), _context_params(tenant))
@@ -158,6 +203,14 @@ class Flows:
     def admin_list_incomplete(self, idle_for: timedelta | None = None) -> list[AdminFlowRow]:
         """Incomplete flows of every tenant (members of pyflows_admin only, Forbidden otherwise)."""
         return self._run(_admin_list_incomplete(idle_for), None)
+
+    def claim_file_cleanups(self, limit: int = 100, lease: timedelta = DEFAULT_LEASE) -> list[FileCleanup]:
+        """Lease up to ``limit`` queued storage objects for removal (pyflows_admin)."""
+        return self._run(_claim_file_cleanups(limit, lease), None)
+
+    def finish_file_cleanup(self, cleanup_id: int, error: str | None = None) -> CleanupOutcome:
+        """Record that a claimed object was removed, or why it was not (pyflows_admin)."""
+        return self._run(_finish_file_cleanup(cleanup_id, error), None)
 
 
 class TenantFlows:
@@ -204,6 +257,27 @@ class TenantFlows:
     def resume(self, flow_id: uuid.UUID) -> ResumeResult:
         return self._run(_resume(flow_id))
 
+    def deletion_impact(self, flow_id: uuid.UUID) -> Impact:
+        return self._run(_impact(flow_id))
+
+    def deletion_safety(self, flow_id: uuid.UUID, force: bool = False) -> Safety:
+        return self._run(_safety(flow_id, force))
+
+    def delete(self, flow_id: uuid.UUID, reason: str, force: bool = False, dry_run: bool = False) -> DeleteResult:
+        """The audited delete; with ``dry_run`` it runs for real and is rolled back."""
+        return self._run(_delete(flow_id, reason, force, dry_run))
+
+    def delete_many(self, flow_ids: Iterable[uuid.UUID], reason: str, force: bool = False, atomic: bool = True,
+                    dry_run: bool = False) -> list[BatchItem]:
+        return self._run(_delete_many(flow_ids, reason, force, atomic, dry_run))
+
+    def audit_events(self, flow_id: uuid.UUID | None = None, since: datetime | None = None,
+                     limit: int = 100) -> list[AuditEvent]:
+        return self._run(_audit_events(flow_id, since, limit))
+
+    def audit_event(self, event_id: int) -> AuditEvent:
+        return self._run(_audit_event(event_id))
+
 
 class AsyncFlows:
     """The async twin of :class:`Flows`, over an async connection or pool."""
@@ -222,7 +296,7 @@ class AsyncFlows:
     async def _run(self, call: _Call[T], tenant: Tenant | None) -> T:
         async with self._connection() as conn:
             with wrap_errors():
-                async with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+                async with conn.transaction(force_rollback=call.rollback), conn.cursor(row_factory=dict_row) as cur:
                     set_json_loads(_loads, cur)
                     if tenant is not None:
                         await cur.execute(query("set_context"), _context_params(tenant))
@@ -235,6 +309,12 @@ class AsyncFlows:
 
     async def admin_list_incomplete(self, idle_for: timedelta | None = None) -> list[AdminFlowRow]:
         return await self._run(_admin_list_incomplete(idle_for), None)
+
+    async def claim_file_cleanups(self, limit: int = 100, lease: timedelta = DEFAULT_LEASE) -> list[FileCleanup]:
+        return await self._run(_claim_file_cleanups(limit, lease), None)
+
+    async def finish_file_cleanup(self, cleanup_id: int, error: str | None = None) -> CleanupOutcome:
+        return await self._run(_finish_file_cleanup(cleanup_id, error), None)
 
 
 class AsyncTenantFlows:
@@ -281,3 +361,24 @@ class AsyncTenantFlows:
 
     async def resume(self, flow_id: uuid.UUID) -> ResumeResult:
         return await self._run(_resume(flow_id))
+
+    async def deletion_impact(self, flow_id: uuid.UUID) -> Impact:
+        return await self._run(_impact(flow_id))
+
+    async def deletion_safety(self, flow_id: uuid.UUID, force: bool = False) -> Safety:
+        return await self._run(_safety(flow_id, force))
+
+    async def delete(self, flow_id: uuid.UUID, reason: str, force: bool = False,
+                     dry_run: bool = False) -> DeleteResult:
+        return await self._run(_delete(flow_id, reason, force, dry_run))
+
+    async def delete_many(self, flow_ids: Iterable[uuid.UUID], reason: str, force: bool = False,
+                          atomic: bool = True, dry_run: bool = False) -> list[BatchItem]:
+        return await self._run(_delete_many(flow_ids, reason, force, atomic, dry_run))
+
+    async def audit_events(self, flow_id: uuid.UUID | None = None, since: datetime | None = None,
+                           limit: int = 100) -> list[AuditEvent]:
+        return await self._run(_audit_events(flow_id, since, limit))
+
+    async def audit_event(self, event_id: int) -> AuditEvent:
+        return await self._run(_audit_event(event_id))

@@ -6,14 +6,18 @@ documented exit code (docs/cli.md), never a traceback.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import getpass
+import itertools
 import json
 import os
 import re
 import sys
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from enum import IntEnum
 from pathlib import Path
 from typing import Any, NoReturn
@@ -38,8 +42,9 @@ from .errors import (
     describe,
     from_psycopg,
 )
-from .models import FLOW_TABLES, FlowRow, FlowSummary, Gate
-from .render import fields, table, to_json
+from .files import drain as drain_files
+from .models import FLOW_TABLES, BatchItem, FlowRow, FlowSummary, Gate, Impact, Safety
+from .render import fields, plain, table, to_json
 
 
 class Exit(IntEnum):
@@ -186,7 +191,7 @@ def rollback(target: Target, to: str | None, all_: bool, yes: bool) -> None:
     what = "every pyflows migration" if all_ else (f"every migration after {to}" if to else "the newest migration")
     dsn = target.resolve()
     if not yes:
-        if not sys.stdin.isatty():
+        if not _interactive():
             _fail(f"refusing to roll back {what} without --yes (no terminal to ask)", Exit.USAGE)
         click.confirm(f"Roll back {what} on {describe_dsn(dsn)}? Data in the dropped tables is lost",
                       abort=True)
@@ -279,10 +284,16 @@ class FlowsTarget:
     engagement_id: uuid.UUID | None
     actor: str
 
+    _conn: psycopg.Connection[Any] | None = None
+
+    def connection(self) -> psycopg.Connection[Any]:
+        if self._conn is None:
+            self._conn = connect(self.target.resolve(), autocommit=True, application_name="pyflows-cli")
+            click.get_current_context().call_on_close(self._conn.close)
+        return self._conn
+
     def api(self) -> Flows:
-        conn = connect(self.target.resolve(), autocommit=True, application_name="pyflows-cli")
-        click.get_current_context().call_on_close(conn.close)
-        return Flows(conn)
+        return Flows(self.connection())
 
     def tenant(self) -> TenantFlows:
         if self.client_id is None or self.engagement_id is None:
@@ -291,21 +302,35 @@ class FlowsTarget:
         return self.api().tenant(self.client_id, self.engagement_id, self.actor)
 
 
+def tenant_options(group: Callable[..., None]) -> Callable[..., None]:
+    """--client, --engagement and --actor for a command group; its commands get a FlowsTarget."""
+    options = [
+        click.option("--client", "client_id", type=click.UUID, envvar="PYFLOWS_CLIENT_ID",
+                     help="Client id (PYFLOWS_CLIENT_ID)."),
+        click.option("--engagement", "engagement_id", type=click.UUID, envvar="PYFLOWS_ENGAGEMENT_ID",
+                     help="Engagement id (PYFLOWS_ENGAGEMENT_ID)."),
+        click.option("--actor", default=lambda: getpass.getuser(), show_default="the OS user",
+                     help="Who acts, as recorded by pyflows."),
+    ]
+
+    @functools.wraps(group)
+    def bind(client_id: uuid.UUID | None, engagement_id: uuid.UUID | None, actor: str) -> None:
+        ctx = click.get_current_context()
+        ctx.obj = FlowsTarget(ctx.find_object(Target) or Target(None, False, None), client_id, engagement_id, actor)
+
+    for option in reversed(options):
+        bind = option(bind)
+    return bind
+
+
 @cli.group(cls=_Group)
-@click.option("--client", "client_id", type=click.UUID, envvar="PYFLOWS_CLIENT_ID",
-              help="Client id (PYFLOWS_CLIENT_ID).")
-@click.option("--engagement", "engagement_id", type=click.UUID, envvar="PYFLOWS_ENGAGEMENT_ID",
-              help="Engagement id (PYFLOWS_ENGAGEMENT_ID).")
-@click.option("--actor", default=lambda: getpass.getuser(), show_default="the OS user",
-              help="Who acts, as recorded by pyflows.")
-@click.pass_context
-def flows(ctx: click.Context, client_id: uuid.UUID | None, engagement_id: uuid.UUID | None, actor: str) -> None:
-    """Discovery flows of one client and engagement: gate, start, list, show, resume, progress."""
-    ctx.obj = FlowsTarget(ctx.find_object(Target) or Target(None, False, None), client_id, engagement_id, actor)
+@tenant_options
+def flows() -> None:
+    """Discovery flows of one client and engagement: gate, start, list, show, resume, progress, impact, delete."""
 
 
 def _emit(obj: FlowsTarget, value: Any, human: str) -> None:
-    click.echo(to_json(value) if obj.target.json else human)
+    _emit_plain(obj.target, value, human)
 
 
 def _summary(flow: FlowSummary) -> str:
@@ -457,11 +482,247 @@ def progress(obj: FlowsTarget, flow_id: uuid.UUID, phase: str, insight: str | No
     _emit(obj, flow, _summary(flow))
 
 
-def parse_duration(text: str) -> timedelta:
+def _impact_text(impact: Impact) -> str:
+    flow = impact.flow
+    lines = [f'Deleting "{flow.name}" ({flow.flow_id}, {flow.status}, {flow.progress_percentage}%) removes:',
+             fields([("discovery_flows", impact.counts.get("discovery_flows"))]
+                    + [(name, impact.counts.get(name)) for name in FLOW_TABLES]),
+             f"{impact.total_rows} rows in all; {impact.files.count} stored file(s) will be queued for removal"]
+    lines += [f"  {uri}" for uri in impact.files.sample]
+    if impact.files.count > len(impact.files.sample):
+        lines.append(f"  ... and {impact.files.count - len(impact.files.sample)} more")
+    lines.append(_verdict_text(impact.safety))
+    return "\n".join(lines)
+
+
+def _verdict_text(safety: Safety) -> str:
+    lines = ["safe to delete" if safety.safe else "BLOCKED"]
+    lines += [f"  blocker {b.code}: {b.message}" + ("" if b.overridable else " (cannot be forced)")
+              for b in safety.blockers]
+    lines += [f"  warning {w.code}: {w.message}" for w in safety.warnings]
+    return "\n".join(lines)
+
+
+@flows.command()
+@click.argument("flow_id", type=click.UUID)
+@json_option
+@click.pass_obj
+def impact(obj: FlowsTarget, flow_id: uuid.UUID) -> None:
+    """What deleting a flow would remove, and whether it is safe (nothing is deleted)."""
+    result = obj.tenant().deletion_impact(flow_id)
+    _emit(obj, result, _impact_text(result))
+
+
+def _read_ids(path: str) -> Iterator[uuid.UUID]:
+    """Flow ids from a file (or - for stdin), one a line; blank lines and # comments are skipped."""
+    with click.open_file(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            text = line.split("#", 1)[0].strip()
+            if not text:
+                continue
+            try:
+                yield uuid.UUID(text)
+            except ValueError:
+                raise click.BadParameter(f"line {number}: {text!r} is not a flow id",
+                                         param_hint="--from-file") from None
+
+
+def _chunks(ids: Iterator[uuid.UUID], size: int) -> Iterator[list[uuid.UUID]]:
+    chunk: list[uuid.UUID] = []
+    for flow_id in ids:
+        chunk.append(flow_id)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+BATCH_CHUNK = 1000
+
+
+@flows.command()
+@click.argument("flow_ids", nargs=-1, type=click.UUID)
+@click.option("--reason", required=True, help="Why: kept in the audit event (required, not empty).")
+@click.option("--force", is_flag=True, help="Delete even a running (live) or a completed/cancelled flow.")
+@click.option("--dry-run", is_flag=True, help="Run the delete and roll it back: report what it would remove.")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--from-file", "from_file", metavar="FILE", help="Flow ids, one a line (- for stdin).")
+@click.option("--atomic/--per-flow", default=True, show_default=True,
+              help="All or nothing, or each flow on its own with a result per flow.")
+@json_option
+@click.pass_obj
+def delete(obj: FlowsTarget, flow_ids: tuple[uuid.UUID, ...], reason: str, force: bool, dry_run: bool, yes: bool,
+           from_file: str | None, atomic: bool) -> None:
+    """Delete flows and everything they created, audited. Shows the impact first and asks for confirmation."""
+    if bool(flow_ids) == bool(from_file):
+        raise click.UsageError("give flow ids as arguments or --from-file FILE (one of them)")
+    api = obj.tenant()
+    if flow_ids and len(flow_ids) == 1 and not from_file:
+        _delete_one(obj, api, flow_ids[0], reason, force, dry_run, yes)
+        return
+    _delete_batch(obj, api, flow_ids, from_file, reason, force, dry_run, yes, atomic)
+
+
+def _interactive() -> bool:
+    """Whether a person can answer a prompt (stdin is a terminal)."""
+    return sys.stdin.isatty()
+
+
+def _confirm(question: str, yes: bool, dry_run: bool) -> None:
+    if yes or dry_run:
+        return
+    if not _interactive():
+        raise _Refused("refusing to delete without --yes (no terminal to ask)")
+    click.confirm(question, abort=True, err=True)
+
+
+class _Refused(click.ClickException):
+    exit_code = int(Exit.USAGE)
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"pyflows: {self.message}", err=True)
+
+
+def _delete_one(obj: FlowsTarget, api: TenantFlows, flow_id: uuid.UUID, reason: str, force: bool, dry_run: bool,
+                yes: bool) -> None:
+    preview = api.deletion_impact(flow_id)
+    if not obj.target.json:
+        click.echo(_impact_text(preview), err=True)
+    _confirm(f"Delete flow {flow_id} and {preview.total_rows} rows?", yes, dry_run)
+    result = api.delete(flow_id, reason, force=force, dry_run=dry_run)
+    verb = "would delete" if dry_run else "deleted"
+    human = (f"{verb} flow {flow_id}: {sum(result.deleted.values())} rows "
+             f"({', '.join(f'{k} {v}' for k, v in sorted(result.deleted.items()))}); "
+             f"{result.files_enqueued} file(s) queued" + ("" if dry_run else f"; audit event {result.event_id}"))
+    _emit(obj, result, human)
+
+
+def _delete_batch(obj: FlowsTarget, api: TenantFlows, flow_ids: tuple[uuid.UUID, ...], from_file: str | None,
+                  reason: str, force: bool, dry_run: bool, yes: bool, atomic: bool) -> None:
+    def ids() -> Iterator[uuid.UUID]:
+        return _read_ids(from_file) if from_file else iter(flow_ids)
+
+    total = sum(1 for _ in ids()) if (from_file and from_file != "-") else (len(flow_ids) or None)
+    if from_file == "-" and not (yes or dry_run):
+        raise _Refused("ids from stdin need --yes or --dry-run (stdin cannot also answer a prompt)")
+    if not obj.target.json:
+        click.echo(f"{total if total is not None else 'the'} flow(s) to delete"
+                   f" ({'all or nothing' if atomic else 'each on its own'}); impact of the first:", err=True)
+        for flow_id in list(itertools.islice(ids(), 3)):
+            click.echo(_impact_text(api.deletion_impact(flow_id)), err=True)
+    _confirm(f"Delete {total if total is not None else 'these'} flow(s) and everything they created?", yes, dry_run)
+
+    counts = {"ok": 0, "failed": 0}
+    failures: list[BatchItem] = []
+    conn = obj.connection()
+    # Atomic or dry run: one transaction around every chunk; per flow: one transaction per chunk.
+    outer = conn.transaction(force_rollback=dry_run) if (atomic or dry_run) else contextlib.nullcontext()
+    progress: Any = click.progressbar(length=total, label="deleting", file=sys.stderr,
+                                      hidden=obj.target.json or not sys.stderr.isatty())
+    with outer, progress as bar:
+        for chunk in _chunks(ids(), BATCH_CHUNK):
+            for item in api.delete_many(chunk, reason, force=force, atomic=atomic):
+                counts["ok" if item.ok else "failed"] += 1
+                if not item.ok and len(failures) < 100:  # the first 100 are listed; all are counted
+                    failures.append(item)
+                if obj.target.json:
+                    click.echo(json.dumps(plain(item), sort_keys=True))
+            bar.update(len(chunk))
+    summary = {"deleted": counts["ok"], "failed": counts["failed"], "dry_run": dry_run, "atomic": atomic}
+    if obj.target.json:
+        click.echo(json.dumps({"summary": summary}, sort_keys=True))
+    else:
+        verb = "would delete" if dry_run else "deleted"
+        click.echo(f"{verb} {counts['ok']} flow(s); {counts['failed']} failed")
+        for item in failures:
+            click.echo(f"  {item.flow_id}: [{item.error_code}] {item.message}")
+    if counts["failed"]:
+        sys.exit(int(Exit.ERROR))
+
+
+# ---- audit ----------------------------------------------------------------------------------------------
+
+
+@cli.group(cls=_Group)
+@tenant_options
+def audit() -> None:
+    """The audit trail of one client and engagement."""
+
+
+@audit.command(name="list")
+@click.option("--flow", "flow_id", type=click.UUID, help="Only this flow's events.")
+@click.option("--since", type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]),
+              help="Only events at or after this time (UTC).")
+@click.option("--limit", type=int, default=100, show_default=True)
+@json_option
+@click.pass_obj
+def audit_list(obj: FlowsTarget, flow_id: uuid.UUID | None, since: datetime | None, limit: int) -> None:
+    """Events, newest first: who deleted what, when, why, and how much."""
+    when = since.replace(tzinfo=UTC) if since is not None else None
+    events = obj.tenant().audit_events(flow_id, when, limit)
+    human = "no events" if not events else table(
+        ("event", "when", "action", "actor", "flow", "rows", "reason"),
+        [(e.event_id, e.occurred_at, e.action, e.actor, e.flow_id, sum(e.deleted.values()), e.reason)
+         for e in events])
+    _emit(obj, events, human)
+
+
+@audit.command(name="show")
+@click.argument("event_id", type=int)
+@json_option
+@click.pass_obj
+def audit_show(obj: FlowsTarget, event_id: int) -> None:
+    """One event in full, with the impact shown before and the counts actually deleted."""
+    event = obj.tenant().audit_event(event_id)
+    parts = [fields([("event", event.event_id), ("when", event.occurred_at), ("action", event.action),
+                     ("actor", event.actor), ("database user", event.db_user),
+                     ("application", event.application_name), ("client address", event.client_addr),
+                     ("transaction", event.txid), ("flow", event.flow_id), ("batch", event.batch_id),
+                     ("forced", "yes" if event.forced else "no"), ("reason", event.reason)])]
+    shown = (event.impact or {}).get("counts", {})
+    parts += ["", table(("table", "impact shown", "deleted"),
+                        [(name, shown.get(name), event.deleted.get(name))
+                         for name in sorted(set(shown) | set(event.deleted))])]
+    if event.statement:
+        parts += ["", f"statement: {event.statement}"]
+    _emit(obj, event, "\n".join(parts))
+
+
+# ---- files ----------------------------------------------------------------------------------------------
+
+
+@cli.group(cls=_Group)
+def files() -> None:
+    """The outbox of stored files whose rows were deleted."""
+
+
+@files.command(name="drain")
+@click.option("--limit", type=int, help="Handle at most N entries (default: until the queue is empty).")
+@click.option("--lease", default="5m", show_default=True, help="How long a claimed entry is reserved.")
+@json_option
+@click.pass_obj
+def files_drain(target: Target, limit: int | None, lease: str) -> None:
+    """Remove queued file:// objects; a missing file counts as removed; failures stay queued (pyflows_admin)."""
+    conn = connect(target.resolve(), autocommit=True, application_name="pyflows-files")
+    click.get_current_context().call_on_close(conn.close)
+    report = drain_files(Flows(conn), limit=limit, lease=parse_duration(lease, "--lease"))
+    human = "\n".join([f"removed {report.removed}; failed {report.failed}"]
+                      + [f"  {entry_id} {uri}: {error}" for entry_id, uri, error in report.errors])
+    _emit_plain(target, report, human)
+    if report.failed:
+        sys.exit(int(Exit.ERROR))
+
+
+def _emit_plain(target: Target, value: Any, human: str) -> None:
+    click.echo(to_json(value) if target.json else human)
+
+
+def parse_duration(text: str, option: str = "--idle-for") -> timedelta:
     """``90s``, ``15m``, ``2h``, ``7d`` or ``1w``; a plain number is seconds."""
     match = re.fullmatch(r"\s*(\d+)\s*([smhdw]?)\s*", text)
     if not match:
-        raise click.BadParameter(f"{text!r} is not a duration such as 30m, 2h or 7d", param_hint="--idle-for")
+        raise click.BadParameter(f"{text!r} is not a duration such as 30m, 2h or 7d", param_hint=option)
     unit = {"": "seconds", "s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}[match[2]]
     return timedelta(**{unit: int(match[1])})
 

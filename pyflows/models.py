@@ -13,7 +13,8 @@ from typing import Any, TypeVar
 
 __all__ = [
     "FLOW_TABLES", "Tenant", "FlowSummary", "Gate", "StartedImport", "FlowRow", "PhaseState", "FlowDetails",
-    "StatusChange", "Heartbeat", "ResumeResult", "AdminFlowRow", "from_json",
+    "StatusChange", "Heartbeat", "ResumeResult", "AdminFlowRow", "SafetyItem", "Safety", "FileSample", "Impact",
+    "DeleteResult", "BatchItem", "AuditEvent", "FileCleanup", "CleanupOutcome", "from_json",
 ]
 
 T = TypeVar("T")
@@ -148,6 +149,113 @@ class AdminFlowRow:
     idle_for: timedelta
 
 
+@dataclass(frozen=True)
+class SafetyItem:
+    """A blocker or a warning of deletion_safety: ``code`` is stable, ``message`` is for people."""
+
+    code: str
+    message: str
+    overridable: bool
+
+
+@dataclass(frozen=True)
+class Safety:
+    safe: bool
+    forced: bool
+    blockers: list[SafetyItem]
+    warnings: list[SafetyItem]
+
+
+@dataclass(frozen=True)
+class FileSample:
+    count: int
+    sample: list[str]
+
+
+@dataclass(frozen=True)
+class Impact:
+    """What deleting a flow removes (counts per table), the edges of other flows it takes along, the
+    stored files it enqueues, and the safety verdict."""
+
+    flow_id: uuid.UUID
+    flow: FlowSummary
+    counts: dict[str, int]
+    total_rows: int
+    external_dependencies: int
+    files: FileSample
+    safety: Safety
+
+
+@dataclass(frozen=True)
+class DeleteResult:
+    event_id: int
+    flow_id: uuid.UUID
+    deleted: dict[str, int]
+    files_enqueued: int
+    forced: bool
+    warnings: list[SafetyItem]
+    dry_run: bool = False  # True: the delete ran and was rolled back; event_id names no stored event
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    """One flow's outcome in delete_flows."""
+
+    flow_id: uuid.UUID
+    ok: bool
+    event_id: int | None
+    error_code: str | None
+    message: str | None
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    event_id: int
+    occurred_at: datetime
+    action: str
+    actor: str | None
+    db_user: str
+    application_name: str | None
+    client_addr: str | None
+    flow_id: uuid.UUID | None
+    batch_id: uuid.UUID | None
+    reason: str | None
+    forced: bool
+    impact: dict[str, Any] | None
+    deleted: dict[str, int]
+    statement: str | None
+    # Only in audit_event (one event in full):
+    txid: int | None = None
+    client_id: uuid.UUID | None = None
+    engagement_id: uuid.UUID | None = None
+    flow_snapshot: dict[str, Any] | None = None
+    details: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class FileCleanup:
+    """A claimed entry of the file outbox."""
+
+    id: int
+    client_id: uuid.UUID
+    engagement_id: uuid.UUID
+    storage_uri: str
+    attempts: int
+    flow_id: uuid.UUID | None
+    import_id: uuid.UUID | None
+    event_id: int | None
+    last_error: str | None
+
+
+@dataclass(frozen=True)
+class CleanupOutcome:
+    id: int
+    done: bool
+    attempts: int
+    last_error: str | None
+    storage_uri: str
+
+
 def _convert(value: Any, hint: Any) -> Any:
     if value is None:
         return None
@@ -166,6 +274,8 @@ def _convert(value: Any, hint: Any) -> Any:
         return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
     if hint is Decimal:
         return value if isinstance(value, Decimal) else Decimal(str(value))
+    if hint is str and not isinstance(value, str):
+        return str(value)  # e.g. an inet read as ipaddress.IPv4Address
     return value
 
 

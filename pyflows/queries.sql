@@ -107,3 +107,28 @@ select pyflows.resume_flow(p_flow_id => %(flow_id)s)
 
 -- name: admin_list_incomplete_flows
 select * from pyflows.admin_list_incomplete_flows(p_idle_for => %(idle_for)s)
+
+-- name: deletion_impact
+select pyflows.deletion_impact(p_flow_id => %(flow_id)s)
+
+-- name: deletion_safety
+select pyflows.deletion_safety(p_flow_id => %(flow_id)s, p_force => %(force)s)
+
+-- name: delete_flow
+select pyflows.delete_flow(p_flow_id => %(flow_id)s, p_reason => %(reason)s, p_force => %(force)s)
+
+-- name: delete_flows
+select * from pyflows.delete_flows(p_flow_ids => %(flow_ids)s::uuid[], p_reason => %(reason)s,
+                                   p_force => %(force)s, p_atomic => %(atomic)s)
+
+-- name: list_audit_events
+select * from pyflows.list_audit_events(p_flow_id => %(flow_id)s, p_since => %(since)s, p_limit => %(limit)s)
+
+-- name: audit_event
+select pyflows.audit_event(p_event_id => %(event_id)s)
+
+-- name: claim_file_cleanups
+select * from pyflows.claim_file_cleanups(p_limit => %(limit)s, p_lease => %(lease)s)
+
+-- name: finish_file_cleanup
+select pyflows.finish_file_cleanup(p_id => %(id)s, p_error => %(error)s)
