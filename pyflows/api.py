@@ -149,7 +149,8 @@ def _delete(flow_id: uuid.UUID, reason: str, force: bool, dry_run: bool) -> _Cal
 
 def _delete_many(flow_ids: Iterable[uuid.UUID], reason: str, force: bool, atomic: bool,
                  dry_run: bool) -> _Call[list[BatchItem]]:
-    params = {"flow_ids": list(flow_ids), "reason": reason, "force": force, "atomic": atomic}
+    params = {"flow_ids": None if flow_ids is None else list(flow_ids), "reason": reason, "force": force,
+              "atomic": atomic}
     return _Call("delete_flows", params, _each(BatchItem), rollback=dry_run)
 
 

@@ -588,7 +588,7 @@ def _delete_one(obj: FlowsTarget, api: TenantFlows, flow_id: uuid.UUID, reason: 
                 yes: bool) -> None:
     preview = api.deletion_impact(flow_id)
     if not obj.target.json:
-        click.echo(_impact_text(preview), err=True)
+        click.echo(_impact_text(preview))
     _confirm(f"Delete flow {flow_id} and {preview.total_rows} rows?", yes, dry_run)
     result = api.delete(flow_id, reason, force=force, dry_run=dry_run)
     verb = "would delete" if dry_run else "deleted"
@@ -608,9 +608,12 @@ def _delete_batch(obj: FlowsTarget, api: TenantFlows, flow_ids: tuple[uuid.UUID,
         raise _Refused("ids from stdin need --yes or --dry-run (stdin cannot also answer a prompt)")
     if not obj.target.json:
         click.echo(f"{total if total is not None else 'the'} flow(s) to delete"
-                   f" ({'all or nothing' if atomic else 'each on its own'}); impact of the first:", err=True)
+                   f" ({'all or nothing' if atomic else 'each on its own'}); impact of the first:")
         for flow_id in list(itertools.islice(ids(), 3)):
-            click.echo(_impact_text(api.deletion_impact(flow_id)), err=True)
+            try:
+                click.echo(_impact_text(api.deletion_impact(flow_id)))
+            except PyflowsError as exc:  # shown, and the batch reports this flow's outcome again below
+                click.echo(f"flow {flow_id}: {exc}")
     _confirm(f"Delete {total if total is not None else 'these'} flow(s) and everything they created?", yes, dry_run)
 
     counts = {"ok": 0, "failed": 0}
