@@ -66,26 +66,37 @@ create index file_cleanup_queue_event on pyflows.file_cleanup_queue (event_id) w
 
 -- ---- append-only ------------------------------------------------------------------------------------
 
+-- Statement-level: refuses UPDATE, DELETE and TRUNCATE. The one exception is a DELETE by
+-- pyflows.prune_audit, which marks its own transaction in the setting pyflows.audit_prune first.
 create function pyflows_audit._refuse_change()
 returns trigger
 language plpgsql
 set search_path = pg_catalog, pyflows_audit
 as $$
 begin
+    if tg_op = 'DELETE' and current_setting('pyflows.audit_prune', true) = txid_current()::text then
+        return null;
+    end if;
     raise exception 'the pyflows audit trail is append-only: % on %.% is refused',
         tg_op, tg_table_schema, tg_table_name
         using errcode = 'PF403', hint = 'Old events are removed only by pyflows.prune_audit.';
 end;
 $$;
 
--- An event may gain its counts inside the transaction that created it; nothing else may change.
+-- An event may gain its counts inside the transaction that created it; a purge event, which spans
+-- many transactions, may gain counts and change its details until its state is no longer 'running'.
+-- Nothing else may change.
 create function pyflows_audit._guard_event_update()
 returns trigger
 language plpgsql
 set search_path = pg_catalog, pyflows_audit
 as $$
+declare
+    v_open_purge boolean := old.action = 'flow.purge' and old.details ->> 'state' = 'running';
 begin
-    if old.txid <> txid_current() or (to_jsonb(new) - 'deleted') <> (to_jsonb(old) - 'deleted') then
+    if (to_jsonb(new) - 'deleted' - 'details') <> (to_jsonb(old) - 'deleted' - 'details')
+       or (new.details is distinct from old.details and not v_open_purge)
+       or (old.txid <> txid_current() and not v_open_purge) then
         raise exception 'the pyflows audit trail is append-only: event % cannot be changed', old.id
             using errcode = 'PF403';
     end if;
@@ -175,7 +186,9 @@ $$;
 
 -- The event that rows deleted by the current statement belong to: the API's open event, the event
 -- already opened for this statement, or a new 'sql.delete' event for a DELETE run outside the API
--- (its tenant and flow when the rows name exactly one, and the statement's text).
+-- (its tenant and flow when the rows name exactly one, and the statement's text). The setting is
+-- trusted only for an event of this transaction, or a running purge of the same tenant: a setting
+-- pointing anywhere else is ignored and the rows get a 'sql.delete' event of their own.
 create function pyflows_audit._statement_event(p_table text, p_rows bigint, p_tenants bigint, p_client uuid,
                                                p_engagement uuid, p_flows bigint, p_flow uuid)
 returns bigint
@@ -188,7 +201,12 @@ declare
     v_statement text := nullif(current_setting('pyflows.audit_statement', true), '');
     v_id        bigint;
 begin
-    if v_event is not null and v_statement in ('api', statement_timestamp()::text) then
+    if v_event is not null and v_statement in ('api', statement_timestamp()::text) and exists (
+        select from pyflows_audit.events as e
+         where e.id = v_event::bigint
+           and (e.txid = txid_current()
+                or (e.action = 'flow.purge' and e.details ->> 'state' = 'running' and p_tenants = 1
+                    and e.client_id = p_client and e.engagement_id = p_engagement))) then
         return v_event::bigint;
     end if;
     insert into pyflows_audit.events

@@ -38,6 +38,36 @@ begin
 end;
 $$;
 
+-- The same binding for the whole session rather than one transaction: for CALL pyflows.purge_flow,
+-- which commits as it goes and so cannot run inside the caller's transaction. Session settings
+-- outlive the transaction: call pyflows.clear_context() when done, and never leave a session bound
+-- on a pooled connection.
+create or replace function pyflows.set_session_context(
+    p_client_id uuid,
+    p_engagement_id uuid,
+    p_actor text default null
+)
+returns void
+language plpgsql
+set search_path = pg_catalog, pyflows
+as $$
+begin
+    perform pyflows.set_context(p_client_id, p_engagement_id, p_actor);
+    perform set_config('pyflows.client_id', p_client_id::text, false);
+    perform set_config('pyflows.engagement_id', p_engagement_id::text, false);
+    perform set_config('pyflows.actor', coalesce(p_actor, ''), false);
+end;
+$$;
+
+-- Unbind the session (and the current transaction) from any tenant.
+create or replace function pyflows.clear_context()
+returns void
+language sql
+as $$
+    select set_config('pyflows.client_id', '', false), set_config('pyflows.engagement_id', '', false),
+           set_config('pyflows.actor', '', false)
+$$;
+
 -- Raises PF401 unless set_context ran in this transaction; with p_need_actor, also unless it named an actor.
 create or replace function pyflows._require_context(p_need_actor boolean default false)
 returns void
@@ -59,7 +89,7 @@ begin
 end;
 $$;
 
-revoke all on function pyflows.set_context(uuid, uuid, text) from public;
-revoke all on function pyflows._require_context(boolean) from public;
-grant execute on function pyflows.set_context(uuid, uuid, text) to pyflows_app;
-grant execute on function pyflows._require_context(boolean) to pyflows_app;
+revoke all on function pyflows.set_context(uuid, uuid, text), pyflows.set_session_context(uuid, uuid, text),
+    pyflows.clear_context(), pyflows._require_context(boolean) from public;
+grant execute on function pyflows.set_context(uuid, uuid, text), pyflows.set_session_context(uuid, uuid, text),
+    pyflows.clear_context(), pyflows._require_context(boolean) to pyflows_app;

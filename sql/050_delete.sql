@@ -56,11 +56,19 @@ begin
 end;
 $$;
 
+-- Above how many rows deletion_safety suggests purge_flow: setting pyflows.purge_threshold, default 100000.
+create or replace function pyflows._purge_threshold()
+returns bigint
+language sql
+stable
+as $$ select coalesce(nullif(pg_catalog.current_setting('pyflows.purge_threshold', true), '')::bigint, 100000) $$;
+
 -- Blockers and warnings for deleting a flow (from to_jsonb(row)) with the given counts.
 -- Blockers: 'locked' (another transaction holds the flow; never overridden), 'active' (running with a
 -- heartbeat inside pyflows.active_lease) and 'terminal' (completed or cancelled), which p_force turns
 -- into warnings. Warnings: 'high_progress' (above 80 %), 'many_records' (more than 10,000 raw records),
--- 'external_dependencies' (edges owned by other flows that touch this flow's assets).
+-- 'use_purge' (more rows than pyflows.purge_threshold), 'external_dependencies' (edges owned by other
+-- flows that touch this flow's assets).
 create or replace function pyflows._deletion_verdict(p_flow jsonb, p_counts jsonb, p_force boolean,
                                                      p_locked boolean)
 returns jsonb
@@ -112,6 +120,12 @@ begin
         v_warnings := v_warnings || jsonb_build_object(
             'code', 'many_records', 'overridable', true,
             'message', format('the flow holds %s raw records', v_records));
+    end if;
+    if (p_counts ->> 'total_rows')::bigint > pyflows._purge_threshold() then
+        v_warnings := v_warnings || jsonb_build_object(
+            'code', 'use_purge', 'overridable', true,
+            'message', format('%s rows: pyflows.purge_flow deletes them in short batches instead of one long '
+                              'transaction', p_counts ->> 'total_rows'));
     end if;
     if v_external > 0 then
         v_warnings := v_warnings || jsonb_build_object(
@@ -330,13 +344,13 @@ end;
 $$;
 
 revoke all on function
-    pyflows._deletion_counts(uuid), pyflows._deletion_verdict(jsonb, jsonb, boolean, boolean),
+    pyflows._purge_threshold(), pyflows._deletion_counts(uuid), pyflows._deletion_verdict(jsonb, jsonb, boolean, boolean),
     pyflows._flow_for_deletion(uuid), pyflows.deletion_safety(uuid, boolean), pyflows.deletion_impact(uuid),
     pyflows.delete_flow(uuid, text, boolean), pyflows.delete_flows(uuid[], text, boolean, boolean),
     pyflows.list_audit_events(uuid, timestamptz, integer), pyflows.audit_event(bigint)
     from public;
 grant execute on function
-    pyflows._deletion_counts(uuid), pyflows._deletion_verdict(jsonb, jsonb, boolean, boolean),
+    pyflows._purge_threshold(), pyflows._deletion_counts(uuid), pyflows._deletion_verdict(jsonb, jsonb, boolean, boolean),
     pyflows._flow_for_deletion(uuid), pyflows.deletion_safety(uuid, boolean), pyflows.deletion_impact(uuid),
     pyflows.delete_flow(uuid, text, boolean), pyflows.delete_flows(uuid[], text, boolean, boolean),
     pyflows.list_audit_events(uuid, timestamptz, integer), pyflows.audit_event(bigint)

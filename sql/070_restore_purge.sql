@@ -1,0 +1,411 @@
+-- pyflows sql/070_restore_purge: putting a deleted flow back from the audit archive, purging very
+-- large flows in committed batches, and pruning old audit events.
+
+-- The columns of pyflows.<table>, in order, quoted: what restore copies back from the archive table
+-- of the same name (whose columns are event_id followed by these).
+create or replace function pyflows._column_list(p_table text)
+returns text
+language sql
+stable
+as $$
+    select string_agg(quote_ident(a.attname), ', ' order by a.attnum)
+      from pg_catalog.pg_attribute as a
+     where a.attrelid = pg_catalog.to_regclass('pyflows.' || quote_ident(p_table)) and a.attnum > 0
+       and not a.attisdropped
+$$;
+
+-- Put back every row a deletion archived, with the same ids and values, parents before children, in
+-- the caller's transaction. Dependency edges of other flows that the deletion took along are put
+-- back when their flow and both assets exist again, and counted as skipped otherwise. Pending file
+-- removals of the restored imports are cancelled; files already removed are reported as missing.
+create or replace function pyflows.restore_flow(p_event_id bigint)
+returns jsonb
+language plpgsql
+security definer
+set search_path = pg_catalog, pyflows
+as $$
+declare
+    c_client     constant uuid := pyflows.current_client_id();
+    c_engagement constant uuid := pyflows.current_engagement_id();
+    c_children   constant text[] := array['data_imports', 'raw_import_records', 'import_field_mappings', 'assets'];
+    v_event    pyflows_audit.events;
+    v_flow     jsonb;
+    v_flow_id  uuid;
+    v_status   text;
+    v_table    text;
+    v_n        bigint;
+    v_counts   jsonb := '{}';
+    v_skipped  bigint;
+    v_missing  jsonb;
+    v_kept     bigint;
+    v_restore  bigint;
+begin
+    perform pyflows._require_context(true);
+    if p_event_id is null then
+        raise exception 'event id must not be NULL' using errcode = 'PF422';
+    end if;
+    select * into v_event from pyflows_audit.events as e
+     where e.id = p_event_id and e.client_id = c_client and e.engagement_id = c_engagement;
+    if not found then
+        if exists (select from pyflows_audit.events as p
+                    where p.action = 'audit.prune' and (p.details ->> 'pruned_through_event_id')::bigint >= p_event_id
+                      and not exists (select from pyflows_audit.events as e where e.id = p_event_id)) then
+            raise exception 'audit event % was pruned: its rows are gone', p_event_id
+                using errcode = 'PF422', detail = json_build_object('event_id', p_event_id)::text;
+        end if;
+        raise exception 'audit event % not found', p_event_id
+            using errcode = 'PF404', detail = json_build_object('event_id', p_event_id)::text;
+    end if;
+    if exists (select from pyflows_audit.events as r
+                where r.action = 'flow.restore' and r.client_id = c_client and r.engagement_id = c_engagement
+                  and (r.details ->> 'restored_event_id')::bigint = p_event_id) then
+        raise exception 'audit event % was already restored', p_event_id
+            using errcode = 'PF422', detail = json_build_object('event_id', p_event_id)::text;
+    end if;
+    if v_event.action = 'flow.purge' and v_event.details ->> 'state' = 'running' then
+        raise exception 'the purge of event % has not finished; run pyflows.purge_flow again to finish it',
+            p_event_id using errcode = 'PF422';
+    end if;
+    select to_jsonb(a) - 'event_id' into v_flow from pyflows_audit.discovery_flows as a where a.event_id = p_event_id;
+    if v_flow is null or (select count(*) from pyflows_audit.discovery_flows as a where a.event_id = p_event_id) <> 1 then
+        raise exception 'audit event % did not delete one flow; there is no flow to restore', p_event_id
+            using errcode = 'PF422', detail = json_build_object('event_id', p_event_id)::text;
+    end if;
+    v_flow_id := (v_flow ->> 'id')::uuid;
+    -- The flow row as it was before the deletion: the event's snapshot (a purge archived the row after
+    -- marking it 'deleting'), or the archived row for a hand-written delete, which keeps no snapshot.
+    v_flow := coalesce(v_event.flow_snapshot, v_flow);
+    v_status := v_flow ->> 'status';
+    if exists (select from pyflows.discovery_flows as f
+                where f.client_id = c_client and f.engagement_id = c_engagement and f.id = v_flow_id) then
+        raise exception 'flow % exists: there is nothing to restore', v_flow_id
+            using errcode = 'PF422', detail = json_build_object('flow_id', v_flow_id)::text;
+    end if;
+
+    begin
+        insert into pyflows.discovery_flows select (jsonb_populate_record(null::pyflows.discovery_flows, v_flow)).*;
+    exception when unique_violation then
+        perform pyflows._raise_incomplete_flow_exists(pyflows._blocking_flow());
+    end;
+    v_counts := jsonb_build_object('discovery_flows', 1);
+    foreach v_table in array c_children loop
+        execute format('insert into pyflows.%1$I (%2$s) select %2$s from pyflows_audit.%1$I where event_id = $1',
+                       v_table, pyflows._column_list(v_table))
+          using p_event_id;
+        get diagnostics v_n = row_count;
+        v_counts := v_counts || jsonb_build_object(v_table, v_n);
+    end loop;
+    execute format(
+        'insert into pyflows.asset_dependencies (%1$s) select %1$s from pyflows_audit.asset_dependencies as d
+          where d.event_id = $1
+            and exists (select from pyflows.discovery_flows as f
+                         where f.client_id = d.client_id and f.engagement_id = d.engagement_id and f.id = d.flow_id)
+            and exists (select from pyflows.assets as a
+                         where a.client_id = d.client_id and a.engagement_id = d.engagement_id and a.id = d.source_asset_id)
+            and exists (select from pyflows.assets as a
+                         where a.client_id = d.client_id and a.engagement_id = d.engagement_id and a.id = d.target_asset_id)',
+        pyflows._column_list('asset_dependencies'))
+      using p_event_id;
+    get diagnostics v_n = row_count;
+    v_counts := v_counts || jsonb_build_object('asset_dependencies', v_n);
+    select count(*) - v_n into v_skipped from pyflows_audit.asset_dependencies as d where d.event_id = p_event_id;
+
+    select coalesce(jsonb_agg(q.storage_uri order by q.id), '[]') into v_missing
+      from pyflows.file_cleanup_queue as q
+     where q.client_id = c_client and q.engagement_id = c_engagement and q.event_id = p_event_id
+       and q.done_at is not null;
+    delete from pyflows.file_cleanup_queue as q
+     where q.client_id = c_client and q.engagement_id = c_engagement and q.event_id = p_event_id
+       and q.done_at is null;
+    get diagnostics v_kept = row_count;
+
+    v_restore := pyflows_audit._begin_event(
+        'flow.restore', v_flow_id, format('restore of audit event %s', p_event_id), null, v_flow, false,
+        jsonb_build_object('restored_event_id', p_event_id, 'restored', v_counts,
+                           'skipped', jsonb_build_object('asset_dependencies', v_skipped),
+                           'missing_files', v_missing, 'files_kept', v_kept));
+    perform pyflows_audit._end_event();
+    return jsonb_build_object('event_id', v_restore, 'restored_event_id', p_event_id, 'flow_id', v_flow_id,
+                              'status', v_status, 'restored', v_counts,
+                              'skipped', jsonb_build_object('asset_dependencies', v_skipped),
+                              'missing_files', v_missing, 'files_kept', v_kept);
+end;
+$$;
+
+-- ---- purge ---------------------------------------------------------------------------------------------
+
+-- First step of a purge, one short transaction: lock the flow (NOWAIT), check safety, mark it
+-- 'deleting' (from then on no listing shows it, the gate is open, and writers are refused) and open
+-- the 'flow.purge' event. On a flow already 'deleting' it returns the running purge's event instead.
+create or replace function pyflows._purge_begin(p_flow_id uuid, p_reason text, p_force boolean, p_batch_rows integer)
+returns bigint
+language plpgsql
+security definer
+set search_path = pg_catalog, pyflows
+as $$
+declare
+    c_client     constant uuid := pyflows.current_client_id();
+    c_engagement constant uuid := pyflows.current_engagement_id();
+    v_flow    jsonb;
+    v_counts  jsonb;
+    v_verdict jsonb;
+    v_event   bigint;
+begin
+    begin
+        select to_jsonb(f) into v_flow from pyflows.discovery_flows as f
+         where f.client_id = c_client and f.engagement_id = c_engagement and f.id = p_flow_id
+           for update nowait;
+    exception when lock_not_available then
+        raise exception 'flow % is locked by another transaction', p_flow_id
+            using errcode = 'PF423', detail = json_build_object('flow_id', p_flow_id)::text,
+                  hint = 'Another operation on this flow is in progress; try again in a moment.';
+    end;
+    if v_flow is null then
+        raise exception 'flow % not found', p_flow_id
+            using errcode = 'PF404', detail = json_build_object('flow_id', p_flow_id)::text;
+    end if;
+    if v_flow ->> 'status' = 'deleting' then
+        select e.id into v_event from pyflows_audit.events as e
+         where e.client_id = c_client and e.engagement_id = c_engagement and e.flow_id = p_flow_id
+           and e.action = 'flow.purge' and e.details ->> 'state' = 'running'
+         order by e.id desc limit 1;
+        if v_event is not null then
+            return v_event;  -- resume
+        end if;
+    else
+        v_counts := pyflows._deletion_counts(p_flow_id);
+        v_verdict := pyflows._deletion_verdict(v_flow, v_counts, coalesce(p_force, false), false);
+        if not (v_verdict ->> 'safe')::boolean then
+            raise exception 'flow % cannot be purged: %', p_flow_id,
+                (select string_agg(b ->> 'message', '; ') from jsonb_array_elements(v_verdict -> 'blockers') as b)
+                using errcode = 'PF423',
+                      detail = jsonb_build_object('flow_id', p_flow_id, 'blockers', v_verdict -> 'blockers',
+                                                  'warnings', v_verdict -> 'warnings')::text,
+                      hint = 'Pass p_force => true to purge it anyway; the override is recorded in the audit.';
+        end if;
+    end if;
+    v_event := pyflows_audit._begin_event(
+        'flow.purge', p_flow_id, p_reason,
+        coalesce(v_counts || jsonb_build_object('safety', v_verdict), '{}'::jsonb),
+        v_flow, coalesce(p_force, false),
+        jsonb_build_object('state', 'running', 'batch_rows', p_batch_rows, 'started_at', now()));
+    update pyflows.discovery_flows as f set status = 'deleting'
+     where f.client_id = c_client and f.engagement_id = c_engagement and f.id = p_flow_id
+       and f.status <> 'deleting';
+    perform pyflows_audit._end_event();
+    return v_event;
+end;
+$$;
+
+-- One batch: delete at most p_limit rows of the deepest table the flow still has rows in (edges,
+-- then records, mappings, assets, imports), archived under the purge event. Returns the rows deleted;
+-- 0 when only the flow row is left. Each step first collects the ids, then deletes them through the
+-- primary key (id = any): a plan that stays an index scan whatever the statistics say right after a
+-- bulk load, where a join could turn into a nested loop over the whole tenant.
+create or replace function pyflows._purge_batch(p_flow_id uuid, p_event bigint, p_limit integer)
+returns bigint
+language plpgsql
+set search_path = pg_catalog, pyflows
+as $$
+declare
+    c_client     constant uuid := pyflows.current_client_id();
+    c_engagement constant uuid := pyflows.current_engagement_id();
+    v_ids bigint[];
+    v_imports uuid[];
+begin
+    perform set_config('pyflows.audit_event', p_event::text, true);
+    perform set_config('pyflows.audit_statement', 'api', true);
+
+    v_ids := array(select e.id from pyflows.asset_dependencies as e
+                    where e.client_id = c_client and e.engagement_id = c_engagement and e.flow_id = p_flow_id
+                    limit p_limit);
+    if cardinality(v_ids) = 0 then
+        -- Edges of other flows that touch this flow's assets (the cascade would take them along anyway).
+        v_ids := array(select e.id
+                         from pyflows.assets as a
+                         join pyflows.asset_dependencies as e
+                           on e.client_id = a.client_id and e.engagement_id = a.engagement_id
+                          and (e.source_asset_id = a.id or e.target_asset_id = a.id)
+                        where a.client_id = c_client and a.engagement_id = c_engagement and a.flow_id = p_flow_id
+                        limit p_limit);
+    end if;
+    if cardinality(v_ids) > 0 then
+        delete from pyflows.asset_dependencies as d
+         where d.client_id = c_client and d.engagement_id = c_engagement and d.id = any (v_ids);
+        return cardinality(v_ids);
+    end if;
+
+    v_imports := array(select i.id from pyflows.data_imports as i
+                        where i.client_id = c_client and i.engagement_id = c_engagement and i.flow_id = p_flow_id);
+    v_ids := array(select e.id from pyflows.raw_import_records as e
+                    where e.client_id = c_client and e.engagement_id = c_engagement and e.import_id = any (v_imports)
+                    limit p_limit);
+    if cardinality(v_ids) > 0 then
+        delete from pyflows.raw_import_records as r
+         where r.client_id = c_client and r.engagement_id = c_engagement and r.id = any (v_ids);
+        return cardinality(v_ids);
+    end if;
+
+    v_ids := array(select e.id from pyflows.import_field_mappings as e
+                    where e.client_id = c_client and e.engagement_id = c_engagement and e.import_id = any (v_imports)
+                    limit p_limit);
+    if cardinality(v_ids) > 0 then
+        delete from pyflows.import_field_mappings as m
+         where m.client_id = c_client and m.engagement_id = c_engagement and m.id = any (v_ids);
+        return cardinality(v_ids);
+    end if;
+
+    v_ids := array(select e.id from pyflows.assets as e
+                    where e.client_id = c_client and e.engagement_id = c_engagement and e.flow_id = p_flow_id
+                    limit p_limit);
+    if cardinality(v_ids) > 0 then
+        delete from pyflows.assets as a
+         where a.client_id = c_client and a.engagement_id = c_engagement and a.id = any (v_ids);
+        return cardinality(v_ids);
+    end if;
+
+    if cardinality(v_imports) > 0 then
+        delete from pyflows.data_imports as i
+         where i.client_id = c_client and i.engagement_id = c_engagement and i.id = any (v_imports[1:p_limit]);
+        return least(cardinality(v_imports), p_limit);
+    end if;
+    return 0;
+end;
+$$;
+
+-- Last step: remove the flow row and complete the purge event with its final state.
+create or replace function pyflows._purge_finish(p_flow_id uuid, p_event bigint, p_batches integer)
+returns jsonb
+language plpgsql
+security definer
+set search_path = pg_catalog, pyflows
+as $$
+declare
+    v_deleted jsonb;
+begin
+    perform set_config('pyflows.audit_event', p_event::text, true);
+    perform set_config('pyflows.audit_statement', 'api', true);
+    delete from pyflows.discovery_flows as f
+     where f.client_id = pyflows.current_client_id() and f.engagement_id = pyflows.current_engagement_id()
+       and f.id = p_flow_id;
+    update pyflows_audit.events as e
+       set details = e.details || jsonb_build_object('state', 'done', 'finished_at', now(),
+                                                     'batches', coalesce((e.details ->> 'batches')::int, 0) + p_batches)
+     where e.id = p_event
+    returning e.deleted into v_deleted;
+    perform pyflows_audit._end_event();
+    return v_deleted;
+end;
+$$;
+
+-- Purge a very large flow without holding locks for long: one short transaction marks it 'deleting'
+-- and opens the event, then committed batches of at most p_batch_rows rows delete it leaf first,
+-- then the flow row goes and the event is completed with the final counts. Call it with autocommit
+-- (CALL cannot commit inside the caller's transaction) after pyflows.set_session_context. Called
+-- again on a 'deleting' flow (after a crash or a killed connection) it continues where it stopped.
+-- No SET clause and no SECURITY DEFINER: a procedure with either cannot COMMIT.
+create or replace procedure pyflows.purge_flow(p_flow_id uuid, p_reason text, p_batch_rows integer default 10000,
+                                               p_force boolean default false)
+language plpgsql
+as $$
+declare
+    c_client     constant uuid := pyflows.current_client_id();
+    c_engagement constant uuid := pyflows.current_engagement_id();
+    c_actor      constant text := pyflows.current_actor();
+    v_event   bigint;
+    v_n       bigint;
+    v_total   bigint := 0;
+    v_batches integer := 0;
+    v_deleted jsonb;
+begin
+    perform pyflows._require_context(true);
+    perform pyflows._check_text(p_reason, 'reason', 1000);
+    if p_flow_id is null then
+        raise exception 'flow id must not be NULL' using errcode = 'PF422';
+    end if;
+    if p_batch_rows is null or p_batch_rows < 1 or p_batch_rows > 1000000 then
+        raise exception 'batch_rows must be between 1 and 1000000 (got %)', coalesce(p_batch_rows::text, 'NULL')
+            using errcode = 'PF422';
+    end if;
+    v_event := pyflows._purge_begin(p_flow_id, p_reason, p_force, p_batch_rows);
+    commit;
+    loop
+        -- COMMIT ended the transaction and its local settings: bind the tenant context again.
+        perform pg_catalog.set_config('pyflows.client_id', c_client::text, true);
+        perform pg_catalog.set_config('pyflows.engagement_id', c_engagement::text, true);
+        perform pg_catalog.set_config('pyflows.actor', c_actor, true);
+        v_n := pyflows._purge_batch(p_flow_id, v_event, p_batch_rows);
+        exit when v_n = 0;
+        v_total := v_total + v_n;
+        v_batches := v_batches + 1;
+        raise notice 'pyflows purge of flow %: batch % removed % rows (% so far)', p_flow_id, v_batches, v_n, v_total;
+        commit;
+    end loop;
+    v_deleted := pyflows._purge_finish(p_flow_id, v_event, v_batches);
+    raise notice 'pyflows purge of flow %: done, audit event %, deleted %', p_flow_id, v_event, v_deleted;
+    commit;
+end;
+$$;
+
+-- ---- audit retention ------------------------------------------------------------------------------------
+
+-- Remove audit events older than p_older_than, with their archived rows (members of pyflows_admin).
+-- Kept: audit.prune events themselves, and purge events still running. Leaves one 'audit.prune' event
+-- with the counts. Returns the number of events removed.
+create or replace function pyflows.prune_audit(p_older_than interval)
+returns bigint
+language plpgsql
+security definer
+set search_path = pg_catalog, pyflows
+as $$
+declare
+    c_archive constant text[] := array['clients', 'engagements', 'discovery_flows', 'data_imports',
+                                       'raw_import_records', 'import_field_mappings', 'assets', 'asset_dependencies'];
+    v_cutoff  timestamptz;
+    v_ids     bigint[];
+    v_min     bigint;
+    v_max     bigint;
+    v_table   text;
+    v_n       bigint;
+    v_archive jsonb := '{}';
+    v_events  bigint;
+begin
+    perform pyflows._require_admin();
+    if p_older_than is null or p_older_than < interval '0' then
+        raise exception 'older_than must be an interval of 0 or more (got %)', coalesce(p_older_than::text, 'NULL')
+            using errcode = 'PF422';
+    end if;
+    v_cutoff := now() - p_older_than;
+    select coalesce(array_agg(e.id), '{}'), min(e.id), max(e.id) into v_ids, v_min, v_max
+      from pyflows_audit.events as e
+     where e.occurred_at < v_cutoff and e.action <> 'audit.prune'
+       and not (e.action = 'flow.purge' and e.details ->> 'state' = 'running');
+    -- The append-only triggers let this transaction, and only it, delete.
+    perform set_config('pyflows.audit_prune', txid_current()::text, true);
+    foreach v_table in array c_archive loop
+        execute format('delete from pyflows_audit.%I where event_id between $2 and $3 and event_id = any ($1)',
+                       v_table)
+          using v_ids, v_min, v_max;
+        get diagnostics v_n = row_count;
+        v_archive := v_archive || jsonb_build_object(v_table, v_n);
+    end loop;
+    delete from pyflows_audit.events as e where e.id = any (v_ids);
+    get diagnostics v_events = row_count;
+    perform set_config('pyflows.audit_prune', '', true);
+    insert into pyflows_audit.events (action, actor, reason, details)
+    values ('audit.prune', coalesce(pyflows.current_actor(), session_user::text),
+            format('events older than %s', p_older_than),
+            jsonb_build_object('older_than', p_older_than::text, 'cutoff', v_cutoff, 'events', v_events,
+                               'archive', v_archive, 'pruned_through_event_id', v_max));
+    return v_events;
+end;
+$$;
+
+revoke all on function pyflows._column_list(text), pyflows.restore_flow(bigint),
+    pyflows._purge_begin(uuid, text, boolean, integer), pyflows._purge_batch(uuid, bigint, integer),
+    pyflows._purge_finish(uuid, bigint, integer), pyflows.prune_audit(interval) from public;
+revoke all on procedure pyflows.purge_flow(uuid, text, integer, boolean) from public;
+grant execute on function pyflows._column_list(text), pyflows.restore_flow(bigint),
+    pyflows._purge_begin(uuid, text, boolean, integer), pyflows._purge_batch(uuid, bigint, integer),
+    pyflows._purge_finish(uuid, bigint, integer), pyflows.prune_audit(interval) to pyflows_app;
+grant execute on procedure pyflows.purge_flow(uuid, text, integer, boolean) to pyflows_app;
