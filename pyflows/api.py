@@ -19,11 +19,12 @@ from decimal import Decimal
 from typing import Any, Generic, TypeVar
 
 import psycopg
+from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb, set_json_loads
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
-from .errors import wrap_errors
+from .errors import InvalidRequest, wrap_errors
 from .models import (
     AdminFlowRow,
     AuditEvent,
@@ -37,6 +38,8 @@ from .models import (
     Gate,
     Heartbeat,
     Impact,
+    PruneResult,
+    RestoreResult,
     ResumeResult,
     Safety,
     StartedImport,
@@ -170,6 +173,31 @@ def _finish_file_cleanup(cleanup_id: int, error: str | None) -> _Call[CleanupOut
     return _Call("finish_file_cleanup", {"id": cleanup_id, "error": error}, _one(CleanupOutcome))
 
 
+def _restore(event_id: int) -> _Call[RestoreResult]:
+    return _Call("restore_flow", {"event_id": event_id}, _one(RestoreResult))
+
+
+def _prune(older_than: timedelta, dry_run: bool) -> _Call[PruneResult]:
+    return _Call("prune_audit", {"older_than": older_than},
+                 lambda rows: PruneResult(int(rows[0]["events"]), dry_run), rollback=dry_run)
+
+
+def _purge_params(flow_id: uuid.UUID, reason: str, batch_rows: int, force: bool) -> dict[str, Any]:
+    return {"flow_id": flow_id, "reason": reason, "batch_rows": batch_rows, "force": force}
+
+
+def _require_autocommit(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
+    if not conn.autocommit or conn.info.transaction_status != TransactionStatus.IDLE:
+        raise InvalidRequest("purge commits as it goes: it needs an autocommit connection outside a transaction")
+
+
+def _notice_handler(on_progress: Callable[[str], None] | None) -> Callable[[psycopg.errors.Diagnostic], None]:
+    def handle(diag: psycopg.errors.Diagnostic) -> None:
+        if on_progress is not None and diag.message_primary:
+            on_progress(diag.message_primary)
+    return handle
+
+
 def _context_params(tenant: Tenant) -> dict[str, Any]:
     return {"client_id": tenant.client_id, "engagement_id": tenant.engagement_id, "actor": tenant.actor}
 
@@ -204,6 +232,26 @@ class Flows:
     def admin_list_incomplete(self, idle_for: timedelta | None = None) -> list[AdminFlowRow]:
         """Incomplete flows of every tenant (members of pyflows_admin only, Forbidden otherwise)."""
         return self._run(_admin_list_incomplete(idle_for), None)
+
+    def _purge(self, tenant: Tenant, params: dict[str, Any], on_progress: Callable[[str], None] | None) -> AuditEvent:
+        handler = _notice_handler(on_progress)
+        with self._connection() as conn, wrap_errors():
+            _require_autocommit(conn)
+            conn.add_notice_handler(handler)
+            try:
+                conn.execute(query("set_session_context"), _context_params(tenant))
+                try:
+                    conn.execute(query("purge_flow"), params)
+                finally:
+                    conn.execute(query("clear_context"))
+            finally:
+                conn.remove_notice_handler(handler)
+        event_id = self._run(_Call("last_purge_event", params, lambda rows: int(rows[0]["id"])), tenant)
+        return self._run(_audit_event(event_id), tenant)
+
+    def prune_audit(self, older_than: timedelta, dry_run: bool = False) -> PruneResult:
+        """Remove audit events older than ``older_than`` with their archived rows (pyflows_admin)."""
+        return self._run(_prune(older_than, dry_run), None)
 
     def claim_file_cleanups(self, limit: int = 100, lease: timedelta = DEFAULT_LEASE) -> list[FileCleanup]:
         """Lease up to ``limit`` queued storage objects for removal (pyflows_admin)."""
@@ -279,6 +327,18 @@ class TenantFlows:
     def audit_event(self, event_id: int) -> AuditEvent:
         return self._run(_audit_event(event_id))
 
+    def restore(self, event_id: int) -> RestoreResult:
+        """Put back the flow that audit event ``event_id`` deleted, with the same ids and values."""
+        return self._run(_restore(event_id))
+
+    def purge(self, flow_id: uuid.UUID, reason: str, batch_rows: int = 10000, force: bool = False,
+              on_progress: Callable[[str], None] | None = None) -> AuditEvent:
+        """Delete a very large flow in committed batches (CALL pyflows.purge_flow); returns its event.
+
+        Needs an autocommit connection outside a transaction; ``on_progress`` receives each batch's notice.
+        """
+        return self._flows._purge(self.context, _purge_params(flow_id, reason, batch_rows, force), on_progress)
+
 
 class AsyncFlows:
     """The async twin of :class:`Flows`, over an async connection or pool."""
@@ -310,6 +370,27 @@ class AsyncFlows:
 
     async def admin_list_incomplete(self, idle_for: timedelta | None = None) -> list[AdminFlowRow]:
         return await self._run(_admin_list_incomplete(idle_for), None)
+
+    async def _purge(self, tenant: Tenant, params: dict[str, Any],
+                     on_progress: Callable[[str], None] | None) -> AuditEvent:
+        handler = _notice_handler(on_progress)
+        async with self._connection() as conn:
+            with wrap_errors():
+                _require_autocommit(conn)
+                conn.add_notice_handler(handler)
+                try:
+                    await conn.execute(query("set_session_context"), _context_params(tenant))
+                    try:
+                        await conn.execute(query("purge_flow"), params)
+                    finally:
+                        await conn.execute(query("clear_context"))
+                finally:
+                    conn.remove_notice_handler(handler)
+        event_id = await self._run(_Call("last_purge_event", params, lambda rows: int(rows[0]["id"])), tenant)
+        return await self._run(_audit_event(event_id), tenant)
+
+    async def prune_audit(self, older_than: timedelta, dry_run: bool = False) -> PruneResult:
+        return await self._run(_prune(older_than, dry_run), None)
 
     async def claim_file_cleanups(self, limit: int = 100, lease: timedelta = DEFAULT_LEASE) -> list[FileCleanup]:
         return await self._run(_claim_file_cleanups(limit, lease), None)
@@ -383,3 +464,11 @@ class AsyncTenantFlows:
 
     async def audit_event(self, event_id: int) -> AuditEvent:
         return await self._run(_audit_event(event_id))
+
+    async def restore(self, event_id: int) -> RestoreResult:
+        return await self._run(_restore(event_id))
+
+    async def purge(self, flow_id: uuid.UUID, reason: str, batch_rows: int = 10000, force: bool = False,
+                    on_progress: Callable[[str], None] | None = None) -> AuditEvent:
+        return await self._flows._purge(self.context, _purge_params(flow_id, reason, batch_rows, force),
+                                        on_progress)

@@ -326,7 +326,8 @@ def tenant_options(group: Callable[..., None]) -> Callable[..., None]:
 @cli.group(cls=_Group)
 @tenant_options
 def flows() -> None:
-    """Discovery flows of one client and engagement: gate, start, list, show, resume, progress, impact, delete."""
+    """Discovery flows of one client and engagement: gate, start, list, show, resume, progress, impact, delete,
+    purge, restore."""
 
 
 def _emit(obj: FlowsTarget, value: Any, human: str) -> None:
@@ -569,11 +570,11 @@ def _interactive() -> bool:
     return sys.stdin.isatty()
 
 
-def _confirm(question: str, yes: bool, dry_run: bool) -> None:
+def _confirm(question: str, yes: bool, dry_run: bool, action: str = "delete") -> None:
     if yes or dry_run:
         return
     if not _interactive():
-        raise _Refused("refusing to delete without --yes (no terminal to ask)")
+        raise _Refused(f"refusing to {action} without --yes (no terminal to ask)")
     click.confirm(question, abort=True, err=True)
 
 
@@ -644,6 +645,52 @@ def _delete_batch(obj: FlowsTarget, api: TenantFlows, flow_ids: tuple[uuid.UUID,
         sys.exit(int(Exit.ERROR))
 
 
+@flows.command()
+@click.argument("flow_id", type=click.UUID)
+@click.option("--reason", required=True, help="Why: kept in the audit event (required, not empty).")
+@click.option("--batch-rows", type=int, default=10000, show_default=True, help="Rows deleted per committed batch.")
+@click.option("--force", is_flag=True, help="Purge even a running (live) or a completed/cancelled flow.")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+@json_option
+@click.pass_obj
+def purge(obj: FlowsTarget, flow_id: uuid.UUID, reason: str, batch_rows: int, force: bool, yes: bool) -> None:
+    """Delete a very large flow in short committed batches; run it again to resume an interrupted purge."""
+    api = obj.tenant()
+    try:
+        preview = api.deletion_impact(flow_id)
+    except FlowNotFound:
+        preview = None  # a flow being purged is hidden: this call resumes it
+    if preview is not None and not obj.target.json:
+        click.echo(_impact_text(preview))
+    if preview is not None:
+        _confirm(f"Purge flow {flow_id} and {preview.total_rows} rows?", yes, dry_run=False, action="purge")
+
+    def progress(message: str) -> None:
+        if not obj.target.json:
+            click.echo(message.removeprefix("pyflows "), err=True)
+
+    event = api.purge(flow_id, reason, batch_rows=batch_rows, force=force, on_progress=progress)
+    human = (f"purged flow {flow_id}: {sum(event.deleted.values())} rows in "
+             f"{(event.details or {}).get('batches', 0)} batch(es); audit event {event.event_id}")
+    _emit(obj, event, human)
+
+
+@flows.command()
+@click.argument("event_id", type=int)
+@json_option
+@click.pass_obj
+def restore(obj: FlowsTarget, event_id: int) -> None:
+    """Put back the flow an audit event deleted, with the same ids and values."""
+    result = obj.tenant().restore(event_id)
+    lines = [f"restored flow {result.flow_id} ({result.status}) from audit event {result.restored_event_id}: "
+             f"{sum(result.restored.values())} rows; restore event {result.event_id}"]
+    if result.skipped.get("asset_dependencies"):
+        lines.append(f"  {result.skipped['asset_dependencies']} dependency edge(s) of other flows not restored: "
+                     "their flow or assets are gone")
+    lines += [f"  file already removed, not restored: {uri}" for uri in result.missing_files]
+    _emit(obj, result, "\n".join(lines))
+
+
 # ---- audit ----------------------------------------------------------------------------------------------
 
 
@@ -690,6 +737,25 @@ def audit_show(obj: FlowsTarget, event_id: int) -> None:
     if event.statement:
         parts += ["", f"statement: {event.statement}"]
     _emit(obj, event, "\n".join(parts))
+
+
+@audit.command(name="prune")
+@click.option("--older-than", required=True, metavar="DURATION", help="e.g. 90d: events older than this go.")
+@click.option("--dry-run", is_flag=True, help="Count what would be removed, and remove nothing.")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+@json_option
+@click.pass_obj
+def audit_prune(obj: FlowsTarget, older_than: str, dry_run: bool, yes: bool) -> None:
+    """Remove audit events older than DURATION with their archived rows (pyflows_admin); leaves an audit.prune event."""
+    age = parse_duration(older_than, "--older-than")
+    api = obj.api()
+    if not dry_run:
+        would = api.prune_audit(age, dry_run=True).events
+        _confirm(f"Remove {would} audit event(s) older than {older_than} and their archived rows?", yes, False,
+                 action="prune the audit")
+    result = api.prune_audit(age, dry_run=dry_run)
+    _emit(obj, result, f"{'would remove' if dry_run else 'removed'} {result.events} audit event(s) "
+                       f"older than {older_than}")
 
 
 # ---- files ----------------------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ from typing import Any, TypeVar
 __all__ = [
     "FLOW_TABLES", "Tenant", "FlowSummary", "Gate", "StartedImport", "FlowRow", "PhaseState", "FlowDetails",
     "StatusChange", "Heartbeat", "ResumeResult", "AdminFlowRow", "SafetyItem", "Safety", "FileSample", "Impact",
-    "DeleteResult", "BatchItem", "AuditEvent", "FileCleanup", "CleanupOutcome", "from_json",
+    "DeleteResult", "BatchItem", "AuditEvent", "FileCleanup", "CleanupOutcome", "RestoreResult", "PruneResult",
+    "from_json",
 ]
 
 T = TypeVar("T")
@@ -254,6 +255,24 @@ class CleanupOutcome:
     attempts: int
     last_error: str | None
     storage_uri: str
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    event_id: int  # the flow.restore event
+    restored_event_id: int
+    flow_id: uuid.UUID
+    status: str
+    restored: dict[str, int]
+    skipped: dict[str, int]  # edges of other flows whose flow or assets are gone
+    missing_files: list[str]  # stored files already removed by a drain: the rows are back, the files are not
+    files_kept: int  # pending removals cancelled
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    events: int
+    dry_run: bool = False
 
 
 def _convert(value: Any, hint: Any) -> Any:

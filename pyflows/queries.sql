@@ -132,3 +132,25 @@ select * from pyflows.claim_file_cleanups(p_limit => %(limit)s, p_lease => %(lea
 
 -- name: finish_file_cleanup
 select pyflows.finish_file_cleanup(p_id => %(id)s, p_error => %(error)s)
+
+-- name: restore_flow
+select pyflows.restore_flow(p_event_id => %(event_id)s)
+
+-- name: set_session_context
+select pyflows.set_session_context(%(client_id)s, %(engagement_id)s, %(actor)s)
+
+-- name: clear_context
+select pyflows.clear_context()
+
+-- name: purge_flow
+call pyflows.purge_flow(p_flow_id => %(flow_id)s, p_reason => %(reason)s, p_batch_rows => %(batch_rows)s,
+                        p_force => %(force)s)
+
+-- name: last_purge_event
+select id from pyflows_audit.events
+ where flow_id = %(flow_id)s and action = 'flow.purge'
+   and client_id = pyflows.current_client_id() and engagement_id = pyflows.current_engagement_id()
+ order by id desc limit 1
+
+-- name: prune_audit
+select pyflows.prune_audit(p_older_than => %(older_than)s) as events

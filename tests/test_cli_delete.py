@@ -161,3 +161,24 @@ def test_files_drain(run: Callable[..., Result], tenant_a: Tenant, owner: psycop
     assert json.loads(run("files", None, "drain", "--json", role="admin").stdout) == \
         {"errors": [], "failed": 0, "removed": 0}
     assert_one_line_error(run("files", None, "drain", role="app"), Exit.FORBIDDEN, "pyflows_admin")
+
+
+def test_purge_restore_and_prune_from_the_cli(run: Callable[..., Result], tenant_a: Tenant,
+                                              owner: psycopg.Connection[Any]) -> None:
+    target = tree(owner, tenant_a, status="paused", records=30)
+    refused = run("flows", tenant_a, "purge", str(target.flow_id), "--reason", "big")
+    assert_one_line_error(refused, Exit.USAGE, "without --yes")
+    purged = run("flows", tenant_a, "purge", str(target.flow_id), "--reason", "big", "--batch-rows", "10", "--yes")
+    assert purged.exit_code == 0, purged.output
+    assert "batch 1 removed" in purged.stderr and "purged flow" in purged.stdout
+    event_id = json.loads(run("audit", tenant_a, "list", "--json").stdout)[0]["event_id"]
+    restored = run("flows", tenant_a, "restore", str(event_id))
+    assert restored.exit_code == 0 and f"restored flow {target.flow_id} (paused)" in restored.stdout
+    assert_one_line_error(run("flows", tenant_a, "restore", str(event_id)), Exit.INVALID, "already restored")
+
+    dry = run("audit", None, "prune", "--older-than", "0s", "--dry-run", role="admin")
+    assert dry.exit_code == 0 and "would remove 2 audit event(s)" in dry.stdout
+    assert_one_line_error(run("audit", None, "prune", "--older-than", "0s", role="admin"), Exit.USAGE, "without --yes")
+    done = run("audit", None, "prune", "--older-than", "0s", "--yes", role="admin")
+    assert done.exit_code == 0 and "removed 2 audit event(s)" in done.stdout
+    assert_one_line_error(run("audit", None, "prune", "--older-than", "0s", "--yes"), Exit.FORBIDDEN, "pyflows_admin")

@@ -1,0 +1,265 @@
+"""Restore from the audit archive, purge in committed batches, and audit retention."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from pyflows.api import Flows
+from pyflows.errors import FlowBusy, FlowNotFound, Forbidden, IncompleteFlowExists, InvalidRequest, NoContext
+from pyflows.files import drain
+from pyflows.models import Tenant
+
+from .helpers import FLOW_TREE_TABLES, set_raw_context
+from .lifecycle_support import ApiFactory
+from .test_delete import everything, tree
+from .test_lifecycle import insert_flow
+
+Connect = Callable[..., psycopg.Connection[Any]]
+
+
+def rows_of(owner: psycopg.Connection[Any], tenant: Tenant) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of the tenant in every flow table, in a comparable order."""
+    return {t: owner.execute(sql.SQL("select * from {} where client_id = %s order by id").format(
+        sql.Identifier("pyflows", t)), (tenant.client_id,)).fetchall() for t in FLOW_TREE_TABLES}
+
+
+def big_flow(owner: psycopg.Connection[Any], tenant: Tenant, records: int) -> Any:
+    target = tree(owner, tenant, status="paused", records=1, assets=20)
+    with owner.transaction():
+        set_raw_context(owner, tenant)
+        owner.execute("insert into pyflows.raw_import_records (client_id, engagement_id, import_id, row_number, data) "
+                      "select %s, %s, %s, g, jsonb_build_object('host', 'h' || g) from generate_series(2, %s) g",
+                      (tenant.client_id, tenant.engagement_id, target.import_id, records))
+    return target
+
+
+# ---- restore ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.smoke
+def test_delete_then_restore_is_identical_row_by_row(api: ApiFactory, tenant_a: Tenant,
+                                                     owner: psycopg.Connection[Any]) -> None:
+    target = tree(owner, tenant_a, status="paused", records=5, assets=4)
+    other = insert_flow(owner, tenant_a, "cancelled", "other")
+    with owner.transaction():  # an edge of another flow that points into the target's assets
+        set_raw_context(owner, tenant_a)
+        other_asset = owner.execute("insert into pyflows.assets (client_id, engagement_id, flow_id, name, asset_type) "
+                                    "values (%s, %s, %s, 'o', 'x') returning id",
+                                    (tenant_a.client_id, tenant_a.engagement_id, other)).fetchone()[0]
+        owner.execute("insert into pyflows.asset_dependencies (client_id, engagement_id, flow_id, source_asset_id, "
+                      "target_asset_id, dependency_type) values (%s, %s, %s, %s, %s, 'x')",
+                      (tenant_a.client_id, tenant_a.engagement_id, other, other_asset, target.asset_ids[0]))
+    before = rows_of(owner, tenant_a)
+    flows = api(tenant_a)
+    deleted = flows.delete(target.flow_id, "oops")
+    assert rows_of(owner, tenant_a) != before
+    restored = flows.restore(deleted.event_id)
+    assert rows_of(owner, tenant_a) == before
+    assert restored.restored == deleted.deleted and restored.skipped == {"asset_dependencies": 0}
+    assert (restored.flow_id, restored.status, restored.files_kept, restored.missing_files) == \
+        (target.flow_id, "paused", 1, [])
+    assert owner.execute("select count(*) from pyflows.file_cleanup_queue").fetchone() == (0,)  # removal cancelled
+    event = flows.audit_event(restored.event_id)
+    assert event.action == "flow.restore" and event.details is not None
+    assert event.details["restored_event_id"] == deleted.event_id
+
+
+def test_restore_refusals_write_nothing(api: ApiFactory, tenant_a: Tenant, tenant_b: Tenant,
+                                        owner: psycopg.Connection[Any]) -> None:
+    flows = api(tenant_a)
+    first = flows.delete(tree(owner, tenant_a, status="paused").flow_id, "x").event_id
+    b_event = api(tenant_b).delete(tree(owner, tenant_b, status="paused").flow_id, "x").event_id
+    flows.start("a new flow")  # now restoring the paused flow would make a second incomplete one
+    with owner.transaction():
+        set_raw_context(owner, tenant_a)
+        partial = owner.execute("insert into pyflows.discovery_flows (client_id, engagement_id, name, status) "
+                                "values (%s, %s, 'p', 'cancelled') returning id",
+                                (tenant_a.client_id, tenant_a.engagement_id)).fetchone()[0]
+        owner.execute("insert into pyflows.assets (client_id, engagement_id, flow_id, name, asset_type) "
+                      "values (%s, %s, %s, 'a', 'x')", (tenant_a.client_id, tenant_a.engagement_id, partial))
+    conn = psycopg.connect(owner.info.dsn, autocommit=True)
+    with conn:
+        bind_raw = "select set_config('pyflows.client_id', %s, false), set_config('pyflows.engagement_id', %s, false)"
+        conn.execute(bind_raw, (str(tenant_a.client_id), str(tenant_a.engagement_id)))
+        conn.execute("delete from pyflows.assets where flow_id = %s", (partial,))  # a sql.delete of no flow
+    assets_only = owner.execute("select max(id) from pyflows_audit.events").fetchone()[0]
+    before = everything(owner)
+    cases = [(uuid.uuid4().int % 10**9 + 10**6, FlowNotFound), (b_event, FlowNotFound),
+             (first, IncompleteFlowExists), (assets_only, InvalidRequest)]
+    for event_id, error in cases:
+        with pytest.raises(error):
+            flows.restore(event_id)
+    assert everything(owner) == before
+
+
+def test_restore_twice_and_after_prune_is_pf422(api: ApiFactory, admin_api: ApiFactory, tenant_a: Tenant,
+                                                owner: psycopg.Connection[Any]) -> None:
+    flows = api(tenant_a)
+    event = flows.delete(tree(owner, tenant_a, status="cancelled").flow_id, "x", force=True).event_id
+    flows.restore(event)
+    flows.delete(tree(owner, tenant_a, status="cancelled", name="gone").flow_id, "y", force=True)
+    with pytest.raises(InvalidRequest, match="already restored"):
+        flows.restore(event)
+    pruned = flows.delete(tree(owner, tenant_a, status="cancelled", name="old").flow_id, "z", force=True).event_id
+    assert admin_api.root.prune_audit(timedelta(0)).events >= 3
+    with pytest.raises(InvalidRequest, match="was pruned"):
+        flows.restore(pruned)
+
+
+def test_restore_reports_files_already_removed(api: ApiFactory, tenant_a: Tenant, owner: psycopg.Connection[Any],
+                                               pyflows_connect: Connect, tmp_path: Path) -> None:
+    target = tree(owner, tenant_a, status="paused")
+    stored = tmp_path / "cmdb.csv"
+    stored.write_text("x")
+    owner.execute("update pyflows.data_imports set storage_uri = %s where id = %s", (stored.as_uri(), target.import_id))
+    flows = api(tenant_a)
+    event = flows.delete(target.flow_id, "x").event_id
+    assert drain(Flows(pyflows_connect("admin", autocommit=True))).removed == 1
+    restored = flows.restore(event)
+    assert restored.missing_files == [stored.as_uri()] and restored.files_kept == 0
+    assert owner.execute("select count(*) from pyflows.data_imports where id = %s",
+                         (target.import_id,)).fetchone() == (1,)
+
+
+# ---- purge ---------------------------------------------------------------------------------------------------
+
+
+def test_purge_in_small_batches(api: ApiFactory, tenant_a: Tenant, owner: psycopg.Connection[Any]) -> None:
+    target = big_flow(owner, tenant_a, 200_000)
+    flows = api(tenant_a)
+    impact = flows.deletion_impact(target.flow_id)
+    assert "use_purge" in [w.code for w in impact.safety.warnings]
+    notices: list[str] = []
+    event = flows.purge(target.flow_id, "too large for one transaction", batch_rows=25_000, on_progress=notices.append)
+    assert event.action == "flow.purge" and event.details is not None and event.details["state"] == "done"
+    assert event.deleted == impact.counts
+    assert event.details["batches"] >= 8 and len(notices) == event.details["batches"] + 1
+    for table in FLOW_TREE_TABLES:
+        archived = owner.execute(sql.SQL("select count(*) from {} where event_id = %s").format(
+            sql.Identifier("pyflows_audit", table)), (event.event_id,)).fetchone()[0]
+        assert archived == impact.counts[table], table
+    assert everything(owner)["discovery_flows"] == 0
+
+
+def test_a_killed_purge_resumes_to_one_consistent_event(pyflows_role_dsn: Callable[[str], str], tenant_a: Tenant,
+                                                        owner: psycopg.Connection[Any]) -> None:
+    target = big_flow(owner, tenant_a, 200_000)
+    conn = psycopg.connect(pyflows_role_dsn("app"), autocommit=True)
+    flows = Flows(conn).tenant(tenant_a.client_id, tenant_a.engagement_id, "dba")
+    impact = flows.deletion_impact(target.flow_id)
+    pid = conn.info.backend_pid
+    outcome: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            flows.purge(target.flow_id, "killed and resumed", batch_rows=5_000)
+        except BaseException as exc:  # the kill: kept for the assertion below
+            outcome.append(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    for _ in range(400):  # until some batches have committed
+        row = owner.execute("select coalesce((deleted ->> 'raw_import_records')::int, 0) from pyflows_audit.events "
+                            "where action = 'flow.purge'").fetchone()
+        if row and row[0] >= 30_000:
+            break
+        time.sleep(0.05)
+    owner.execute("select pg_terminate_backend(%s)", (pid,))
+    worker.join(timeout=60)
+    assert outcome and isinstance(outcome[0], psycopg.OperationalError)
+
+    # Mid-purge: hidden from listings, the gate is open, writers are refused.
+    app = Flows(psycopg.connect(pyflows_role_dsn("app"), autocommit=True)).tenant(
+        tenant_a.client_id, tenant_a.engagement_id, "dba")
+    assert app.gate().can_start and app.list_flows() == []
+    with pytest.raises(FlowNotFound):
+        app.details(target.flow_id)
+    partial = owner.execute("select deleted, details ->> 'state' from pyflows_audit.events").fetchone()
+    assert partial[1] == "running" and 0 < partial[0]["raw_import_records"] < impact.counts["raw_import_records"]
+
+    event = app.purge(target.flow_id, "killed and resumed", batch_rows=50_000)
+    assert event.deleted == impact.counts and event.details is not None and event.details["state"] == "done"
+    assert owner.execute("select count(*) from pyflows_audit.events").fetchone() == (1,)  # one consistent event
+    for table in FLOW_TREE_TABLES:
+        assert owner.execute(sql.SQL("select count(*) from {}").format(sql.Identifier("pyflows", table))
+                             ).fetchone() == (0,), table  # no orphans
+        archived = owner.execute(sql.SQL("select count(*) from {}").format(sql.Identifier("pyflows_audit", table))
+                                 ).fetchone()[0]
+        assert archived == impact.counts[table], table
+
+
+def test_writers_are_refused_on_a_deleting_flow(app_conn: Callable[[Tenant], psycopg.Connection[Any]],
+                                                tenant_a: Tenant, owner: psycopg.Connection[Any]) -> None:
+    target = tree(owner, tenant_a, status="paused")
+    owner.execute("update pyflows.discovery_flows set status = 'deleting' where id = %s", (target.flow_id,))
+    statements = [
+        ("insert into pyflows.assets (client_id, engagement_id, flow_id, name, asset_type) "
+         "values (%(c)s, %(e)s, %(f)s, 'late', 'server')"),
+        ("insert into pyflows.raw_import_records (client_id, engagement_id, import_id, row_number, data) "
+         "values (%(c)s, %(e)s, %(i)s, 99, '{}')"),
+        ("insert into pyflows.data_imports (client_id, engagement_id, flow_id, filename, storage_uri, byte_size) "
+         "values (%(c)s, %(e)s, %(f)s, 'late.csv', 'file:///late.csv', 1)"),
+    ]
+    params = {"c": tenant_a.client_id, "e": tenant_a.engagement_id, "f": target.flow_id, "i": target.import_id}
+    before = everything(owner)
+    for statement in statements:
+        conn = app_conn(tenant_a)
+        with pytest.raises(psycopg.Error) as caught:
+            conn.execute(statement, params)
+        assert caught.value.sqlstate == "PF404"
+        conn.rollback()
+    assert everything(owner) == before
+
+
+@pytest.mark.parametrize("case", ["batch rows", "reason", "actor", "terminal", "not autocommit"])
+def test_purge_refusals(pyflows_role_dsn: Callable[[str], str], tenant_a: Tenant, owner: psycopg.Connection[Any],
+                        case: str) -> None:
+    target = tree(owner, tenant_a, status="completed" if case == "terminal" else "paused")
+    conn = psycopg.connect(pyflows_role_dsn("app"), autocommit=case != "not autocommit")
+    flows = Flows(conn).tenant(tenant_a.client_id, tenant_a.engagement_id, None if case == "actor" else "dba")
+    before = everything(owner)
+    expected = {"batch rows": InvalidRequest, "reason": InvalidRequest, "actor": NoContext, "terminal": FlowBusy,
+                "not autocommit": InvalidRequest}[case]
+    with pytest.raises(expected):
+        flows.purge(target.flow_id, " " if case == "reason" else "why", batch_rows=0 if case == "batch rows" else 10)
+    conn.close()
+    assert everything(owner) == before
+
+
+# ---- prune -----------------------------------------------------------------------------------------------------
+
+
+def test_prune_is_for_admins_and_removes_only_old_events(api: ApiFactory, admin_api: ApiFactory, tenant_a: Tenant,
+                                                         owner: psycopg.Connection[Any]) -> None:
+    flows = api(tenant_a)
+    old = flows.delete(tree(owner, tenant_a, status="paused").flow_id, "old").event_id
+    time.sleep(0.05)
+    cutoff_marker = owner.execute("select now()").fetchone()[0]
+    time.sleep(0.05)
+    new = flows.delete(tree(owner, tenant_a, status="paused", name="new").flow_id, "new").event_id
+    with pytest.raises(Forbidden):
+        api.root.prune_audit(timedelta(0))
+    with pytest.raises(InvalidRequest):
+        admin_api.root.prune_audit(timedelta(days=-1))
+    age = owner.execute("select now() - %s", (cutoff_marker,)).fetchone()[0]
+    before = everything(owner)
+    assert admin_api.root.prune_audit(age, dry_run=True).events == 1
+    assert everything(owner) == before
+    assert admin_api.root.prune_audit(age).events == 1
+    remaining = [r[0] for r in owner.execute("select id from pyflows_audit.events where action <> 'audit.prune'")]
+    assert remaining == [new]
+    assert owner.execute("select count(*) from pyflows_audit.assets where event_id = %s", (old,)).fetchone() == (0,)
+    assert owner.execute("select count(*) from pyflows_audit.assets where event_id = %s", (new,)).fetchone() == (3,)
+    prune = owner.execute("select actor, details from pyflows_audit.events where action = 'audit.prune'").fetchone()
+    assert prune[0] == "pyflows_test_admin"
+    assert prune[1]["events"] == 1 and prune[1]["archive"]["assets"] == 3 and prune[1]["pruned_through_event_id"] == old
