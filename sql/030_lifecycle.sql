@@ -132,9 +132,13 @@ begin
 end;
 $$;
 
--- The context's flow, locked for update; PF404 when it is not there (or being deleted), whether it
--- never existed or belongs to another tenant.
-create or replace function pyflows._lock_flow(p_flow_id uuid, p_nowait boolean default false)
+-- The context's flow, locked for update; PF404 when it is not there (or being deleted, unless
+-- p_deleting_ok), whether it never existed or belongs to another tenant. With p_nowait, PF423 at
+-- once when another transaction holds it.
+-- sql/ files change a signature by dropping the old one first: CREATE OR REPLACE would add an overload.
+drop function if exists pyflows._lock_flow(uuid, boolean);
+create or replace function pyflows._lock_flow(p_flow_id uuid, p_nowait boolean default false,
+                                              p_deleting_ok boolean default false)
 returns jsonb
 language plpgsql
 set search_path = pg_catalog, pyflows
@@ -163,7 +167,7 @@ begin
                   detail = json_build_object('flow_id', p_flow_id)::text,
                   hint = 'Another operation on this flow is in progress; try again in a moment.';
     end;
-    if v_flow is null or v_flow ->> 'status' = 'deleting' then
+    if v_flow is null or (v_flow ->> 'status' = 'deleting' and not p_deleting_ok) then
         raise exception 'flow % not found', p_flow_id
             using errcode = 'PF404', detail = json_build_object('flow_id', p_flow_id)::text;
     end if;
@@ -458,7 +462,7 @@ $$;
 revoke all on function
     pyflows.flow_gate(), pyflows._insert_flow(text, text), pyflows.start_flow(text, text),
     pyflows._check_import(text, text, bigint), pyflows._insert_import(uuid, text, text, bigint),
-    pyflows.start_import(text, text, bigint, text), pyflows._lock_flow(uuid, boolean),
+    pyflows.start_import(text, text, bigint, text), pyflows._lock_flow(uuid, boolean, boolean),
     pyflows._require_status(jsonb, text[], text, text),
     pyflows.add_import(uuid, text, text, bigint), pyflows.list_flows(text, integer, integer),
     pyflows.list_incomplete_flows(integer, integer), pyflows.flow_details(uuid),
@@ -468,7 +472,7 @@ revoke all on function
 grant execute on function
     pyflows.flow_gate(), pyflows._insert_flow(text, text), pyflows.start_flow(text, text),
     pyflows._check_import(text, text, bigint), pyflows._insert_import(uuid, text, text, bigint),
-    pyflows.start_import(text, text, bigint, text), pyflows._lock_flow(uuid, boolean),
+    pyflows.start_import(text, text, bigint, text), pyflows._lock_flow(uuid, boolean, boolean),
     pyflows._require_status(jsonb, text[], text, text),
     pyflows.add_import(uuid, text, text, bigint), pyflows.list_flows(text, integer, integer),
     pyflows.list_incomplete_flows(integer, integer), pyflows.flow_details(uuid),

@@ -195,6 +195,25 @@ begin
 end;
 $$;
 
+-- PF423 unless the verdict (from _deletion_verdict) is safe: "flow <id> cannot be <p_done>: <blockers>".
+create or replace function pyflows._refuse_if_blocked(p_flow_id uuid, p_verdict jsonb, p_done text)
+returns void
+language plpgsql
+set search_path = pg_catalog, pyflows
+as $$
+begin
+    if (p_verdict ->> 'safe')::boolean then
+        return;
+    end if;
+    raise exception 'flow % cannot be %: %', p_flow_id, p_done,
+        (select string_agg(b ->> 'message', '; ') from jsonb_array_elements(p_verdict -> 'blockers') as b)
+        using errcode = 'PF423',
+              detail = jsonb_build_object('flow_id', p_flow_id, 'blockers', p_verdict -> 'blockers',
+                                          'warnings', p_verdict -> 'warnings')::text,
+              hint = 'Pass p_force => true to override; the override is recorded in the audit.';
+end;
+$$;
+
 -- The audited delete of one flow and everything it owns, in the caller's transaction.
 create or replace function pyflows.delete_flow(p_flow_id uuid, p_reason text, p_force boolean default false)
 returns jsonb
@@ -218,14 +237,7 @@ begin
     v_flow := pyflows._lock_flow(p_flow_id, true);
     v_impact := pyflows._deletion_counts(p_flow_id);
     v_verdict := pyflows._deletion_verdict(v_flow, v_impact, coalesce(p_force, false), false);
-    if not (v_verdict ->> 'safe')::boolean then
-        raise exception 'flow % cannot be deleted: %', p_flow_id,
-            (select string_agg(b ->> 'message', '; ') from jsonb_array_elements(v_verdict -> 'blockers') as b)
-            using errcode = 'PF423',
-                  detail = jsonb_build_object('flow_id', p_flow_id, 'blockers', v_verdict -> 'blockers',
-                                              'warnings', v_verdict -> 'warnings')::text,
-                  hint = 'Pass p_force => true to delete it anyway; the override is recorded in the audit.';
-    end if;
+    perform pyflows._refuse_if_blocked(p_flow_id, v_verdict, 'deleted');
 
     v_event := pyflows_audit._begin_event('flow.delete', p_flow_id, v_reason,
                                           v_impact || jsonb_build_object('safety', v_verdict),
@@ -344,13 +356,13 @@ end;
 $$;
 
 revoke all on function
-    pyflows._purge_threshold(), pyflows._deletion_counts(uuid), pyflows._deletion_verdict(jsonb, jsonb, boolean, boolean),
+    pyflows._refuse_if_blocked(uuid, jsonb, text), pyflows._purge_threshold(), pyflows._deletion_counts(uuid), pyflows._deletion_verdict(jsonb, jsonb, boolean, boolean),
     pyflows._flow_for_deletion(uuid), pyflows.deletion_safety(uuid, boolean), pyflows.deletion_impact(uuid),
     pyflows.delete_flow(uuid, text, boolean), pyflows.delete_flows(uuid[], text, boolean, boolean),
     pyflows.list_audit_events(uuid, timestamptz, integer), pyflows.audit_event(bigint)
     from public;
 grant execute on function
-    pyflows._purge_threshold(), pyflows._deletion_counts(uuid), pyflows._deletion_verdict(jsonb, jsonb, boolean, boolean),
+    pyflows._refuse_if_blocked(uuid, jsonb, text), pyflows._purge_threshold(), pyflows._deletion_counts(uuid), pyflows._deletion_verdict(jsonb, jsonb, boolean, boolean),
     pyflows._flow_for_deletion(uuid), pyflows.deletion_safety(uuid, boolean), pyflows.deletion_impact(uuid),
     pyflows.delete_flow(uuid, text, boolean), pyflows.delete_flows(uuid[], text, boolean, boolean),
     pyflows.list_audit_events(uuid, timestamptz, integer), pyflows.audit_event(bigint)

@@ -151,19 +151,7 @@ declare
     v_verdict jsonb;
     v_event   bigint;
 begin
-    begin
-        select to_jsonb(f) into v_flow from pyflows.discovery_flows as f
-         where f.client_id = c_client and f.engagement_id = c_engagement and f.id = p_flow_id
-           for update nowait;
-    exception when lock_not_available then
-        raise exception 'flow % is locked by another transaction', p_flow_id
-            using errcode = 'PF423', detail = json_build_object('flow_id', p_flow_id)::text,
-                  hint = 'Another operation on this flow is in progress; try again in a moment.';
-    end;
-    if v_flow is null then
-        raise exception 'flow % not found', p_flow_id
-            using errcode = 'PF404', detail = json_build_object('flow_id', p_flow_id)::text;
-    end if;
+    v_flow := pyflows._lock_flow(p_flow_id, true, true);
     if v_flow ->> 'status' = 'deleting' then
         select e.id into v_event from pyflows_audit.events as e
          where e.client_id = c_client and e.engagement_id = c_engagement and e.flow_id = p_flow_id
@@ -175,14 +163,7 @@ begin
     else
         v_counts := pyflows._deletion_counts(p_flow_id);
         v_verdict := pyflows._deletion_verdict(v_flow, v_counts, coalesce(p_force, false), false);
-        if not (v_verdict ->> 'safe')::boolean then
-            raise exception 'flow % cannot be purged: %', p_flow_id,
-                (select string_agg(b ->> 'message', '; ') from jsonb_array_elements(v_verdict -> 'blockers') as b)
-                using errcode = 'PF423',
-                      detail = jsonb_build_object('flow_id', p_flow_id, 'blockers', v_verdict -> 'blockers',
-                                                  'warnings', v_verdict -> 'warnings')::text,
-                      hint = 'Pass p_force => true to purge it anyway; the override is recorded in the audit.';
-        end if;
+        perform pyflows._refuse_if_blocked(p_flow_id, v_verdict, 'purged');
     end if;
     v_event := pyflows_audit._begin_event(
         'flow.purge', p_flow_id, p_reason,
