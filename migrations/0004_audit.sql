@@ -189,8 +189,8 @@ $$;
 -- (its tenant and flow when the rows name exactly one, and the statement's text). The setting is
 -- trusted only for an event of this transaction, or a running purge of the same tenant: a setting
 -- pointing anywhere else is ignored and the rows get a 'sql.delete' event of their own.
-create function pyflows_audit._statement_event(p_table text, p_rows bigint, p_tenants bigint, p_client uuid,
-                                               p_engagement uuid, p_flows bigint, p_flow uuid)
+create function pyflows_audit._statement_event(p_table text, p_tenants bigint, p_client uuid, p_engagement uuid,
+                                               p_flows bigint, p_flow uuid)
 returns bigint
 language plpgsql
 security definer
@@ -256,8 +256,7 @@ begin
     if v_rows = 0 then
         return null;
     end if;
-    v_event := pyflows_audit._statement_event(tg_table_name, v_rows, v_tenants, v_client, v_engagement,
-                                              v_flows, v_flow_id);
+    v_event := pyflows_audit._statement_event(tg_table_name, v_tenants, v_client, v_engagement, v_flows, v_flow_id);
     execute format('insert into pyflows_audit.%I select $1, o.* from old_rows as o', tg_table_name)
       using v_event;
     update pyflows_audit.events

@@ -77,8 +77,8 @@ stable
 set search_path = pg_catalog, pyflows
 as $$
 declare
-    v_blockers jsonb := '[]';
-    v_warnings jsonb := '[]';
+    v_blockers jsonb := '[]'::jsonb;
+    v_warnings jsonb := '[]'::jsonb;
     v_status   text := p_flow ->> 'status';
     v_beat     timestamptz := (p_flow ->> 'heartbeat_at')::timestamptz;
     v_records  bigint := coalesce((p_counts #>> '{counts,raw_import_records}')::bigint, 0);

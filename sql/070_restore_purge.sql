@@ -34,7 +34,7 @@ declare
     v_status   text;
     v_table    text;
     v_n        bigint;
-    v_counts   jsonb := '{}';
+    v_counts   jsonb := '{}'::jsonb;
     v_skipped  bigint;
     v_missing  jsonb;
     v_kept     bigint;
@@ -348,7 +348,7 @@ declare
     v_max     bigint;
     v_table   text;
     v_n       bigint;
-    v_archive jsonb := '{}';
+    v_archive jsonb := '{}'::jsonb;
     v_events  bigint;
 begin
     perform pyflows._require_admin();
