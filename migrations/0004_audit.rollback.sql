@@ -12,6 +12,7 @@ drop trigger audit_delete on pyflows.clients;
 
 drop function pyflows_audit._enqueue_files();
 drop function pyflows_audit._on_delete();
+drop function pyflows_audit._own_event();
 drop function pyflows_audit._statement_event(text, bigint, uuid, uuid, bigint, uuid);
 drop function pyflows_audit._end_event();
 drop function pyflows_audit._begin_event(text, uuid, text, jsonb, jsonb, boolean, jsonb);

@@ -223,6 +223,22 @@ begin
 end;
 $$;
 
+-- The event of this transaction that the settings name for the current statement, or NULL: the API's
+-- open event, or a 'sql.delete' event already opened for this statement. One index lookup, so the
+-- delete triggers need no pass over the deleted rows to find their event.
+create function pyflows_audit._own_event()
+returns bigint
+language sql
+stable
+security definer
+set search_path = pg_catalog, pyflows_audit
+as $$
+    select e.id from pyflows_audit.events as e
+     where e.id = nullif(current_setting('pyflows.audit_event', true), '')::bigint
+       and current_setting('pyflows.audit_statement', true) in ('api', statement_timestamp()::text)
+       and e.txid = txid_current()
+$$;
+
 -- AFTER DELETE ... FOR EACH STATEMENT on every audited table: copy the deleted rows into the
 -- archive table of the same name and add their number to the event's counts.
 create function pyflows_audit._on_delete()
@@ -248,17 +264,26 @@ declare
     v_flow_id    uuid;
     v_event      bigint;
 begin
-    execute format(
-        'select count(*), count(distinct (t.c, t.e)), min(t.c::text)::uuid, min(t.e::text)::uuid,
-                count(distinct t.f), min(t.f::text)::uuid
-           from (select %s, %s from old_rows) as t(c, e, f)', v_tenant, v_flow)
-       into v_rows, v_tenants, v_client, v_engagement, v_flows, v_flow_id;
+    v_event := pyflows_audit._own_event();
+    if v_event is null then
+        -- No event of this transaction: look at the rows (tenant, flow) to find or open one.
+        execute format(
+            'select count(*), count(distinct (t.c, t.e)), min(t.c::text)::uuid, min(t.e::text)::uuid,
+                    count(distinct t.f), min(t.f::text)::uuid
+               from (select %s, %s from old_rows) as t(c, e, f)', v_tenant, v_flow)
+           into v_rows, v_tenants, v_client, v_engagement, v_flows, v_flow_id;
+        if v_rows = 0 then
+            return null;
+        end if;
+        v_event := pyflows_audit._statement_event(tg_table_name, v_tenants, v_client, v_engagement, v_flows,
+                                                  v_flow_id);
+    end if;
+    execute format('insert into pyflows_audit.%I select $1, o.* from old_rows as o', tg_table_name)
+      using v_event;
+    get diagnostics v_rows = row_count;
     if v_rows = 0 then
         return null;
     end if;
-    v_event := pyflows_audit._statement_event(tg_table_name, v_tenants, v_client, v_engagement, v_flows, v_flow_id);
-    execute format('insert into pyflows_audit.%I select $1, o.* from old_rows as o', tg_table_name)
-      using v_event;
     update pyflows_audit.events
        set deleted = jsonb_set(deleted, array[tg_table_name],
                                to_jsonb(coalesce((deleted ->> tg_table_name)::bigint, 0) + v_rows))
