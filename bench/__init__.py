@@ -1,0 +1,1 @@
+"""pyflows benchmarks (not part of the package): see bench/run.py and docs/benchmarks.md."""
