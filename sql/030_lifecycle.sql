@@ -1,7 +1,29 @@
 -- pyflows sql/030_lifecycle: the gate, starting flows and imports, listing, details, progress,
--- heartbeats, status changes and resume. Every function runs as its caller (SECURITY INVOKER), so
--- row-level security and the caller's grants apply, and every one refuses to run without a tenant
--- context (PF401). The status rules themselves live in one place: trigger discovery_flows_rules.
+-- heartbeats, status changes and resume. Every function refuses to run without a tenant context
+-- (PF401). Most run as their caller (SECURITY INVOKER), so row-level security and the caller's
+-- grants apply. start_flow, start_import and resume_flow are SECURITY DEFINER because they write
+-- their audit event (flow.start, flow.resume), which applications may not; every row they touch is
+-- filtered by the caller's context explicitly. The status rules live in one place: trigger
+-- discovery_flows_rules.
+
+-- Record a lifecycle action (flow.start, flow.resume) of the current context in the audit trail.
+-- Called only by the SECURITY DEFINER lifecycle functions; applications have no EXECUTE on it.
+create or replace function pyflows._audit_lifecycle(p_action text, p_flow_id uuid, p_flow jsonb, p_details jsonb)
+returns bigint
+language plpgsql
+set search_path = pg_catalog, pyflows
+as $$
+declare
+    v_event bigint;
+begin
+    if p_action not in ('flow.start', 'flow.resume') then
+        raise exception 'not a lifecycle action: %', p_action using errcode = 'PF422';
+    end if;
+    v_event := pyflows_audit._begin_event(p_action, p_flow_id, null, null, p_flow, false, p_details);
+    perform pyflows_audit._end_event();
+    return v_event;
+end;
+$$;
 
 -- {can_start, blocking_flow, next_steps}: what a UI asks before enabling an upload.
 create or replace function pyflows.flow_gate()
@@ -63,17 +85,21 @@ $$;
 create or replace function pyflows.start_flow(p_name text, p_created_by text default null)
 returns jsonb
 language plpgsql
+security definer
 set search_path = pg_catalog, pyflows
 as $$
 declare
-    v_id uuid;
+    v_id   uuid;
+    v_flow jsonb;
 begin
     perform pyflows._require_context();
     v_id := pyflows._insert_flow(
         pyflows._check_text(p_name, 'flow name'),
         case when p_created_by is null then pyflows.current_actor()
              else pyflows._check_text(p_created_by, 'created_by') end);
-    return pyflows.flow_details(v_id) -> 'flow';
+    v_flow := pyflows.flow_details(v_id) -> 'flow';
+    perform pyflows._audit_lifecycle('flow.start', v_id, v_flow, '{}'::jsonb);
+    return v_flow;
 end;
 $$;
 
@@ -116,19 +142,22 @@ create or replace function pyflows.start_import(p_filename text, p_storage_uri t
                                                 p_flow_name text default null)
 returns jsonb
 language plpgsql
+security definer
 set search_path = pg_catalog, pyflows
 as $$
 declare
     v_flow_id   uuid;
     v_import_id uuid;
+    v_flow      jsonb;
 begin
     perform pyflows._require_context();
     perform pyflows._check_import(p_filename, p_storage_uri, p_byte_size);
     v_flow_id := pyflows._insert_flow(
         pyflows._check_text(coalesce(p_flow_name, p_filename), 'flow name'), pyflows.current_actor());
     v_import_id := pyflows._insert_import(v_flow_id, p_filename, p_storage_uri, p_byte_size);
-    return jsonb_build_object('flow_id', v_flow_id, 'import_id', v_import_id,
-                              'flow', pyflows.flow_details(v_flow_id) -> 'flow');
+    v_flow := pyflows.flow_details(v_flow_id) -> 'flow';
+    perform pyflows._audit_lifecycle('flow.start', v_flow_id, v_flow, jsonb_build_object('import_id', v_import_id));
+    return jsonb_build_object('flow_id', v_flow_id, 'import_id', v_import_id, 'flow', v_flow);
 end;
 $$;
 
@@ -427,6 +456,7 @@ $$;
 create or replace function pyflows.resume_flow(p_flow_id uuid)
 returns jsonb
 language plpgsql
+security definer
 set search_path = pg_catalog, pyflows
 as $$
 declare
@@ -445,6 +475,10 @@ begin
            and f.id = p_flow_id;
     end if;
     v_flow := pyflows.flow_details(p_flow_id) -> 'flow';
+    if v_status <> 'running' then
+        perform pyflows._audit_lifecycle('flow.resume', p_flow_id, v_flow,
+                                         jsonb_build_object('previous_status', v_status));
+    end if;
     return jsonb_build_object(
         'flow_id', p_flow_id,
         'resumed', v_status <> 'running',
@@ -458,6 +492,8 @@ begin
         'flow', v_flow);
 end;
 $$;
+
+revoke all on function pyflows._audit_lifecycle(text, uuid, jsonb, jsonb) from public;
 
 revoke all on function
     pyflows.flow_gate(), pyflows._insert_flow(text, text), pyflows.start_flow(text, text),

@@ -494,3 +494,30 @@ def test_async_flows_over_a_pool(pyflows_role_dsn: Callable[[str], str], tenant_
 
     assert asyncio.run(scenario()) == (True, False)
 
+
+
+# ---- lifecycle events in the audit trail ----------------------------------------------------------------------
+
+
+def test_start_and_resume_are_audited(api: ApiFactory, tenant_a: Tenant, owner: psycopg.Connection[Any]) -> None:
+    flows = api(tenant_a)
+    started = flows.start_import("cmdb.csv", "s3://b/cmdb.csv", 10)
+    flows.set_status(started.flow_id, "paused")
+    flows.resume(started.flow_id)
+    flows.resume(started.flow_id)  # a no-op: no event
+    events = list(reversed(flows.audit_events(started.flow_id)))
+    assert [(e.action, e.actor, e.flow_id) for e in events] == [("flow.start", "pytest", started.flow_id),
+                                                                ("flow.resume", "pytest", started.flow_id)]
+    full = flows.audit_event(events[0].event_id)
+    assert full.details == {"import_id": str(started.import_id)} and full.flow_snapshot is not None
+    assert flows.audit_event(events[1].event_id).details == {"previous_status": "paused"}
+    assert owner.execute("select db_user from pyflows_audit.events").fetchall() == [("pyflows_test_app",)] * 2
+    with pytest.raises(IncompleteFlowExists):
+        flows.start("refused")  # a refused start leaves no event
+    assert len(flows.audit_events()) == 2
+
+
+def test_the_app_cannot_write_lifecycle_events_itself(app_conn: Callable[[Tenant], psycopg.Connection[Any]],
+                                                      tenant_a: Tenant) -> None:
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        app_conn(tenant_a).execute("select pyflows._audit_lifecycle('flow.start', gen_random_uuid(), null, '{}')")
