@@ -1,18 +1,74 @@
-"""A tiny run of the benchmark suite, so that it cannot rot (the real runs are in docs/benchmarks.md)."""
+"""A tiny run of every benchmark suite, so that none can rot (the real runs are in docs/benchmarks.md)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
 from bench import run as bench
 from pyflows.testing import ServerInfo
 
+TINY = ["--runs", "1", "--assets", "50", "--growth", "10,40", "--engagements", "20", "--flows", "200",
+        "--list-calls", "10", "--clients", "3", "--contexts", "4", "--seconds", "1", "--purge-assets", "100",
+        "--batch-rows", "60", "--batch-flows", "10", "--ids", "5,20"]
 
-def test_the_delete_benchmark_runs_and_reports_ratios(pyflows_server: ServerInfo) -> None:
-    report = bench.main(["--dsn", pyflows_server.conninfo(pyflows_server.maintenance_dbname),
-                         "--assets", "50", "--runs", "1"])
+
+@pytest.fixture(scope="module")
+def reports(pyflows_server: ServerInfo) -> dict[str, dict]:
+    return bench.main(["--dsn", pyflows_server.conninfo(pyflows_server.maintenance_dbname), *TINY])
+
+
+def test_every_suite_runs_and_reports(reports: dict[str, dict]) -> None:
+    assert list(reports) == list(bench.SUITES)
+    for name, report in reports.items():
+        assert report["environment"]["postgres"].startswith("PostgreSQL"), name
+
+
+def test_delete_suite_compares_every_variant_with_the_cascade(reports: dict[str, dict]) -> None:
+    report = reports["delete"]
     assert report["rows"] == 50 + 2 * 49 + 50 + 4 + 1 + 1
-    assert set(report["results"]) == {"unaudited", "delete_flow", "row_jsonb", "impact"}
+    assert set(report["results"]) == {"unaudited", "delete_flow", "row_jsonb", "archive_write", "impact", "restore"}
     assert report["results"]["unaudited"]["ratio"] == pytest.approx(1.0)
     assert all(r["min"] > 0 for r in report["results"].values())
-    assert "| delete_flow |" in bench.markdown(report)
+
+
+def test_growth_measures_each_size(reports: dict[str, dict]) -> None:
+    assert [p["rows"] for p in reports["growth"]["points"]] == [10 + 18 + 10 + 4 + 2, 40 + 78 + 40 + 4 + 2]
+
+
+def test_gate_times_both_outcomes_of_start_and_the_rls_listing(reports: dict[str, dict]) -> None:
+    results = reports["gate"]["results"]
+    assert results["flow_gate"]["n"] == 20
+    assert results["start_flow (started)"]["n"] == results["start_flow (PF409)"]["n"] == 10
+    assert results["list_incomplete_flows as pyflows_app (RLS)"]["n"] == 10
+    assert reports["gate"]["flows"] == 200 + 10  # completed, and a paused one on every other engagement
+
+
+def test_concurrency_checks_the_invariant(reports: dict[str, dict]) -> None:
+    report = reports["concurrency"]
+    assert report["completed"] > 0
+    assert report["contexts_with_more_than_one_incomplete"] == 0
+    assert report["start_events"] == report["started"] == report["completed"]
+
+
+def test_purge_measures_every_batch(reports: dict[str, dict]) -> None:
+    report = reports["purge"]
+    assert report["rows"] == 100 + 198 + 100 + 4 + 1 + 1
+    assert report["batches"] >= report["rows"] // 60
+    assert 0 < report["longest_batch"] <= report["purge_seconds"]
+
+
+def test_batches_and_memory_report_each_variant_and_size(reports: dict[str, dict]) -> None:
+    assert reports["batches"]["rows"] == 10 * (1 + 1 + 5 + 4 + 5 + 8)
+    assert [p["ids"] for p in reports["memory"]["points"]] == [5, 20]
+    assert all(p["delete_max_rss_mb"] > 10 for p in reports["memory"]["points"])
+
+
+def test_record_replaces_only_its_own_section(tmp_path: Path) -> None:
+    page = tmp_path / "b.md"
+    page.write_text("a\n<!-- bench:gate:start -->\nold\n<!-- bench:gate:end -->\nz\n")
+    bench.record("gate", "new", page)
+    assert page.read_text() == "a\n<!-- bench:gate:start -->\nnew\n<!-- bench:gate:end -->\nz\n"
+    with pytest.raises(SystemExit, match="no <!-- bench:purge:start -->"):
+        bench.record("purge", "x", page)

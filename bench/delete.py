@@ -1,0 +1,159 @@
+"""The delete path: audited delete vs the unaudited cascade, impact, restore, and how they grow.
+
+Every variant deletes the very same rows inside a transaction that is rolled back.
+
+- ``unaudited``: the cascade with every user trigger disabled (the baseline);
+- ``delete_flow``: pyflows' audited delete (archive copies, counts, file outbox);
+- ``row_jsonb``: the usual audit-trigger design, a row-level AFTER DELETE trigger writing
+  ``to_jsonb(old)`` per row (built here only, with pyflows' own triggers disabled);
+- ``archive_write``: the flow's rows inserted into the archive tables, nothing deleted: what writing
+  the archive costs by itself, the floor under delete_flow's extra time;
+- ``impact``: ``deletion_impact`` on the flow;
+- ``restore``: ``restore_flow`` of the event ``delete_flow`` just wrote (only the restore is timed).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from psycopg import sql
+
+from .common import (
+    TABLES,
+    Conn,
+    Timings,
+    build_flow,
+    disable_triggers,
+    interleaved,
+    set_context,
+    table,
+    tenant,
+)
+
+SETUP_ROW_AUDIT = """
+create table if not exists public.bench_row_audit (id bigserial primary key, table_name text, row_data jsonb,
+                                                   at timestamptz default now());
+create or replace function public.bench_row_audit() returns trigger language plpgsql as $$
+begin
+    insert into public.bench_row_audit (table_name, row_data) values (tg_table_name, to_jsonb(old));
+    return old;
+end $$;
+"""
+
+
+def variants(client: uuid.UUID, engagement: uuid.UUID, flow: uuid.UUID,
+             names: Sequence[str]) -> dict[str, Callable[[Conn], Any]]:
+    def audited(c: Conn) -> Any:
+        set_context(c, client, engagement)
+        return c.execute("select pyflows.delete_flow(%s, 'bench')", (flow,)).fetchone()[0]
+
+    def unaudited(c: Conn) -> None:
+        disable_triggers(c)
+        c.execute("delete from pyflows.discovery_flows where id = %s", (flow,))
+
+    def row_jsonb(c: Conn) -> None:
+        disable_triggers(c)
+        for name in TABLES:
+            c.execute(sql.SQL("create trigger bench_row_audit after delete on {} for each row "
+                              "execute function public.bench_row_audit()").format(sql.Identifier("pyflows", name)))
+        c.execute("delete from pyflows.discovery_flows where id = %s", (flow,))
+
+    def archive_write(c: Conn) -> None:
+        for name in TABLES:  # the engagement holds this flow only
+            c.execute(sql.SQL("insert into {} select 0, o.* from {} as o where o.client_id = %s "
+                              "and o.engagement_id = %s").format(sql.Identifier("pyflows_audit", name),
+                                                                 sql.Identifier("pyflows", name)),
+                      (client, engagement))
+
+    def impact(c: Conn) -> None:
+        set_context(c, client, engagement)
+        c.execute("select pyflows.deletion_impact(%s)", (flow,))
+
+    def restore(c: Conn) -> float:
+        event = audited(c)["event_id"]
+        started = time.perf_counter()
+        c.execute("select pyflows.restore_flow(%s)", (event,))
+        return time.perf_counter() - started
+
+    every = {"unaudited": unaudited, "delete_flow": audited, "row_jsonb": row_jsonb, "archive_write": archive_write,
+             "impact": impact, "restore": restore}
+    return {name: every[name] for name in names}
+
+
+def total_rows(conn: Conn, client: uuid.UUID, engagement: uuid.UUID, flow: uuid.UUID) -> int:
+    with conn.transaction():
+        set_context(conn, client, engagement)
+        return int(conn.execute("select (pyflows.deletion_impact(%s)) ->> 'total_rows'", (flow,)).fetchone()[0])
+
+
+def ratios(results: dict[str, Timings], base: str = "unaudited") -> dict[str, dict[str, float]]:
+    return {n: {**t.summary(), "ratio": t.median / results[base].median} for n, t in results.items()}
+
+
+def run_delete(conn: Conn, assets: int, runs: int) -> dict[str, Any]:
+    """Items 1, 2 and 8: one flow of `assets` assets, every variant."""
+    client, engagement = tenant(0xA), tenant(0xA1)
+    flow = build_flow(conn, client, engagement, assets)
+    conn.execute(SETUP_ROW_AUDIT)
+    rows = total_rows(conn, client, engagement, flow)
+    results = ratios(interleaved(conn, variants(client, engagement, flow, (
+        "unaudited", "delete_flow", "row_jsonb", "archive_write", "impact", "restore")), runs))
+    delete = results["delete_flow"]["median"]
+    return {"assets": assets, "rows": rows, "runs": runs, "results": results,
+            "impact_share_of_delete": results["impact"]["median"] / delete,
+            "restore_vs_delete": results["restore"]["median"] / delete,
+            "floor": (results["unaudited"]["median"] + results["archive_write"]["median"])
+            / results["unaudited"]["median"]}
+
+
+def markdown_delete(report: dict[str, Any]) -> list[str]:
+    lines = [f"### Audited delete of one flow: {report['assets']:,} assets, {report['rows']:,} rows", "",
+             f"{report['runs']} runs, interleaved; each in a rolled-back transaction on the same rows.", ""]
+    lines += table(["variant", "min s", "median s", "max s", "median / unaudited"],
+                   [[n, f"{r['min']:.3f}", f"{r['median']:.3f}", f"{r['max']:.3f}", f"{r['ratio']:.2f}×"]
+                    for n, r in report["results"].items()])
+    lines += ["",
+              f"- `delete_flow` / unaudited cascade: **{report['results']['delete_flow']['ratio']:.2f}×** "
+              f"(target ≤ 1.3×); writing the archive alone costs {report['results']['archive_write']['ratio']:.2f}× "
+              f"the cascade, so no audited delete that archives every row can go below "
+              f"{report['floor']:.2f}× here.",
+              f"- `deletion_impact`: **{100 * report['impact_share_of_delete']:.1f} %** of `delete_flow` "
+              "(target ≤ 5 %).",
+              f"- `restore_flow` of that delete: **{report['restore_vs_delete']:.2f}×** `delete_flow`'s time."]
+    return lines
+
+
+def run_growth(conn: Conn, sizes: Sequence[int], runs: int) -> dict[str, Any]:
+    """Item 6: delete and impact at each size (assets; about 4 rows per asset), each flow in its own engagement."""
+    points = []
+    for i, assets in enumerate(sizes):
+        client, engagement = tenant(0xB), tenant(0xB0 + i)
+        flow = build_flow(conn, client, engagement, assets)
+        rows = total_rows(conn, client, engagement, flow)
+        results = ratios(interleaved(conn, variants(client, engagement, flow,
+                                                    ("unaudited", "delete_flow", "impact")), runs))
+        points.append({"assets": assets, "rows": rows, "results": results})
+        conn.execute("delete from pyflows.discovery_flows where id = %s", (flow,))  # audited as sql.delete
+    return {"runs": runs, "points": points}
+
+
+def markdown_growth(report: dict[str, Any]) -> list[str]:
+    rows = []
+    for p in report["points"]:
+        r = p["results"]
+        rows.append([f"{p['rows']:,}", f"{r['unaudited']['median']:.3f}", f"{r['delete_flow']['median']:.3f}",
+                     f"{r['delete_flow']['ratio']:.2f}×", f"{r['impact']['median']:.3f}",
+                     f"{1e6 * r['delete_flow']['median'] / p['rows']:.2f}",
+                     f"{1e6 * r['impact']['median'] / p['rows']:.3f}"])
+    first, last = report["points"][0], report["points"][-1]
+    per_row = [1e6 * p["results"]["delete_flow"]["median"] / p["rows"] for p in (first, last)]
+    sizes = ", ".join(f"{p['rows']:,}" for p in report["points"])
+    return [f"### Growth: delete and impact at {sizes} rows",
+            "", f"Medians of {report['runs']} runs per size, interleaved, rolled back.", "",
+            *table(["rows", "unaudited s", "delete_flow s", "ratio", "impact s", "delete µs/row", "impact µs/row"],
+                   rows),
+            "", f"Per-row cost of `delete_flow` from the smallest to the largest flow: {per_row[0]:.2f} → "
+                f"{per_row[1]:.2f} µs ({per_row[1] / per_row[0]:.2f}×; 1.00× would be exactly linear)."]
