@@ -151,6 +151,16 @@ declare
     v_verdict jsonb;
     v_event   bigint;
 begin
+    -- Checked here, not in purge_flow: applications may call this function directly.
+    perform pyflows._require_context(true);
+    perform pyflows._check_text(p_reason, 'reason', 1000);
+    if p_flow_id is null then
+        raise exception 'flow id must not be NULL' using errcode = 'PF422';
+    end if;
+    if p_batch_rows is null or p_batch_rows < 1 or p_batch_rows > 1000000 then
+        raise exception 'batch_rows must be between 1 and 1000000 (got %)', coalesce(p_batch_rows::text, 'NULL')
+            using errcode = 'PF422';
+    end if;
     v_flow := pyflows._lock_flow(p_flow_id, true, true);
     if v_flow ->> 'status' = 'deleting' then
         select e.id into v_event from pyflows_audit.events as e
@@ -178,12 +188,16 @@ begin
 end;
 $$;
 
--- One batch: delete at most p_limit rows of the deepest table the flow still has rows in (edges,
--- then records, mappings, assets, imports), archived under the purge event. Returns the rows deleted;
--- 0 when only the flow row is left. Each step first collects the ids, then deletes them through the
+-- One batch of one step: delete at most p_limit rows, archived under the purge event, and return how
+-- many. The steps go leaf first: 1 the flow's dependency edges, 2 edges of other flows that touch the
+-- flow's assets (the cascade would take them along anyway), 3 raw records, 4 field mappings,
+-- 5 assets, 6 imports. purge_flow moves to the next step when a batch comes back short, so each
+-- step's search runs once per batch of that step, never again after it is exhausted (step 2's search
+-- visits every asset of the flow). Each step first collects the ids, then deletes them through the
 -- primary key (id = any): a plan that stays an index scan whatever the statistics say right after a
 -- bulk load, where a join could turn into a nested loop over the whole tenant.
-create or replace function pyflows._purge_batch(p_flow_id uuid, p_event bigint, p_limit integer)
+drop function if exists pyflows._purge_batch(uuid, bigint, integer);
+create or replace function pyflows._purge_batch(p_flow_id uuid, p_event bigint, p_limit integer, p_step integer)
 returns bigint
 language plpgsql
 set search_path = pg_catalog, pyflows
@@ -196,12 +210,17 @@ declare
 begin
     perform set_config('pyflows.audit_event', p_event::text, true);
     perform set_config('pyflows.audit_statement', 'api', true);
-
-    v_ids := array(select e.id from pyflows.asset_dependencies as e
-                    where e.client_id = c_client and e.engagement_id = c_engagement and e.flow_id = p_flow_id
-                    limit p_limit);
-    if cardinality(v_ids) = 0 then
-        -- Edges of other flows that touch this flow's assets (the cascade would take them along anyway).
+    if p_step in (3, 4, 6) then
+        v_imports := array(select i.id from pyflows.data_imports as i
+                            where i.client_id = c_client and i.engagement_id = c_engagement and i.flow_id = p_flow_id
+                            order by i.id limit case when p_step = 6 then p_limit end);
+    end if;
+    case p_step
+    when 1 then
+        v_ids := array(select e.id from pyflows.asset_dependencies as e
+                        where e.client_id = c_client and e.engagement_id = c_engagement and e.flow_id = p_flow_id
+                        limit p_limit);
+    when 2 then
         v_ids := array(select e.id
                          from pyflows.assets as a
                          join pyflows.asset_dependencies as e
@@ -209,52 +228,47 @@ begin
                           and (e.source_asset_id = a.id or e.target_asset_id = a.id)
                         where a.client_id = c_client and a.engagement_id = c_engagement and a.flow_id = p_flow_id
                         limit p_limit);
-    end if;
-    if cardinality(v_ids) > 0 then
-        delete from pyflows.asset_dependencies as d
-         where d.client_id = c_client and d.engagement_id = c_engagement and d.id = any (v_ids);
-        return cardinality(v_ids);
-    end if;
-
-    v_imports := array(select i.id from pyflows.data_imports as i
-                        where i.client_id = c_client and i.engagement_id = c_engagement and i.flow_id = p_flow_id);
-    v_ids := array(select e.id from pyflows.raw_import_records as e
-                    where e.client_id = c_client and e.engagement_id = c_engagement and e.import_id = any (v_imports)
-                    limit p_limit);
-    if cardinality(v_ids) > 0 then
+    when 3 then
+        v_ids := array(select e.id from pyflows.raw_import_records as e
+                        where e.client_id = c_client and e.engagement_id = c_engagement
+                          and e.import_id = any (v_imports)
+                        limit p_limit);
         delete from pyflows.raw_import_records as r
          where r.client_id = c_client and r.engagement_id = c_engagement and r.id = any (v_ids);
         return cardinality(v_ids);
-    end if;
-
-    v_ids := array(select e.id from pyflows.import_field_mappings as e
-                    where e.client_id = c_client and e.engagement_id = c_engagement and e.import_id = any (v_imports)
-                    limit p_limit);
-    if cardinality(v_ids) > 0 then
+    when 4 then
+        v_ids := array(select e.id from pyflows.import_field_mappings as e
+                        where e.client_id = c_client and e.engagement_id = c_engagement
+                          and e.import_id = any (v_imports)
+                        limit p_limit);
         delete from pyflows.import_field_mappings as m
          where m.client_id = c_client and m.engagement_id = c_engagement and m.id = any (v_ids);
         return cardinality(v_ids);
-    end if;
-
-    v_ids := array(select e.id from pyflows.assets as e
-                    where e.client_id = c_client and e.engagement_id = c_engagement and e.flow_id = p_flow_id
-                    limit p_limit);
-    if cardinality(v_ids) > 0 then
+    when 5 then
+        v_ids := array(select e.id from pyflows.assets as e
+                        where e.client_id = c_client and e.engagement_id = c_engagement and e.flow_id = p_flow_id
+                        limit p_limit);
         delete from pyflows.assets as a
          where a.client_id = c_client and a.engagement_id = c_engagement and a.id = any (v_ids);
         return cardinality(v_ids);
-    end if;
-
-    if cardinality(v_imports) > 0 then
+    when 6 then
         delete from pyflows.data_imports as i
-         where i.client_id = c_client and i.engagement_id = c_engagement and i.id = any (v_imports[1:p_limit]);
-        return least(cardinality(v_imports), p_limit);
-    end if;
-    return 0;
+         where i.client_id = c_client and i.engagement_id = c_engagement and i.id = any (v_imports);
+        return cardinality(v_imports);
+    else
+        raise exception 'purge step must be between 1 and 6 (got %)', coalesce(p_step::text, 'NULL')
+            using errcode = 'PF422';
+    end case;
+    -- steps 1 and 2: dependency edges
+    delete from pyflows.asset_dependencies as d
+     where d.client_id = c_client and d.engagement_id = c_engagement and d.id = any (v_ids);
+    return cardinality(v_ids);
 end;
 $$;
 
--- Last step: remove the flow row and complete the purge event with its final state.
+-- Last step: remove the flow row and complete the purge event with its final state. Only for the
+-- running purge event of this flow in the caller's context, on a flow that is 'deleting' (applications
+-- may call this function directly: anything else is refused and changes nothing).
 create or replace function pyflows._purge_finish(p_flow_id uuid, p_event bigint, p_batches integer)
 returns jsonb
 language plpgsql
@@ -262,13 +276,26 @@ security definer
 set search_path = pg_catalog, pyflows
 as $$
 declare
+    c_client     constant uuid := pyflows.current_client_id();
+    c_engagement constant uuid := pyflows.current_engagement_id();
     v_deleted jsonb;
 begin
+    perform pyflows._require_context(true);
+    if p_batches is null or p_batches < 0 then
+        raise exception 'batches must be 0 or more (got %)', coalesce(p_batches::text, 'NULL') using errcode = 'PF422';
+    end if;
+    perform pyflows._require_status(pyflows._lock_flow(p_flow_id, true, true), array['deleting'],
+                                    'only a flow being purged can be finished');
+    if not exists (select from pyflows_audit.events as e
+                    where e.id = p_event and e.client_id = c_client and e.engagement_id = c_engagement
+                      and e.flow_id = p_flow_id and e.action = 'flow.purge' and e.details ->> 'state' = 'running') then
+        raise exception 'audit event % is not the running purge of flow %', coalesce(p_event::text, 'NULL'),
+            p_flow_id using errcode = 'PF404';
+    end if;
     perform set_config('pyflows.audit_event', p_event::text, true);
     perform set_config('pyflows.audit_statement', 'api', true);
     delete from pyflows.discovery_flows as f
-     where f.client_id = pyflows.current_client_id() and f.engagement_id = pyflows.current_engagement_id()
-       and f.id = p_flow_id;
+     where f.client_id = c_client and f.engagement_id = c_engagement and f.id = p_flow_id;
     update pyflows_audit.events as e
        set details = e.details || jsonb_build_object('state', 'done', 'finished_at', now(),
                                                      'batches', coalesce((e.details ->> 'batches')::int, 0) + p_batches)
@@ -297,30 +324,27 @@ declare
     v_n       bigint;
     v_total   bigint := 0;
     v_batches integer := 0;
+    v_step    integer := 1;
     v_deleted jsonb;
 begin
-    perform pyflows._require_context(true);
-    perform pyflows._check_text(p_reason, 'reason', 1000);
-    if p_flow_id is null then
-        raise exception 'flow id must not be NULL' using errcode = 'PF422';
-    end if;
-    if p_batch_rows is null or p_batch_rows < 1 or p_batch_rows > 1000000 then
-        raise exception 'batch_rows must be between 1 and 1000000 (got %)', coalesce(p_batch_rows::text, 'NULL')
-            using errcode = 'PF422';
-    end if;
     v_event := pyflows._purge_begin(p_flow_id, p_reason, p_force, p_batch_rows);
     commit;
-    loop
+    while v_step <= 6 loop
         -- COMMIT ended the transaction and its local settings: bind the tenant context again.
         perform pg_catalog.set_config('pyflows.client_id', c_client::text, true);
         perform pg_catalog.set_config('pyflows.engagement_id', c_engagement::text, true);
         perform pg_catalog.set_config('pyflows.actor', c_actor, true);
-        v_n := pyflows._purge_batch(p_flow_id, v_event, p_batch_rows);
-        exit when v_n = 0;
-        v_total := v_total + v_n;
-        v_batches := v_batches + 1;
-        raise notice 'pyflows purge of flow %: batch % removed % rows (% so far)', p_flow_id, v_batches, v_n, v_total;
-        commit;
+        v_n := pyflows._purge_batch(p_flow_id, v_event, p_batch_rows, v_step);
+        if v_n < p_batch_rows then
+            v_step := v_step + 1;  -- this step is exhausted (its rows are gone once this batch commits)
+        end if;
+        if v_n > 0 then
+            v_total := v_total + v_n;
+            v_batches := v_batches + 1;
+            raise notice 'pyflows purge of flow %: batch % removed % rows (% so far)', p_flow_id, v_batches, v_n,
+                v_total;
+            commit;
+        end if;
     end loop;
     v_deleted := pyflows._purge_finish(p_flow_id, v_event, v_batches);
     raise notice 'pyflows purge of flow %: done, audit event %, deleted %', p_flow_id, v_event, v_deleted;
@@ -383,10 +407,10 @@ end;
 $$;
 
 revoke all on function pyflows._column_list(text), pyflows.restore_flow(bigint),
-    pyflows._purge_begin(uuid, text, boolean, integer), pyflows._purge_batch(uuid, bigint, integer),
+    pyflows._purge_begin(uuid, text, boolean, integer), pyflows._purge_batch(uuid, bigint, integer, integer),
     pyflows._purge_finish(uuid, bigint, integer), pyflows.prune_audit(interval) from public;
 revoke all on procedure pyflows.purge_flow(uuid, text, integer, boolean) from public;
 grant execute on function pyflows._column_list(text), pyflows.restore_flow(bigint),
-    pyflows._purge_begin(uuid, text, boolean, integer), pyflows._purge_batch(uuid, bigint, integer),
+    pyflows._purge_begin(uuid, text, boolean, integer), pyflows._purge_batch(uuid, bigint, integer, integer),
     pyflows._purge_finish(uuid, bigint, integer), pyflows.prune_audit(interval) to pyflows_app;
 grant execute on procedure pyflows.purge_flow(uuid, text, integer, boolean) to pyflows_app;

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import uuid
@@ -151,6 +152,32 @@ def test_purge_in_small_batches(api: ApiFactory, tenant_a: Tenant, owner: psycop
     assert everything(owner)["discovery_flows"] == 0
 
 
+def test_purge_takes_edges_of_other_flows_along_in_tiny_batches(api: ApiFactory, tenant_a: Tenant,
+                                                                owner: psycopg.Connection[Any]) -> None:
+    target = tree(owner, tenant_a, status="paused", records=5, assets=6)
+    other = insert_flow(owner, tenant_a, "cancelled", "other")
+    with owner.transaction():  # three edges of another flow that touch the target's assets
+        set_raw_context(owner, tenant_a)
+        outside = owner.execute("insert into pyflows.assets (client_id, engagement_id, flow_id, name, asset_type) "
+                                "values (%s, %s, %s, 'o', 'x') returning id",
+                                (tenant_a.client_id, tenant_a.engagement_id, other)).fetchone()[0]
+        for source, dest in ((outside, target.asset_ids[0]), (target.asset_ids[1], outside),
+                             (outside, target.asset_ids[2])):
+            owner.execute("insert into pyflows.asset_dependencies (client_id, engagement_id, flow_id, source_asset_id, "
+                          "target_asset_id, dependency_type) values (%s, %s, %s, %s, %s, 'x')",
+                          (tenant_a.client_id, tenant_a.engagement_id, other, source, dest))
+    flows = api(tenant_a)
+    impact = flows.deletion_impact(target.flow_id)
+    assert impact.external_dependencies == 3
+    notices: list[str] = []
+    event = flows.purge(target.flow_id, "tiny batches", batch_rows=2, on_progress=notices.append)
+    assert event.deleted == impact.counts
+    left = owner.execute("select count(*) from pyflows.asset_dependencies").fetchone()[0]
+    assert left == 0 and owner.execute("select count(*) from pyflows.assets").fetchone()[0] == 1  # 'o' stays
+    batches = [int(re.search(r"removed (\d+) rows", n)[1]) for n in notices if "removed" in n]  # type: ignore[index]
+    assert max(batches) == 2 and sum(batches) == impact.total_rows - 1  # the flow row goes last, on its own
+
+
 def test_a_killed_purge_resumes_to_one_consistent_event(pyflows_role_dsn: Callable[[str], str], tenant_a: Tenant,
                                                         owner: psycopg.Connection[Any]) -> None:
     target = big_flow(owner, tenant_a, 200_000)
@@ -234,6 +261,45 @@ def test_purge_refusals(pyflows_role_dsn: Callable[[str], str], tenant_a: Tenant
         flows.purge(target.flow_id, " " if case == "reason" else "why", batch_rows=0 if case == "batch rows" else 10)
     conn.close()
     assert everything(owner) == before
+
+
+def test_the_purge_steps_called_directly_refuse_what_purge_flow_would_not_do(
+        app_conn: Callable[[Tenant], psycopg.Connection[Any]], pyflows_role_dsn: Callable[[str], str],
+        tenant_a: Tenant, tenant_b: Tenant, owner: psycopg.Connection[Any]) -> None:
+    # The helpers are executable by pyflows_app (the procedure cannot be SECURITY DEFINER), so each
+    # checks its own arguments: another tenant's event, a flow that is not being purged, an event that
+    # is not this flow's running purge, bad arguments. Every refusal changes nothing.
+    target = tree(owner, tenant_a, status="paused")
+    mine = tree(owner, tenant_b, status="paused")
+    a = app_conn(tenant_a)
+    event = a.execute("select pyflows._purge_begin(%s, 'started by hand', false, 10)", (target.flow_id,)).fetchone()[0]
+    a.commit()
+    before = everything(owner)
+    events_before = owner.execute("select * from pyflows_audit.events order by id").fetchall()
+
+    def refused(tenant: Tenant, statement: str, params: tuple[Any, ...]) -> str | None:
+        conn = app_conn(tenant)
+        with pytest.raises(psycopg.Error) as caught:
+            conn.execute(statement, params)
+        conn.rollback()
+        return caught.value.sqlstate
+
+    finish = "select pyflows._purge_finish(%s, %s, %s)"
+    assert refused(tenant_b, finish, (target.flow_id, event, 0)) == "PF404"  # A's flow, from B
+    assert refused(tenant_b, finish, (mine.flow_id, event, 0)) == "PF422"  # B's flow is not being purged
+    assert refused(tenant_a, finish, (target.flow_id, event + 1000, 0)) == "PF404"  # not its running purge
+    assert refused(tenant_a, finish, (target.flow_id, event, -1)) == "PF422"
+    begin = "select pyflows._purge_begin(%s, %s, false, %s)"
+    assert refused(tenant_b, begin, (mine.flow_id, None, 10)) == "PF422"
+    assert refused(tenant_b, begin, (mine.flow_id, "why", 0)) == "PF422"
+    assert refused(tenant_b, begin, (target.flow_id, "why", 10)) == "PF404"
+    assert everything(owner) == before
+    assert owner.execute("select * from pyflows_audit.events order by id").fetchall() == events_before
+
+    flows = Flows(psycopg.connect(pyflows_role_dsn("app"), autocommit=True)).tenant(
+        tenant_a.client_id, tenant_a.engagement_id, "dba")
+    done = flows.purge(target.flow_id, "finished by purge_flow")
+    assert done.event_id == event and done.details is not None and done.details["state"] == "done"
 
 
 # ---- prune -----------------------------------------------------------------------------------------------------
