@@ -188,14 +188,15 @@ begin
 end;
 $$;
 
--- One batch of one step: delete at most p_limit rows, archived under the purge event, and return how
--- many. The steps go leaf first: 1 the flow's dependency edges, 2 edges of other flows that touch the
--- flow's assets (the cascade would take them along anyway), 3 raw records, 4 field mappings,
--- 5 assets, 6 imports. purge_flow moves to the next step when a batch comes back short, so each
--- step's search runs once per batch of that step, never again after it is exhausted (step 2's search
--- visits every asset of the flow). Each step first collects the ids, then deletes them through the
--- primary key (id = any): a plan that stays an index scan whatever the statistics say right after a
--- bulk load, where a join could turn into a nested loop over the whole tenant.
+-- One batch of one step: delete at most p_limit rows of the step's table, archived under the purge
+-- event, and return how many rows went. The steps go leaf first: 1 the flow's dependency edges, 2 raw
+-- records, 3 field mappings, 4 assets, 5 imports. Edges of other flows that touch a batch's assets go
+-- with them through the foreign key's cascade, archived like every deleted row, and are included in
+-- the number returned (read from the event's counts). purge_flow moves to the next step when a batch
+-- comes back short, so no step's search runs again once it is exhausted. Each step first collects the
+-- ids, then deletes them through the primary key (id = any): a plan that stays an index scan whatever
+-- the statistics say right after a bulk load, where a join could turn into a nested loop over the
+-- whole tenant.
 drop function if exists pyflows._purge_batch(uuid, bigint, integer);
 create or replace function pyflows._purge_batch(p_flow_id uuid, p_event bigint, p_limit integer, p_step integer)
 returns bigint
@@ -205,63 +206,57 @@ as $$
 declare
     c_client     constant uuid := pyflows.current_client_id();
     c_engagement constant uuid := pyflows.current_engagement_id();
-    v_ids bigint[];
-    v_imports uuid[];
+    v_ids      bigint[];
+    v_imports  uuid[];
+    v_edges    bigint;
 begin
     perform set_config('pyflows.audit_event', p_event::text, true);
     perform set_config('pyflows.audit_statement', 'api', true);
-    if p_step in (3, 4, 6) then
+    if p_step in (2, 3, 5) then
         v_imports := array(select i.id from pyflows.data_imports as i
                             where i.client_id = c_client and i.engagement_id = c_engagement and i.flow_id = p_flow_id
-                            order by i.id limit case when p_step = 6 then p_limit end);
+                            order by i.id limit case when p_step = 5 then p_limit end);
     end if;
     case p_step
     when 1 then
         v_ids := array(select e.id from pyflows.asset_dependencies as e
                         where e.client_id = c_client and e.engagement_id = c_engagement and e.flow_id = p_flow_id
                         limit p_limit);
+        delete from pyflows.asset_dependencies as d
+         where d.client_id = c_client and d.engagement_id = c_engagement and d.id = any (v_ids);
     when 2 then
-        v_ids := array(select e.id
-                         from pyflows.assets as a
-                         join pyflows.asset_dependencies as e
-                           on e.client_id = a.client_id and e.engagement_id = a.engagement_id
-                          and (e.source_asset_id = a.id or e.target_asset_id = a.id)
-                        where a.client_id = c_client and a.engagement_id = c_engagement and a.flow_id = p_flow_id
-                        limit p_limit);
-    when 3 then
         v_ids := array(select e.id from pyflows.raw_import_records as e
                         where e.client_id = c_client and e.engagement_id = c_engagement
                           and e.import_id = any (v_imports)
                         limit p_limit);
         delete from pyflows.raw_import_records as r
          where r.client_id = c_client and r.engagement_id = c_engagement and r.id = any (v_ids);
-        return cardinality(v_ids);
-    when 4 then
+    when 3 then
         v_ids := array(select e.id from pyflows.import_field_mappings as e
                         where e.client_id = c_client and e.engagement_id = c_engagement
                           and e.import_id = any (v_imports)
                         limit p_limit);
         delete from pyflows.import_field_mappings as m
          where m.client_id = c_client and m.engagement_id = c_engagement and m.id = any (v_ids);
-        return cardinality(v_ids);
-    when 5 then
+    when 4 then
         v_ids := array(select e.id from pyflows.assets as e
                         where e.client_id = c_client and e.engagement_id = c_engagement and e.flow_id = p_flow_id
                         limit p_limit);
+        select coalesce((e.deleted ->> 'asset_dependencies')::bigint, 0) into v_edges
+          from pyflows_audit.events as e where e.id = p_event;
         delete from pyflows.assets as a
          where a.client_id = c_client and a.engagement_id = c_engagement and a.id = any (v_ids);
-        return cardinality(v_ids);
-    when 6 then
+        select coalesce((e.deleted ->> 'asset_dependencies')::bigint, 0) - v_edges into v_edges
+          from pyflows_audit.events as e where e.id = p_event;
+        return cardinality(v_ids) + v_edges;
+    when 5 then
         delete from pyflows.data_imports as i
          where i.client_id = c_client and i.engagement_id = c_engagement and i.id = any (v_imports);
         return cardinality(v_imports);
     else
-        raise exception 'purge step must be between 1 and 6 (got %)', coalesce(p_step::text, 'NULL')
+        raise exception 'purge step must be between 1 and 5 (got %)', coalesce(p_step::text, 'NULL')
             using errcode = 'PF422';
     end case;
-    -- steps 1 and 2: dependency edges
-    delete from pyflows.asset_dependencies as d
-     where d.client_id = c_client and d.engagement_id = c_engagement and d.id = any (v_ids);
     return cardinality(v_ids);
 end;
 $$;
@@ -329,7 +324,7 @@ declare
 begin
     v_event := pyflows._purge_begin(p_flow_id, p_reason, p_force, p_batch_rows);
     commit;
-    while v_step <= 6 loop
+    while v_step <= 5 loop
         -- COMMIT ended the transaction and its local settings: bind the tenant context again.
         perform pg_catalog.set_config('pyflows.client_id', c_client::text, true);
         perform pg_catalog.set_config('pyflows.engagement_id', c_engagement::text, true);

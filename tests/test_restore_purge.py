@@ -175,7 +175,9 @@ def test_purge_takes_edges_of_other_flows_along_in_tiny_batches(api: ApiFactory,
     left = owner.execute("select count(*) from pyflows.asset_dependencies").fetchone()[0]
     assert left == 0 and owner.execute("select count(*) from pyflows.assets").fetchone()[0] == 1  # 'o' stays
     batches = [int(re.search(r"removed (\d+) rows", n)[1]) for n in notices if "removed" in n]  # type: ignore[index]
-    assert max(batches) == 2 and sum(batches) == impact.total_rows - 1  # the flow row goes last, on its own
+    assert sum(batches) == impact.total_rows - 1  # the flow row goes last, on its own
+    # Two rows of a table a batch; the other flow's edges go with the assets they touch.
+    assert 0 < sum(n - 2 for n in batches if n > 2) <= impact.external_dependencies
 
 
 def test_a_killed_purge_resumes_to_one_consistent_event(pyflows_role_dsn: Callable[[str], str], tenant_a: Tenant,
