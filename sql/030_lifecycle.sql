@@ -53,6 +53,7 @@ $$;
 
 -- Insert a new flow for the context, or raise PF409 naming the incomplete flow that blocks it.
 -- The partial unique index decides races: a concurrent start that lost is reported as PF409 too.
+-- Checks its own arguments, as applications may call it directly.
 create or replace function pyflows._insert_flow(p_name text, p_created_by text)
 returns uuid
 language plpgsql
@@ -60,9 +61,15 @@ set search_path = pg_catalog, pyflows
 as $$
 declare
     v_id         uuid;
-    v_blocking   jsonb := pyflows._blocking_flow();
+    v_blocking   jsonb;
     v_constraint text;
 begin
+    perform pyflows._require_context();
+    p_name := pyflows._check_text(p_name, 'flow name');
+    if p_created_by is not null then
+        p_created_by := pyflows._check_text(p_created_by, 'created_by');
+    end if;
+    v_blocking := pyflows._blocking_flow();
     if v_blocking is not null then
         perform pyflows._raise_incomplete_flow_exists(v_blocking);
     end if;
@@ -125,16 +132,32 @@ begin
 end;
 $$;
 
+-- Insert an import of the context's flow. Checks its own arguments: applications may call it directly
+-- (add_import, which runs as the caller, uses it), and then it refuses what add_import would.
 create or replace function pyflows._insert_import(p_flow_id uuid, p_filename text, p_storage_uri text,
                                                   p_byte_size bigint)
 returns uuid
-language sql
+language plpgsql
+set search_path = pg_catalog, pyflows
 as $$
+declare
+    v_id uuid;
+begin
+    perform pyflows._require_context();
+    if p_flow_id is null then
+        raise exception 'flow id must not be NULL' using errcode = 'PF422';
+    end if;
+    perform pyflows._check_import(p_filename, p_storage_uri, p_byte_size);
     insert into pyflows.data_imports
         (client_id, engagement_id, flow_id, filename, storage_uri, byte_size, imported_by)
     values (pyflows.current_client_id(), pyflows.current_engagement_id(), p_flow_id, btrim(p_filename),
             btrim(p_storage_uri), p_byte_size, pyflows.current_actor())
-    returning id
+    returning id into v_id;
+    return v_id;
+exception when foreign_key_violation then
+    raise exception 'flow % not found', p_flow_id
+        using errcode = 'PF404', detail = json_build_object('flow_id', p_flow_id)::text;
+end;
 $$;
 
 -- The upload path: a new flow and its first import in one transaction; PF409 like start_flow.
@@ -309,6 +332,8 @@ stable
 set search_path = pg_catalog, pyflows
 as $$
 declare
+    c_client     constant uuid := pyflows.current_client_id();
+    c_engagement constant uuid := pyflows.current_engagement_id();
     v_row    jsonb;
     v_status text;
     v_active boolean;
@@ -337,7 +362,7 @@ begin
                                      else 'pending' end)
                        order by ph.position)
               from pyflows.phases as ph),
-        'counts', pyflows._flow_counts((v_row ->> 'client_id')::uuid, (v_row ->> 'engagement_id')::uuid, p_flow_id),
+        'counts', pyflows._flow_counts(c_client, c_engagement, p_flow_id),
         'errors', case when v_row -> 'error' is null or v_row -> 'error' = 'null'::jsonb then '[]'::jsonb
                        else jsonb_build_array(v_row -> 'error') end,
         'agent_insights', v_row -> 'agent_insights',
