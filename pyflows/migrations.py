@@ -29,6 +29,10 @@ __all__ = ["MigrateResult", "Status", "migrate", "rollback", "status", "apply_sq
 
 MIGRATION_TABLE = "_yoyo_migration"
 LOCK_TIMEOUT_SECONDS = 60
+# How long one migration statement may wait for a table lock before the migration fails (and rolls
+# back) rather than queue while every query behind it waits too. Used when the session has no
+# lock_timeout of its own (set one with PGOPTIONS='-c lock_timeout=...' to choose another).
+MIGRATION_LOCK_TIMEOUT = "10s"
 
 
 @dataclass(frozen=True)
@@ -47,7 +51,11 @@ class _Backend(PostgresqlPsycopgBackend):  # type: ignore[misc]
     """yoyo's psycopg 3 backend, connecting with any libpq conninfo rather than only a URL."""
 
     def connect(self, dburi: _Target) -> psycopg.Connection[tuple[object, ...]]:
-        return connect(dburi.conninfo, autocommit=True, application_name="pyflows-migrate")
+        conn = connect(dburi.conninfo, autocommit=True, application_name="pyflows-migrate")
+        row = conn.execute("select current_setting('lock_timeout')").fetchone()
+        if row is not None and row[0] == "0":
+            conn.execute("select set_config('lock_timeout', %s, false)", (MIGRATION_LOCK_TIMEOUT,))
+        return conn
 
 
 @dataclass(frozen=True)

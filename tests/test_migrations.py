@@ -126,6 +126,37 @@ def test_a_failing_migration_leaves_nothing_half_written(blank_dsn: str) -> None
     assert migrations.status(blank_dsn).applied == []
 
 
+def test_a_migration_waits_for_a_busy_table_only_as_long_as_lock_timeout(
+        blank_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    migrations.migrate(blank_dsn)
+    migrations.rollback(blank_dsn)  # the newest migration is pending again
+    newest = MIGRATION_IDS[-1]
+    with psycopg.connect(blank_dsn) as reader:
+        # A long-running writer holds every table of both schemas (ROW EXCLUSIVE): the pending migration
+        # changes one of them and needs a lock that conflicts.
+        tables = [r[0] for r in reader.execute(
+            "select oid::regclass::text from pg_class where relkind = 'r' "
+            "and relnamespace in ('pyflows'::regnamespace, 'pyflows_audit'::regnamespace)").fetchall()]
+        reader.execute(f"lock table {', '.join(tables)} in row exclusive mode")
+        monkeypatch.setenv("PGOPTIONS", "-c lock_timeout=200ms")
+        with pytest.raises(MigrationError, match=rf"{newest} failed: .*lock timeout"):
+            migrations.migrate(blank_dsn)
+        assert migrations.status(blank_dsn).pending == [newest]
+    monkeypatch.delenv("PGOPTIONS")
+    assert migrations.migrate(blank_dsn).applied == [newest]
+
+
+def test_the_runner_bounds_lock_waits_unless_the_session_chose(blank_dsn: str,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    backend = migrations._Backend(migrations._Target(blank_dsn), migrations.MIGRATION_TABLE)
+    assert backend.connection.execute("show lock_timeout").fetchone() == (migrations.MIGRATION_LOCK_TIMEOUT,)
+    backend.connection.close()
+    monkeypatch.setenv("PGOPTIONS", "-c lock_timeout=42s")
+    backend = migrations._Backend(migrations._Target(blank_dsn), migrations.MIGRATION_TABLE)
+    assert backend.connection.execute("show lock_timeout").fetchone() == ("42s",)
+    backend.connection.close()
+
+
 def test_check_reports_stale_sql_definitions(pyflows_dsn: str) -> None:
     assert migrations.status(pyflows_dsn).ok
     with psycopg.connect(pyflows_dsn, autocommit=True) as conn:
