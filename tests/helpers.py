@@ -118,3 +118,55 @@ def schema_snapshot(conn: psycopg.Connection[Any]) -> dict[str, list[tuple[Any, 
              where table_schema in ('pyflows', 'pyflows_audit') order by 1, 2, 3, 4""",
     }
     return {name: conn.execute(q).fetchall() for name, q in queries.items()}
+
+
+def fingerprint(conn: psycopg.Connection[Any], client_id: uuid.UUID | None = None) -> dict[str, str]:
+    """A digest of every row of every table in both pyflows schemas (only client_id's rows when given,
+    for the tables that have one): equal before and after means nothing was written."""
+    tables = conn.execute("""
+        select c.oid::regclass::text,
+               exists (select from pg_attribute a where a.attrelid = c.oid and a.attname = 'client_id'
+                         and not a.attisdropped)
+          from pg_class c where c.relnamespace in ('pyflows'::regnamespace, 'pyflows_audit'::regnamespace)
+           and c.relkind = 'r' order by 1""").fetchall()
+    digests = {}
+    for name, has_client in tables:
+        where = sql.SQL("where t.client_id = {}").format(sql.Literal(str(client_id))) if (
+            client_id and has_client) else sql.SQL("")
+        row = conn.execute(sql.SQL("select count(*) || ':' || coalesce(md5(string_agg(t::text, '|' "
+                                   "order by t::text)), '') from {} as t {}").format(sql.SQL(name), where)).fetchone()
+        assert row is not None
+        digests[name] = row[0]
+    return digests
+
+
+@dataclass(frozen=True)
+class Routine:
+    """A function or procedure of schema pyflows that pyflows_app may execute, read from the catalog."""
+
+    signature: str
+    name: str
+    kind: str  # 'f' function, 'p' procedure
+    arg_names: tuple[str, ...]
+    arg_types: tuple[str, ...]
+    source: str
+
+    def statement(self) -> sql.Composed:
+        """CALL or SELECT of the routine with one typed placeholder per argument."""
+        args = sql.SQL(", ").join(sql.SQL("%s::{}").format(sql.SQL(t)) for t in self.arg_types)
+        verb = "call" if self.kind == "p" else "select * from"
+        return sql.SQL("{} pyflows.{}({})").format(sql.SQL(verb), sql.Identifier(self.name), args)
+
+
+def app_routines(conn: psycopg.Connection[Any]) -> list[Routine]:
+    """Every routine of schema pyflows that pyflows_app may execute, except trigger functions."""
+    rows = conn.execute("""
+        select p.oid::regprocedure::text, p.proname, p.prokind,
+               coalesce(p.proargnames[1:p.pronargs], '{}'),
+               array(select format_type(t, null) from unnest(p.proargtypes) with ordinality as a(t, n) order by n),
+               p.prosrc
+          from pg_proc p
+         where p.pronamespace = 'pyflows'::regnamespace and p.prorettype <> 'trigger'::regtype
+           and has_function_privilege('pyflows_app', p.oid, 'EXECUTE')
+         order by 1""").fetchall()
+    return [Routine(sig, name, kind, tuple(names), tuple(types), src) for sig, name, kind, names, types, src in rows]

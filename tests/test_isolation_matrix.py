@@ -1,0 +1,297 @@
+"""Tenant isolation, generated from the catalog: every tenant table and every routine pyflows_app may
+execute, tried by tenant B against tenant A's rows, by pyflows_app without a context, and (for the
+admin routines) by a role that is not in pyflows_admin. A table or routine added later is covered
+without editing this file.
+
+Tested as pyflows_test_app, a LOGIN role that is not a superuser (superusers bypass row-level security).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from pyflows.api import Flows
+from pyflows.testing import Tenant, bind
+
+from .helpers import Routine, app_routines, fingerprint, write_flow_tree
+
+Connect = Callable[..., psycopg.Connection[Any]]
+
+# The routines that bind a context: pyflows_app is trusted to bind the context of the tenant it acts
+# for (docs/security.md); the matrix is about what a bound (or unbound) session can reach.
+BINDERS = {"set_context", "set_session_context", "clear_context"}
+# The context's readers answer NULL without a context; that is their documented answer.
+CONTEXT_READERS = {"current_client_id", "current_engagement_id", "current_actor"}
+# Internal helpers (names starting with "_") that pyflows_app may execute, because the API functions
+# running as the caller use them, do nothing the role could not do with plain SQL; when they are
+# refused, it is by the same checks plain SQL meets: row-level security or privilege (42501), a key
+# (23503, 23505) or a check constraint (23514). docs/security.md says so.
+PLAIN_SQL_REFUSALS = {"42501", "23503", "23505", "23514"}
+MARKER = "secret-of-tenant-a"
+
+
+@dataclass
+class World:
+    a: Tenant
+    b: Tenant
+    a_flow: uuid.UUID
+    a_done_flow: uuid.UUID
+    a_event: int
+    a_purge_event: int
+    a_queue_id: int
+    b_flow: uuid.UUID
+
+    def secrets(self, given: list[Any]) -> list[str]:
+        """Text about tenant A that must never appear in anything tenant B is shown, except what B
+        itself passed in (an error may echo the caller's own arguments)."""
+        echoed = " ".join(str(g) for g in given)
+        known = [str(self.a.client_id), str(self.a.engagement_id), str(self.a_flow), str(self.a_done_flow), MARKER,
+                 "a-admin"]
+        return [s for s in known if s not in echoed]
+
+
+@pytest.fixture
+def world(owner: psycopg.Connection[Any], tenant_a: Tenant, tenant_b: Tenant,
+          pyflows_role_dsn: Callable[[str], str]) -> World:
+    with owner.transaction():
+        a_flow = write_flow_tree(owner, tenant_a, status="paused", name=f"{MARKER} paused").flow_id
+        doomed = write_flow_tree(owner, tenant_a, status="completed", name=f"{MARKER} doomed").flow_id
+        a_done = write_flow_tree(owner, tenant_a, status="completed", name=f"{MARKER} done").flow_id
+        purged = write_flow_tree(owner, tenant_a, status="cancelled", name=f"{MARKER} purged").flow_id
+        b_flow = write_flow_tree(owner, tenant_b, status="completed", name="b's own").flow_id
+    with psycopg.connect(pyflows_role_dsn("app"), autocommit=True) as conn:
+        deleted = Flows(conn).tenant(tenant_a.client_id, tenant_a.engagement_id, "a-admin").delete(
+            doomed, f"{MARKER} reason", force=True)
+        purging = conn.execute(  # a purge left running (as after a crash): its event is still open
+            "select pyflows.set_session_context(%s, %s, 'a-admin'), "
+            "pyflows._purge_begin(%s, 'left running', true, 10)",
+            (tenant_a.client_id, tenant_a.engagement_id, purged)).fetchone()[1]
+        conn.execute("select pyflows.clear_context()")
+    queue_id = owner.execute("select id from pyflows.file_cleanup_queue where event_id = %s",
+                             (deleted.event_id,)).fetchone()[0]
+    return World(tenant_a, tenant_b, a_flow, a_done, deleted.event_id, purging, queue_id, b_flow)
+
+
+def argument(world: World, name: str, type_: str) -> Any:
+    """A value aimed at tenant A's rows (ids) or one that passes validation (everything else)."""
+    if type_ == "uuid":
+        if "client" in name:
+            return world.a.client_id
+        if "engagement" in name:
+            return world.a.engagement_id
+        return world.a_flow
+    if type_ == "uuid[]":
+        return [world.a_flow, world.a_done_flow]
+    if type_ == "bigint":
+        return {"p_id": world.a_queue_id, "p_event": world.a_purge_event}.get(name, world.a_event)
+    text_values = {"p_status": "paused", "p_phase": "data_import", "p_filter": "all", "p_table": "assets",
+                   "p_storage_uri": "file:///tmp/probe.csv", "p_filename": "probe.csv"}
+    scalar: dict[str, Any] = {
+        "text": text_values.get(name, "probe"), "integer": 0 if name in ("p_offset", "p_batches") else 10,
+        "boolean": True, "interval": timedelta(seconds=1), "jsonb": Jsonb({}), "text[]": ["paused"],
+        "timestamp with time zone": datetime(2000, 1, 1, tzinfo=UTC)}
+    if type_ not in scalar:
+        raise AssertionError(f"no probe value for a {type_} argument ({name}): teach this test that type")
+    return scalar[type_]
+
+
+def attempt(conn: psycopg.Connection[Any], routine: Routine, args: list[Any], tenant: Tenant | None) -> tuple[str, str]:
+    """(outcome, everything shown): outcome is 'ok' or the SQLSTATE. A success is committed, so a write
+    that should not have happened would stay and be seen."""
+    try:
+        if routine.kind == "p":  # a procedure that commits: autocommit, session context
+            conn.autocommit = True
+            if tenant is not None:
+                conn.execute("select pyflows.set_session_context(%s, %s, 'b-user')",
+                             (tenant.client_id, tenant.engagement_id))
+            try:
+                conn.execute(routine.statement(), args)
+            finally:
+                conn.execute("select pyflows.clear_context()")
+            return "ok", ""
+        conn.autocommit = False
+        if tenant is not None:
+            bind(conn, tenant)
+        rows = conn.execute(routine.statement(), args).fetchall()
+        conn.commit()
+        return "ok", repr(rows)
+    except psycopg.Error as exc:
+        if not conn.autocommit:
+            conn.rollback()
+        diag = exc.diag
+        return exc.sqlstate or "?", " ".join(str(x) for x in (diag.message_primary, diag.message_detail,
+                                                              diag.message_hint, diag.context) if x)
+
+
+def documented(routine: Routine, outcome: str) -> bool:
+    return outcome == "ok" or outcome.startswith("PF") or (
+        routine.name.startswith("_") and outcome in PLAIN_SQL_REFUSALS)
+
+
+def admin_routines(routines: list[Routine]) -> list[Routine]:
+    return [r for r in routines if r.name == "_require_admin" or "pyflows._require_admin()" in r.source]
+
+
+def test_the_catalog_yields_the_api(owner: psycopg.Connection[Any]) -> None:
+    names = {r.name for r in app_routines(owner)}
+    assert {"start_flow", "delete_flow", "restore_flow", "purge_flow", "prune_audit", "list_audit_events"} <= names
+    assert len(admin_routines(app_routines(owner))) >= 5
+
+
+def test_tenant_b_reaches_nothing_of_tenant_a_through_any_routine(
+        world: World, owner: psycopg.Connection[Any], pyflows_connect: Connect) -> None:
+    before = fingerprint(owner, world.a.client_id)
+    conn = pyflows_connect("app")
+    problems = []
+    for routine in app_routines(owner):
+        if routine.name in BINDERS:
+            continue
+        args = [argument(world, n, t) for n, t in zip(routine.arg_names, routine.arg_types, strict=True)]
+        outcome, shown = attempt(conn, routine, args, world.b)
+        leaked = [s for s in world.secrets(args) if s in shown]
+        if leaked:
+            problems.append(f"{routine.signature}: shows {leaked}: {shown[:300]}")
+        if not documented(routine, outcome):
+            problems.append(f"{routine.signature}: refused with {outcome}, not a PF code: {shown[:300]}")
+        if routine in admin_routines([routine]) and outcome != "PF403":
+            problems.append(f"{routine.signature}: an admin routine answered a non-admin with {outcome}")
+        if fingerprint(owner, world.a.client_id) != before:
+            problems.append(f"{routine.signature}: changed tenant A's rows")
+            before = fingerprint(owner, world.a.client_id)
+    assert problems == [], "\n".join(problems)
+
+
+def test_without_a_context_no_routine_reaches_any_tenant(world: World, owner: psycopg.Connection[Any],
+                                                         pyflows_connect: Connect) -> None:
+    before = fingerprint(owner)
+    conn = pyflows_connect("app")
+    problems = []
+    for routine in app_routines(owner):
+        if routine.name in BINDERS:
+            continue
+        args = [argument(world, n, t) for n, t in zip(routine.arg_names, routine.arg_types, strict=True)]
+        outcome, shown = attempt(conn, routine, args, None)
+        leaked = [s for s in world.secrets(args) if s in shown]
+        if leaked:
+            problems.append(f"{routine.signature}: shows {leaked} without a context")
+        if not documented(routine, outcome):
+            problems.append(f"{routine.signature}: refused with {outcome}, not a PF code: {shown[:300]}")
+        if not routine.name.startswith("_") and routine.name not in CONTEXT_READERS and \
+                outcome not in ("PF401", "PF403"):
+            problems.append(f"{routine.signature}: an API routine answered without a context ({outcome})")
+    assert problems == [], "\n".join(problems)
+    assert fingerprint(owner) == before
+
+
+def tenant_tables(owner: psycopg.Connection[Any]) -> list[tuple[str, str]]:
+    """(table, tenant column) of every table in schema pyflows with row-level security."""
+    return owner.execute("""
+        select c.relname, case when c.relname = 'clients' then 'id' else 'client_id' end
+          from pg_class c where c.relnamespace = 'pyflows'::regnamespace and c.relkind = 'r' and c.relrowsecurity
+         order by 1""").fetchall()
+
+
+def test_every_table_with_a_tenant_column_has_row_level_security(owner: psycopg.Connection[Any]) -> None:
+    unprotected = owner.execute("""
+        select c.oid::regclass::text from pg_class c
+         where c.relnamespace = 'pyflows'::regnamespace and c.relkind in ('r', 'p')
+           and exists (select from pg_attribute a where a.attrelid = c.oid and a.attname = 'client_id')
+           and not (c.relrowsecurity and c.relforcerowsecurity)""").fetchall()
+    assert unprotected == []
+    assert len(tenant_tables(owner)) >= 9
+
+
+@pytest.mark.parametrize("bound", ["tenant B", "no context"])
+def test_no_table_statement_reaches_tenant_a(world: World, owner: psycopg.Connection[Any],
+                                             pyflows_connect: Connect, bound: str) -> None:
+    before = fingerprint(owner)
+    conn = pyflows_connect("app")
+    problems = []
+    for table, column in tenant_tables(owner):
+        target = sql.Identifier("pyflows", table)
+        victim = owner.execute(sql.SQL("select to_jsonb(t) from {} t where {} = %s limit 1").format(
+            target, sql.Identifier(column)), (world.a.client_id,)).fetchone()
+        assert victim is not None, f"the world has no {table} row of tenant A"
+        statements = {
+            "select": sql.SQL("select count(*) from {} where {} = %s").format(target, sql.Identifier(column)),
+            "update": sql.SQL("update {} set {} = {} where {} = %s").format(
+                target, sql.Identifier(column), sql.Identifier(column), sql.Identifier(column)),
+            "delete": sql.SQL("delete from {} where {} = %s").format(target, sql.Identifier(column)),
+        }
+        for verb, statement in statements.items():
+            if bound == "tenant B":
+                bind(conn, world.b)
+            try:
+                cur = conn.execute(statement, (world.a.client_id,))
+                reached = cur.fetchone()[0] if verb == "select" else cur.rowcount  # type: ignore[index]
+                if reached:
+                    problems.append(f"{verb} {table}: reached {reached} of tenant A's rows")
+            except psycopg.Error as exc:
+                if exc.sqlstate != "42501":  # no such privilege: refused before any row is read
+                    problems.append(f"{verb} {table}: {exc.sqlstate} {exc}")
+            conn.rollback()
+        # Inserting tenant A's own row back: refused by the policy (or the privilege) before any
+        # uniqueness check could tell that the row exists.
+        if bound == "tenant B":
+            bind(conn, world.b)
+        try:
+            conn.execute(sql.SQL("insert into {} select * from jsonb_populate_record(null::{}, %s)").format(
+                target, target), (Jsonb(victim[0]),))
+            problems.append(f"insert into {table}: tenant A's row was accepted")
+        except psycopg.Error as exc:
+            if exc.sqlstate != "42501":
+                problems.append(f"insert into {table}: {exc.sqlstate} {exc}")
+        conn.rollback()
+    assert problems == [], "\n".join(problems)
+    assert fingerprint(owner) == before
+
+
+def test_the_audit_shows_tenant_b_only_its_own_events(world: World, owner: psycopg.Connection[Any],
+                                                       pyflows_connect: Connect) -> None:
+    conn = pyflows_connect("app")
+    bind(conn, world.b)
+    assert conn.execute("select count(*) from pyflows_audit.events where client_id = %s",
+                        (world.a.client_id,)).fetchone() == (0,)
+    archives = [r[0] for r in owner.execute(
+        "select c.relname from pg_class c where c.relnamespace = 'pyflows_audit'::regnamespace "
+        "and c.relkind = 'r' and c.relname <> 'events'").fetchall()]
+    assert len(archives) >= 8
+    for table in archives:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(sql.SQL("select 1 from {} limit 1").format(sql.Identifier("pyflows_audit", table)))
+        conn.rollback()
+        bind(conn, world.b)
+
+
+def test_a_context_naming_another_clients_engagement_is_refused(world: World, pyflows_connect: Connect) -> None:
+    conn = pyflows_connect("app")
+    for function in ("set_context", "set_session_context"):
+        with pytest.raises(psycopg.Error) as caught:
+            conn.execute(sql.SQL("select pyflows.{}(%s, %s, 'b-user')").format(sql.Identifier(function)),
+                         (world.b.client_id, world.a.engagement_id))
+        assert caught.value.sqlstate == "PF404"
+        shown = f"{caught.value.diag.message_primary} {caught.value.diag.message_detail}"
+        assert world.secrets([world.b.client_id, world.a.engagement_id]) == [
+            s for s in world.secrets([world.b.client_id, world.a.engagement_id]) if s not in shown]
+        conn.rollback()
+
+
+def test_every_admin_routine_refuses_a_role_outside_pyflows_admin(world: World, owner: psycopg.Connection[Any],
+                                                                  pyflows_connect: Connect) -> None:
+    # pyflows_test_app is in pyflows_app, not pyflows_admin: the routines run (EXECUTE is granted) and
+    # refuse it themselves; pyflows_test_outsider is in neither: it may not even run them.
+    app, outsider = pyflows_connect("app"), pyflows_connect("outsider")
+    routines = admin_routines(app_routines(owner))
+    for routine in routines:
+        args = [argument(world, n, t) for n, t in zip(routine.arg_names, routine.arg_types, strict=True)]
+        assert attempt(app, routine, args, world.b)[0] == "PF403", routine.signature
+        assert attempt(outsider, routine, args, None)[0] == "42501", routine.signature
