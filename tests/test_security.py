@@ -1,0 +1,113 @@
+"""The privilege model read back from the catalog: SECURITY DEFINER functions and EXECUTE grants.
+
+A new function, or a changed grant, fails here until this file says who may run it and why.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import pytest
+
+from pyflows.testing import Tenant
+
+from .helpers import fingerprint, write_flow_tree
+
+# Every SECURITY DEFINER function, the roles granted EXECUTE on it, and why it runs as the owner.
+DEFINER: dict[str, tuple[frozenset[str], str]] = {
+    "pyflows.start_flow(text,text)": (frozenset({"pyflows_app"}), "writes the flow.start audit event"),
+    "pyflows.start_import(text,text,bigint,text)": (frozenset({"pyflows_app"}), "writes the flow.start audit event"),
+    "pyflows.resume_flow(uuid)": (frozenset({"pyflows_app"}), "writes the flow.resume audit event"),
+    "pyflows.delete_flow(uuid,text,boolean)": (frozenset({"pyflows_app"}), "opens and completes the flow.delete event"),
+    "pyflows.restore_flow(bigint)": (frozenset({"pyflows_app"}), "reads the archive, writes the flow.restore event"),
+    "pyflows._purge_begin(uuid,text,boolean,integer)": (
+        frozenset({"pyflows_app"}), "opens the flow.purge event (purge_flow commits, so it cannot be a definer)"),
+    "pyflows._purge_finish(uuid,bigint,integer)": (frozenset({"pyflows_app"}), "completes the flow.purge event"),
+    "pyflows._require_admin()": (frozenset({"pyflows_app"}), "reads the owner's attributes; checks session_user"),
+    "pyflows.admin_list_incomplete_flows(interval)": (
+        frozenset({"pyflows_app"}), "reads every tenant; refuses non-members of pyflows_admin itself"),
+    "pyflows.claim_file_cleanups(integer,interval)": (
+        frozenset({"pyflows_app"}), "reads every tenant's queue; refuses non-members of pyflows_admin itself"),
+    "pyflows.finish_file_cleanup(bigint,text)": (
+        frozenset({"pyflows_app"}), "updates every tenant's queue; refuses non-members of pyflows_admin itself"),
+    "pyflows.prune_audit(interval)": (
+        frozenset({"pyflows_app"}), "removes old audit rows; refuses non-members of pyflows_admin itself"),
+    "pyflows_audit._begin_event(text,uuid,text,jsonb,jsonb,boolean,jsonb)": (frozenset(), "called by definers only"),
+    "pyflows_audit._end_event()": (frozenset(), "called by definers only"),
+    "pyflows_audit._statement_event(text,bigint,uuid,uuid,bigint,uuid)": (frozenset(), "called by the triggers"),
+    "pyflows_audit._own_event()": (frozenset(), "called by the triggers"),
+    "pyflows_audit._on_delete()": (frozenset(), "trigger: archives deleted rows"),
+    "pyflows_audit._enqueue_files()": (frozenset(), "trigger: queues deleted imports' files"),
+}
+
+FUNCTIONS = """
+    select p.oid::regprocedure::text as signature, n.nspname as schema, p.prosecdef as definer,
+           coalesce(p.proconfig, '{}') as config, p.proacl is null as default_acl,
+           coalesce((select array_agg(case when a.grantee = 0 then 'PUBLIC' else a.grantee::regrole::text end
+                                      order by 1)
+                       from aclexplode(p.proacl) as a
+                      where a.privilege_type = 'EXECUTE' and a.grantee <> p.proowner), '{}') as grantees
+      from pg_proc as p join pg_namespace as n on n.oid = p.pronamespace
+     where n.nspname in ('pyflows', 'pyflows_audit')
+"""
+
+
+def functions(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+    cur = conn.execute(FUNCTIONS)
+    names = [d.name for d in cur.description or []]
+    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+def test_every_security_definer_function_is_known_pinned_and_granted_on_purpose(
+        owner: psycopg.Connection[Any]) -> None:
+    definers = {f["signature"]: f for f in functions(owner) if f["definer"]}
+    assert set(definers) == set(DEFINER), "a SECURITY DEFINER function was added or removed: say who may run it"
+    for signature, f in definers.items():
+        paths = [c for c in f["config"] if c.startswith("search_path=")]
+        assert paths == [f"search_path=pg_catalog, {f['schema']}"], signature
+        assert set(f["grantees"]) == DEFINER[signature][0], signature
+
+
+def test_no_function_is_executable_by_public(owner: psycopg.Connection[Any]) -> None:
+    every = functions(owner)
+    assert len(every) > 50
+    open_to_public = [f["signature"] for f in every if f["default_acl"] or "PUBLIC" in f["grantees"]]
+    assert open_to_public == []
+
+
+def test_functions_without_a_pinned_search_path_are_plain_sql_or_have_none_to_pin(
+        owner: psycopg.Connection[Any]) -> None:
+    # A function without SET search_path resolves names through the caller's path; every one of
+    # them must schema-qualify what it uses. The catalog can't prove that; it can prove that none
+    # of them runs with the owner's rights.
+    unpinned = [f for f in functions(owner) if not any(c.startswith("search_path=") for c in f["config"])]
+    assert unpinned and not [f["signature"] for f in unpinned if f["definer"]]
+
+
+def test_the_application_role_cannot_write_the_audit_or_read_the_archive(owner: psycopg.Connection[Any]) -> None:
+    rows = owner.execute("""
+        select c.relname, has_table_privilege('pyflows_app', c.oid, 'SELECT'),
+               has_table_privilege('pyflows_app', c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE')
+          from pg_class c where c.relnamespace = 'pyflows_audit'::regnamespace and c.relkind in ('r', 'p')
+         order by 1""").fetchall()
+    assert rows, "no audit tables found"
+    assert [(name, read) for name, read, write in rows if write] == []
+    assert [name for name, read, _ in rows if read] == ["events"]
+
+
+def test_truncate_of_any_tenant_table_is_refused_even_for_the_owner(owner: psycopg.Connection[Any],
+                                                                     tenant_a: Tenant) -> None:
+    # TRUNCATE fires no DELETE trigger: allowed, it would remove rows without an archive or an event.
+    with owner.transaction():
+        write_flow_tree(owner, tenant_a)
+    before = fingerprint(owner)
+    tables = [r[0] for r in owner.execute(
+        "select c.oid::regclass::text from pg_class c where c.relnamespace = 'pyflows'::regnamespace "
+        "and c.relkind = 'r' and c.relrowsecurity order by 1").fetchall()]
+    assert len(tables) >= 9
+    for table in tables:
+        with pytest.raises(psycopg.Error) as caught:
+            owner.execute(f"truncate {table} cascade")
+        assert caught.value.sqlstate == "PF403", table
+    assert fingerprint(owner) == before
