@@ -170,3 +170,37 @@ def app_routines(conn: psycopg.Connection[Any]) -> list[Routine]:
            and has_function_privilege('pyflows_app', p.oid, 'EXECUTE')
          order by 1""").fetchall()
     return [Routine(sig, name, kind, tuple(names), tuple(types), src) for sig, name, kind, names, types, src in rows]
+
+
+def call_routine(conn: psycopg.Connection[Any], routine: Routine, args: list[Any], tenant: Tenant | None, *,
+                 keep: bool) -> tuple[str, str]:
+    """Call a routine as the connection's role, bound to tenant (or to no context): ('ok', what it
+    returned) or (SQLSTATE, everything the error said). A success is committed when keep is true (so a
+    write that should not have happened stays, to be seen), rolled back otherwise; a procedure runs in
+    autocommit with a session context, as it must."""
+    try:
+        if routine.kind == "p":
+            conn.autocommit = True
+            if tenant is not None:
+                conn.execute("select pyflows.set_session_context(%s, %s, 'caller')",
+                             (tenant.client_id, tenant.engagement_id))
+            try:
+                conn.execute(routine.statement(), args)
+            finally:
+                conn.execute("select pyflows.clear_context()")
+            return "ok", ""
+        conn.autocommit = False
+        if tenant is not None:
+            conn.execute("select pyflows.set_context(%s, %s, 'caller')", (tenant.client_id, tenant.engagement_id))
+        rows = conn.execute(routine.statement(), args).fetchall()
+        if keep:
+            conn.commit()
+        else:
+            conn.rollback()
+        return "ok", repr(rows)
+    except psycopg.Error as exc:
+        if not conn.autocommit:
+            conn.rollback()
+        diag = exc.diag
+        return exc.sqlstate or "?", " ".join(str(x) for x in (diag.message_primary, diag.message_detail,
+                                                              diag.message_hint, diag.context) if x)

@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 from psycopg.types.json import Jsonb
 
 from pyflows.api import Flows
-from pyflows.testing import Tenant, bind
+from pyflows.testing import Tenant
 
-from .helpers import Routine, app_routines, fingerprint, write_flow_tree
+from .helpers import Routine, app_routines, call_routine, fingerprint, write_flow_tree
 
 BINDERS = {"set_context", "set_session_context", "clear_context"}
 NASTY = ["", " ", "'", "\"", "';--", "'); drop table pyflows.assets; --", "%s", "%(x)s", "$1", "\\", "\\x00",
@@ -93,8 +93,8 @@ def test_every_routine_refuses_hostile_input_cleanly(owner: psycopg.Connection[A
                tenant=st.sampled_from(own["tenants"]))
         def probe(args: tuple[Any, ...], tenant: Tenant) -> None:
             before = fingerprint(owner)
-            state, message = call(conn, routine, list(args), tenant)
-            if state is None:
+            state, message = call_routine(conn, routine, list(args), tenant, keep=False)
+            if state == "ok":
                 return
             if not acceptable(state):
                 problems.append(f"{routine.signature}{_show(args)}: {state} {message}")
@@ -106,29 +106,6 @@ def test_every_routine_refuses_hostile_input_cleanly(owner: psycopg.Connection[A
     for routine in routines:
         prober(routine)()
     assert problems == [], "\n".join(problems[:20])
-
-
-def call(conn: psycopg.Connection[Any], routine: Routine, args: list[Any], tenant: Tenant) -> tuple[str | None, str]:
-    """(None, '') when the call succeeded (and was rolled back), else (SQLSTATE, message)."""
-    try:
-        if routine.kind == "p":
-            conn.autocommit = True
-            conn.execute("select pyflows.set_session_context(%s, %s, 'a-user')",
-                         (tenant.client_id, tenant.engagement_id))
-            try:
-                conn.execute(routine.statement(), args)
-            finally:
-                conn.execute("select pyflows.clear_context()")
-            return None, ""
-        conn.autocommit = False
-        bind(conn, tenant)
-        conn.execute(routine.statement(), args).fetchall()
-        conn.rollback()
-        return None, ""
-    except psycopg.Error as exc:
-        if not conn.autocommit:
-            conn.rollback()
-        return exc.sqlstate, str(exc)[:300]
 
 
 def _show(args: tuple[Any, ...]) -> str:

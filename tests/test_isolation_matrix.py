@@ -22,7 +22,7 @@ from psycopg.types.json import Jsonb
 from pyflows.api import Flows
 from pyflows.testing import Tenant, bind
 
-from .helpers import Routine, app_routines, fingerprint, write_flow_tree
+from .helpers import Routine, app_routines, call_routine, fingerprint, write_flow_tree
 
 Connect = Callable[..., psycopg.Connection[Any]]
 
@@ -104,34 +104,6 @@ def argument(world: World, name: str, type_: str) -> Any:
     return scalar[type_]
 
 
-def attempt(conn: psycopg.Connection[Any], routine: Routine, args: list[Any], tenant: Tenant | None) -> tuple[str, str]:
-    """(outcome, everything shown): outcome is 'ok' or the SQLSTATE. A success is committed, so a write
-    that should not have happened would stay and be seen."""
-    try:
-        if routine.kind == "p":  # a procedure that commits: autocommit, session context
-            conn.autocommit = True
-            if tenant is not None:
-                conn.execute("select pyflows.set_session_context(%s, %s, 'b-user')",
-                             (tenant.client_id, tenant.engagement_id))
-            try:
-                conn.execute(routine.statement(), args)
-            finally:
-                conn.execute("select pyflows.clear_context()")
-            return "ok", ""
-        conn.autocommit = False
-        if tenant is not None:
-            bind(conn, tenant)
-        rows = conn.execute(routine.statement(), args).fetchall()
-        conn.commit()
-        return "ok", repr(rows)
-    except psycopg.Error as exc:
-        if not conn.autocommit:
-            conn.rollback()
-        diag = exc.diag
-        return exc.sqlstate or "?", " ".join(str(x) for x in (diag.message_primary, diag.message_detail,
-                                                              diag.message_hint, diag.context) if x)
-
-
 def documented(routine: Routine, outcome: str) -> bool:
     return outcome == "ok" or outcome.startswith("PF") or (
         routine.name.startswith("_") and outcome in PLAIN_SQL_REFUSALS)
@@ -147,47 +119,42 @@ def test_the_catalog_yields_the_api(owner: psycopg.Connection[Any]) -> None:
     assert len(admin_routines(app_routines(owner))) >= 5
 
 
-def test_tenant_b_reaches_nothing_of_tenant_a_through_any_routine(
-        world: World, owner: psycopg.Connection[Any], pyflows_connect: Connect) -> None:
+def probe_every_routine(world: World, owner: psycopg.Connection[Any], conn: psycopg.Connection[Any],
+                        tenant: Tenant | None) -> list[str]:
+    """Call every routine (but the binders) aimed at tenant A's rows, bound to tenant, and say what went wrong."""
     before = fingerprint(owner, world.a.client_id)
-    conn = pyflows_connect("app")
     problems = []
     for routine in app_routines(owner):
         if routine.name in BINDERS:
             continue
         args = [argument(world, n, t) for n, t in zip(routine.arg_names, routine.arg_types, strict=True)]
-        outcome, shown = attempt(conn, routine, args, world.b)
+        outcome, shown = call_routine(conn, routine, args, tenant, keep=True)
         leaked = [s for s in world.secrets(args) if s in shown]
         if leaked:
             problems.append(f"{routine.signature}: shows {leaked}: {shown[:300]}")
         if not documented(routine, outcome):
-            problems.append(f"{routine.signature}: refused with {outcome}, not a PF code: {shown[:300]}")
+            problems.append(f"{routine.signature}: refused with {outcome}, not its documented code: {shown[:300]}")
         if routine in admin_routines([routine]) and outcome != "PF403":
             problems.append(f"{routine.signature}: an admin routine answered a non-admin with {outcome}")
+        if tenant is None and not routine.name.startswith("_") and routine.name not in CONTEXT_READERS and \
+                outcome not in ("PF401", "PF403"):
+            problems.append(f"{routine.signature}: an API routine answered without a context ({outcome})")
         if fingerprint(owner, world.a.client_id) != before:
             problems.append(f"{routine.signature}: changed tenant A's rows")
             before = fingerprint(owner, world.a.client_id)
+    return problems
+
+
+def test_tenant_b_reaches_nothing_of_tenant_a_through_any_routine(
+        world: World, owner: psycopg.Connection[Any], pyflows_connect: Connect) -> None:
+    problems = probe_every_routine(world, owner, pyflows_connect("app"), world.b)
     assert problems == [], "\n".join(problems)
 
 
 def test_without_a_context_no_routine_reaches_any_tenant(world: World, owner: psycopg.Connection[Any],
                                                          pyflows_connect: Connect) -> None:
     before = fingerprint(owner)
-    conn = pyflows_connect("app")
-    problems = []
-    for routine in app_routines(owner):
-        if routine.name in BINDERS:
-            continue
-        args = [argument(world, n, t) for n, t in zip(routine.arg_names, routine.arg_types, strict=True)]
-        outcome, shown = attempt(conn, routine, args, None)
-        leaked = [s for s in world.secrets(args) if s in shown]
-        if leaked:
-            problems.append(f"{routine.signature}: shows {leaked} without a context")
-        if not documented(routine, outcome):
-            problems.append(f"{routine.signature}: refused with {outcome}, not a PF code: {shown[:300]}")
-        if not routine.name.startswith("_") and routine.name not in CONTEXT_READERS and \
-                outcome not in ("PF401", "PF403"):
-            problems.append(f"{routine.signature}: an API routine answered without a context ({outcome})")
+    problems = probe_every_routine(world, owner, pyflows_connect("app"), None)
     assert problems == [], "\n".join(problems)
     assert fingerprint(owner) == before
 
@@ -293,5 +260,5 @@ def test_every_admin_routine_refuses_a_role_outside_pyflows_admin(world: World, 
     routines = admin_routines(app_routines(owner))
     for routine in routines:
         args = [argument(world, n, t) for n, t in zip(routine.arg_names, routine.arg_types, strict=True)]
-        assert attempt(app, routine, args, world.b)[0] == "PF403", routine.signature
-        assert attempt(outsider, routine, args, None)[0] == "42501", routine.signature
+        assert call_routine(app, routine, args, world.b, keep=True)[0] == "PF403", routine.signature
+        assert call_routine(outsider, routine, args, None, keep=True)[0] == "42501", routine.signature
