@@ -215,6 +215,22 @@ end;
 $$;
 
 -- The audited delete of one flow and everything it owns, in the caller's transaction.
+-- What an open deletion event has counted, and how many stored files it queued. Looked up by the
+-- event's key without ever scanning a table: the plan is made once and kept, and a batch that deletes
+-- thousands of flows in one transaction grows both tables as it goes (a sequential scan planned while
+-- they were small would make the batch quadratic). Only the SECURITY DEFINER delete functions call it.
+create or replace function pyflows._deletion_result(p_event bigint, out deleted jsonb, out files bigint)
+language sql
+stable
+set search_path = pg_catalog, pyflows
+set enable_seqscan = off
+as $$
+    select e.deleted,
+           (select count(*) from pyflows.file_cleanup_queue as q where q.event_id = e.id)  -- its partial index
+      from pyflows_audit.events as e
+     where e.id = p_event
+$$;
+
 create or replace function pyflows.delete_flow(p_flow_id uuid, p_reason text, p_force boolean default false)
 returns jsonb
 language plpgsql
@@ -245,9 +261,7 @@ begin
     delete from pyflows.discovery_flows as f
      where f.client_id = c_client and f.engagement_id = c_engagement and f.id = p_flow_id;
     -- The statement-level triggers have run: the event holds the counts actually deleted.
-    select e.deleted into v_deleted from pyflows_audit.events as e where e.id = v_event;
-    select count(*) into v_files from pyflows.file_cleanup_queue as q
-     where q.client_id = c_client and q.engagement_id = c_engagement and q.event_id = v_event;
+    select r.deleted, r.files into v_deleted, v_files from pyflows._deletion_result(v_event) as r;
     perform pyflows_audit._end_event();
     return jsonb_build_object('event_id', v_event, 'flow_id', p_flow_id, 'deleted', v_deleted,
                               'files_enqueued', v_files, 'forced', coalesce(p_force, false),
@@ -361,6 +375,7 @@ revoke all on function
     pyflows.delete_flow(uuid, text, boolean), pyflows.delete_flows(uuid[], text, boolean, boolean),
     pyflows.list_audit_events(uuid, timestamptz, integer), pyflows.audit_event(bigint)
     from public;
+revoke all on function pyflows._deletion_result(bigint) from public;
 grant execute on function
     pyflows._refuse_if_blocked(uuid, jsonb, text), pyflows._purge_threshold(), pyflows._deletion_counts(uuid), pyflows._deletion_verdict(jsonb, jsonb, boolean, boolean),
     pyflows._flow_for_deletion(uuid), pyflows.deletion_safety(uuid, boolean), pyflows.deletion_impact(uuid),
