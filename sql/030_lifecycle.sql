@@ -299,16 +299,27 @@ begin
         raise exception 'filter must be incomplete, terminal or all (got %)', coalesce(quote_literal(p_filter), 'NULL')
             using errcode = 'PF422';
     end if;
+    -- One branch per kind of status, each with its statuses spelled out (constants once planned), so
+    -- that even a plan made for any filter reads the context's incomplete flow through the partial
+    -- unique index, instead of walking every finished flow of the context to find it; the filter
+    -- only switches branches on or off.
     return query
         select f.id, f.name, f.status, f.current_phase, ph.title, f.progress_percentage, f.created_by,
                f.created_at, f.last_activity_at,
                pyflows._flow_counts(f.client_id, f.engagement_id, f.id),
                pyflows._next_steps(f.status, f.current_phase, f.error)
-          from pyflows.discovery_flows as f
+          from (select i.* from pyflows.discovery_flows as i
+                 where i.client_id = pyflows.current_client_id()
+                   and i.engagement_id = pyflows.current_engagement_id()
+                   and i.status = any (pyflows._incomplete_statuses())
+                   and 'initialized' = any (v_statuses)
+                union all
+                select t.* from pyflows.discovery_flows as t
+                 where t.client_id = pyflows.current_client_id()
+                   and t.engagement_id = pyflows.current_engagement_id()
+                   and t.status = any (pyflows._terminal_statuses())
+                   and 'completed' = any (v_statuses)) as f
           left join pyflows.phases as ph on ph.phase = f.current_phase
-         where f.client_id = pyflows.current_client_id()
-           and f.engagement_id = pyflows.current_engagement_id()
-           and f.status = any (v_statuses)
          order by f.last_activity_at desc, f.id
          limit p_limit offset p_offset;
 end;
