@@ -160,6 +160,21 @@ begin
 end;
 $$;
 
+-- The summary of one flow of the context that the caller has just written (NULL if it is not there):
+-- what start_flow, start_import, record_progress and resume_flow return, without flow_details'
+-- phases and counts, which they would throw away.
+create or replace function pyflows._flow_row_summary(p_flow_id uuid)
+returns jsonb
+language sql
+stable
+as $$
+    select pyflows._flow_summary(to_jsonb(f))
+      from pyflows.discovery_flows as f
+     where f.client_id = pyflows.current_client_id()
+       and f.engagement_id = pyflows.current_engagement_id()
+       and f.id = p_flow_id
+$$;
+
 -- The context's incomplete flow as a summary, or NULL. Under RLS only the context's rows are visible;
 -- the filter is spelled out as well for superusers.
 create or replace function pyflows._blocking_flow()
@@ -204,10 +219,10 @@ $$;
 revoke all on function pyflows._incomplete_statuses(), pyflows._terminal_statuses(), pyflows._active_lease(),
     pyflows._check_text(text, text, integer), pyflows._check_page(integer, integer),
     pyflows._next_steps(text, text, jsonb), pyflows._flow_summary(jsonb),
-    pyflows._flow_counts(uuid, uuid, uuid), pyflows._blocking_flow(), pyflows._raise_incomplete_flow_exists(jsonb)
+    pyflows._flow_counts(uuid, uuid, uuid), pyflows._flow_row_summary(uuid), pyflows._blocking_flow(), pyflows._raise_incomplete_flow_exists(jsonb)
     from public;
 grant execute on function pyflows._incomplete_statuses(), pyflows._terminal_statuses(), pyflows._active_lease(),
     pyflows._check_text(text, text, integer), pyflows._check_page(integer, integer),
     pyflows._next_steps(text, text, jsonb), pyflows._flow_summary(jsonb),
-    pyflows._flow_counts(uuid, uuid, uuid), pyflows._blocking_flow(), pyflows._raise_incomplete_flow_exists(jsonb)
+    pyflows._flow_counts(uuid, uuid, uuid), pyflows._flow_row_summary(uuid), pyflows._blocking_flow(), pyflows._raise_incomplete_flow_exists(jsonb)
     to pyflows_app;

@@ -104,7 +104,7 @@ begin
         pyflows._check_text(p_name, 'flow name'),
         case when p_created_by is null then pyflows.current_actor()
              else pyflows._check_text(p_created_by, 'created_by') end);
-    v_flow := pyflows.flow_details(v_id) -> 'flow';
+    v_flow := pyflows._flow_row_summary(v_id);
     perform pyflows._audit_lifecycle('flow.start', v_id, v_flow, '{}'::jsonb);
     return v_flow;
 end;
@@ -178,7 +178,7 @@ begin
     v_flow_id := pyflows._insert_flow(
         pyflows._check_text(coalesce(p_flow_name, p_filename), 'flow name'), pyflows.current_actor());
     v_import_id := pyflows._insert_import(v_flow_id, p_filename, p_storage_uri, p_byte_size);
-    v_flow := pyflows.flow_details(v_flow_id) -> 'flow';
+    v_flow := pyflows._flow_row_summary(v_flow_id);
     perform pyflows._audit_lifecycle('flow.start', v_flow_id, v_flow, jsonb_build_object('import_id', v_import_id));
     return jsonb_build_object('flow_id', v_flow_id, 'import_id', v_import_id, 'flow', v_flow);
 end;
@@ -420,7 +420,7 @@ begin
                                      'phase', p_phase, 'recorded_at', now(), 'insight', p_insight)) end
      where f.client_id = pyflows.current_client_id() and f.engagement_id = pyflows.current_engagement_id()
        and f.id = p_flow_id;
-    return pyflows.flow_details(p_flow_id) -> 'flow';
+    return pyflows._flow_row_summary(p_flow_id);
 end;
 $$;
 
@@ -510,7 +510,7 @@ begin
          where f.client_id = pyflows.current_client_id() and f.engagement_id = pyflows.current_engagement_id()
            and f.id = p_flow_id;
     end if;
-    v_flow := pyflows.flow_details(p_flow_id) -> 'flow';
+    v_flow := pyflows._flow_row_summary(p_flow_id);
     if v_status <> 'running' then
         perform pyflows._audit_lifecycle('flow.resume', p_flow_id, v_flow,
                                          jsonb_build_object('previous_status', v_status));
