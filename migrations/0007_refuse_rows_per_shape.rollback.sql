@@ -38,3 +38,4 @@ begin
     return null;
 end;
 $$;
+drop function pyflows._refuse_flow_being_purged(uuid);

@@ -6,6 +6,22 @@
 -- could validate it against any one table. Now each shape has its own function; behaviour is unchanged.
 -- depends: 0006_events_lookup
 
+-- PF404 for rows written into a flow that is being purged (v_flow), as if it were gone; nothing for NULL.
+create function pyflows._refuse_flow_being_purged(p_flow_id uuid)
+returns void
+language plpgsql
+set search_path = pg_catalog, pyflows
+as $$
+begin
+    if p_flow_id is not null then
+        raise exception 'flow % not found', p_flow_id
+            using errcode = 'PF404',
+                  detail = json_build_object('flow_id', p_flow_id, 'status', 'deleting')::text,
+                  hint = 'The flow is being purged; its rows are being removed.';
+    end if;
+end;
+$$;
+
 create or replace function pyflows._refuse_rows_for_deleting_flows()
 returns trigger
 language plpgsql
@@ -20,12 +36,7 @@ begin
         on f.client_id = n.client_id and f.engagement_id = n.engagement_id and f.id = n.flow_id
      where f.status = 'deleting'
      limit 1;
-    if v_flow is not null then
-        raise exception 'flow % not found', v_flow
-            using errcode = 'PF404',
-                  detail = json_build_object('flow_id', v_flow, 'status', 'deleting')::text,
-                  hint = 'The flow is being purged; its rows are being removed.';
-    end if;
+    perform pyflows._refuse_flow_being_purged(v_flow);
     return null;
 end;
 $$;
@@ -46,17 +57,14 @@ begin
         on f.client_id = i.client_id and f.engagement_id = i.engagement_id and f.id = i.flow_id
      where f.status = 'deleting'
      limit 1;
-    if v_flow is not null then
-        raise exception 'flow % not found', v_flow
-            using errcode = 'PF404',
-                  detail = json_build_object('flow_id', v_flow, 'status', 'deleting')::text,
-                  hint = 'The flow is being purged; its rows are being removed.';
-    end if;
+    perform pyflows._refuse_flow_being_purged(v_flow);
     return null;
 end;
 $$;
 
 revoke all on function pyflows._refuse_import_rows_for_deleting_flows() from public;
+revoke all on function pyflows._refuse_flow_being_purged(uuid) from public;
+grant execute on function pyflows._refuse_flow_being_purged(uuid) to pyflows_app;  -- the triggers run as the writer
 
 create or replace trigger refuse_deleting_flow after insert on pyflows.raw_import_records
     referencing new table as new_rows for each statement
