@@ -23,20 +23,22 @@ declare
     v_files      bigint;
     v_sample     jsonb;
 begin
+    -- Edges of other flows that touch this flow's assets. "<" or ">" rather than "<>": the flow index
+    -- then reads only the other flows' edges of the engagement, never this flow's own.
     select count(*) into v_external
       from (select d.id
               from pyflows.asset_dependencies as d
               join pyflows.assets as a
                 on a.client_id = d.client_id and a.engagement_id = d.engagement_id and a.id = d.source_asset_id
              where d.client_id = c_client and d.engagement_id = c_engagement
-               and a.flow_id = p_flow_id and d.flow_id <> p_flow_id
+               and a.flow_id = p_flow_id and (d.flow_id < p_flow_id or d.flow_id > p_flow_id)
             union
             select d.id
               from pyflows.asset_dependencies as d
               join pyflows.assets as a
                 on a.client_id = d.client_id and a.engagement_id = d.engagement_id and a.id = d.target_asset_id
              where d.client_id = c_client and d.engagement_id = c_engagement
-               and a.flow_id = p_flow_id and d.flow_id <> p_flow_id) as edges;
+               and a.flow_id = p_flow_id and (d.flow_id < p_flow_id or d.flow_id > p_flow_id)) as edges;
     select count(*) into v_files
       from pyflows.data_imports as i
      where i.client_id = c_client and i.engagement_id = c_engagement and i.flow_id = p_flow_id;
