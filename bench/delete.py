@@ -6,8 +6,8 @@ Every variant deletes the very same rows inside a transaction that is rolled bac
 - ``delete_flow``: pyflows' audited delete (archive copies, counts, file outbox);
 - ``row_jsonb``: the usual audit-trigger design, a row-level AFTER DELETE trigger writing
   ``to_jsonb(old)`` per row (built here only, with pyflows' own triggers disabled);
-- ``archive_write``: the flow's rows inserted into the archive tables, nothing deleted: what writing
-  the archive costs by itself, the floor under delete_flow's extra time;
+- ``archive_write``: the flow's rows written into the archive by the triggers' own statement, nothing
+  deleted: what writing the archive costs by itself, the floor under delete_flow's extra time;
 - ``impact``: ``deletion_impact`` on the flow;
 - ``restore``: ``restore_flow`` of the event ``delete_flow`` just wrote (only the restore is timed).
 """
@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from psycopg import sql
+from psycopg import RawCursor, sql
 
 from .common import (
     TABLES,
@@ -62,11 +62,16 @@ def variants(client: uuid.UUID, engagement: uuid.UUID, flow: uuid.UUID,
         c.execute("delete from pyflows.discovery_flows where id = %s", (flow,))
 
     def archive_write(c: Conn) -> None:
-        for name in TABLES:  # the engagement holds this flow only
-            c.execute(sql.SQL("insert into {} select 0, o.* from {} as o where o.client_id = %s "
-                              "and o.engagement_id = %s").format(sql.Identifier("pyflows_audit", name),
-                                                                 sql.Identifier("pyflows", name)),
-                      (client, engagement))
+        # The statement the delete triggers run on their transition table, here on the flow's rows
+        # (the engagement holds this flow only), with the trigger function's own work_mem.
+        c.execute("select set_config('work_mem', split_part(s, '=', 2), true) from pg_proc, unnest(proconfig) s "
+                  "where oid = 'pyflows_audit._on_delete'::regproc and s like 'work_mem=%'")
+        for name in TABLES:
+            source = sql.SQL("(select * from {} where client_id = {} and engagement_id = {})").format(
+                sql.Identifier("pyflows", name), sql.Literal(str(client)), sql.Literal(str(engagement)))
+            statement = c.execute("select pyflows_audit._archive_statement(%s, %s)",
+                                  (name, source.as_string(c))).fetchone()[0]
+            RawCursor(c).execute(statement, (0,))  # $1: the event
 
     def impact(c: Conn) -> None:
         set_context(c, client, engagement)

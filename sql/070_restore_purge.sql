@@ -383,10 +383,11 @@ begin
     -- The append-only triggers let this transaction, and only it, delete.
     perform set_config('pyflows.audit_prune', txid_current()::text, true);
     foreach v_table in array c_archive loop
-        execute format('delete from pyflows_audit.%I where event_id between $2 and $3 and event_id = any ($1)',
-                       v_table)
+        execute format('with chunk as (delete from pyflows_audit.%I where event_id between $2 and $3
+                                          and event_id = any ($1) returning row_count)
+                        select coalesce(sum(chunk.row_count), 0) from chunk', v_table || '_chunks')
+          into v_n
           using v_ids, v_min, v_max;
-        get diagnostics v_n = row_count;
         v_archive := v_archive || jsonb_build_object(v_table, v_n);
     end loop;
     delete from pyflows_audit.events as e where e.id = any (v_ids);

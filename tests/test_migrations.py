@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import re
 import threading
+import uuid
 
 import psycopg
 import pytest
+from psycopg import sql
 from yoyo.migrations import read_sql_migration
 
 from pyflows import migrations
 from pyflows.errors import MigrationError
+from pyflows.models import Tenant
 from pyflows.resources import migrations_dir, sql_files
 
-from .helpers import schema_snapshot
+from .helpers import schema_snapshot, write_flow_tree
 
 MIGRATION_IDS = sorted(p.stem for p in migrations_dir().glob("*.sql") if not p.stem.endswith(".rollback"))
 
@@ -204,3 +207,42 @@ def test_concurrent_migrations_apply_once(blank_dsn: str) -> None:
     assert errors == []
     assert sorted(len(r.applied) for r in results) == [0, 0, len(MIGRATION_IDS)]
     assert migrations.status(blank_dsn).ok
+
+
+ARCHIVE = ("clients", "engagements", "discovery_flows", "data_imports", "raw_import_records", "import_field_mappings",
+           "assets", "asset_dependencies")
+
+
+def _archive(dsn: str) -> dict[str, list[str]]:
+    """Every archived row, as text, by archive relation (table before 0009, view after)."""
+    with psycopg.connect(dsn) as conn:
+        return {name: [r[0] for r in conn.execute(sql.SQL("select t::text from {} as t order by 1").format(
+            sql.Identifier("pyflows_audit", name)))] for name in ARCHIVE}
+
+
+def test_the_archive_keeps_every_row_through_0009_and_its_rollback(blank_dsn: str) -> None:
+    migrations.migrate(blank_dsn)
+    assert migrations.rollback(blank_dsn) == ["0009_compressed_archive"]
+    before = _snapshot(blank_dsn)
+    with psycopg.connect(blank_dsn) as conn:  # rows archived by the typed tables of 0004
+        client, engagement = uuid.uuid4(), uuid.uuid4()
+        conn.execute("insert into pyflows.clients (id, name) values (%s, 'c')", (client,))
+        conn.execute("insert into pyflows.engagements (client_id, id, name) values (%s, %s, 'e')", (client, engagement))
+        for n in range(3):
+            write_flow_tree(conn, Tenant(client, engagement), status="paused" if n == 0 else "completed",
+                            name=f"flow {n}", records=4, assets=5)
+        conn.execute("delete from pyflows.discovery_flows where name <> 'flow 0'")
+        conn.execute("delete from pyflows.clients")
+    archived = _archive(blank_dsn)
+    assert len(archived["assets"]) == 15 and len(archived["asset_dependencies"]) == 12
+    assert len(archived["clients"]) == 1 and len(archived["discovery_flows"]) == 3
+
+    migrations.migrate(blank_dsn)
+    assert _archive(blank_dsn) == archived
+    with psycopg.connect(blank_dsn) as conn:  # one chunk per event and table: the two deletes
+        assert conn.execute("select count(*), sum(row_count) from pyflows_audit.assets_chunks").fetchone() == (2, 15)
+    migrations.rollback(blank_dsn)
+    assert _archive(blank_dsn) == archived
+    assert _snapshot(blank_dsn) == before
+    migrations.migrate(blank_dsn)
+    assert _archive(blank_dsn) == archived

@@ -89,7 +89,7 @@ def test_the_application_role_cannot_write_the_audit_or_read_the_archive(owner: 
     rows = owner.execute("""
         select c.relname, has_table_privilege('pyflows_app', c.oid, 'SELECT'),
                has_table_privilege('pyflows_app', c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE')
-          from pg_class c where c.relnamespace = 'pyflows_audit'::regnamespace and c.relkind in ('r', 'p')
+          from pg_class c where c.relnamespace = 'pyflows_audit'::regnamespace and c.relkind in ('r', 'p', 'v')
          order by 1""").fetchall()
     assert rows, "no audit tables found"
     assert [(name, read) for name, read, write in rows if write] == []

@@ -1,0 +1,101 @@
+"""The archive's storage: deleted rows kept as compressed arrays in chunk tables, read through views
+with the names and columns of the tenant tables (migration 0009)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from pyflows.models import Tenant
+
+from .helpers import set_raw_context, write_flow_tree
+
+ARCHIVE = ("clients", "engagements", "discovery_flows", "data_imports", "raw_import_records", "import_field_mappings",
+           "assets", "asset_dependencies")
+
+# Incompressible text of about n kB (hex digests), so sizes survive compression.
+NOISE = "(select string_agg(md5(g::text || %s), '') from generate_series(1, %s * 32) as g)"
+
+
+def columns(conn: psycopg.Connection[Any], relation: str) -> list[tuple[str, str]]:
+    return conn.execute(
+        "select a.attname, format_type(a.atttypid, a.atttypmod) from pg_attribute a "
+        "where a.attrelid = %s::regclass and a.attnum > 0 and not a.attisdropped order by a.attnum",
+        (relation,)).fetchall()
+
+
+@pytest.mark.parametrize("table", ARCHIVE)
+def test_the_archive_has_the_columns_of_its_tenant_table(owner: psycopg.Connection[Any], table: str) -> None:
+    # A migration that changes a tenant table must change its archive row type and view alike.
+    tenant = columns(owner, f"pyflows.{table}")
+    assert columns(owner, f"pyflows_audit.{table}_row") == tenant
+    assert columns(owner, f"pyflows_audit.{table}") == [("event_id", "bigint"), *tenant]
+    kind = owner.execute("select relkind from pg_class where oid = %s::regclass", (f"pyflows_audit.{table}",))
+    assert kind.fetchone() == ("v",)
+
+
+def test_archived_rows_are_the_deleted_rows(owner: psycopg.Connection[Any], tenant_a: Tenant) -> None:
+    with owner.transaction():
+        target = write_flow_tree(owner, tenant_a, status="paused", records=4, assets=5)
+    before = {t: owner.execute(sql.SQL("select t::text from {} as t where client_id = %s order by 1").format(
+        sql.Identifier("pyflows", t)), (tenant_a.client_id,)).fetchall() for t in ARCHIVE[2:]}
+    with owner.transaction():
+        set_raw_context(owner, tenant_a)
+        owner.execute("delete from pyflows.discovery_flows where id = %s", (target.flow_id,))
+    event, deleted = owner.execute("select id, deleted from pyflows_audit.events where flow_id = %s",
+                                   (target.flow_id,)).fetchone()
+    for table, rows in before.items():
+        archived = owner.execute(sql.SQL("select (row({}))::{}::text from {} as a where a.event_id = %s order by 1")
+                                 .format(sql.SQL(", ").join(sql.Identifier("a", c) for c, _ in
+                                                            columns(owner, f"pyflows.{table}")),
+                                         sql.Identifier("pyflows", table), sql.Identifier("pyflows_audit", table)),
+                                 (event,)).fetchall()
+        assert archived == rows, table
+        chunks = owner.execute(sql.SQL("select count(*), sum(row_count) from {} where event_id = %s").format(
+            sql.Identifier("pyflows_audit", f"{table}_chunks")), (event,)).fetchone()
+        assert chunks == (1, len(rows)) and deleted[table] == len(rows), table
+
+
+def test_bulk_tables_chunk_by_blocks_of_ids_and_large_rows_alone(owner: psycopg.Connection[Any],
+                                                                   tenant_a: Tenant) -> None:
+    with owner.transaction():
+        target = write_flow_tree(owner, tenant_a, status="paused", records=0, assets=0)
+        ids = (tenant_a.client_id, tenant_a.engagement_id, target.import_id)
+        owner.execute("insert into pyflows.raw_import_records (client_id, engagement_id, import_id, id, row_number, "
+                      "data) select %s, %s, %s, g, g, jsonb_build_object('Host', 'h' || g) "
+                      "from generate_series(1, 25000) as g", ids)
+        for n in (30001, 30002):  # two records of about 64 kB each
+            owner.execute("insert into pyflows.raw_import_records (client_id, engagement_id, import_id, id, "
+                          f"row_number, data) values (%s, %s, %s, %s, %s, to_jsonb({NOISE}))",
+                          (*ids, n, n, n, 64))
+    with owner.transaction():
+        set_raw_context(owner, tenant_a)
+        owner.execute("delete from pyflows.discovery_flows where id = %s", (target.flow_id,))
+    chunks = owner.execute("select c.row_count, pg_column_size(c.rows) > 16384 * c.row_count "
+                           "from pyflows_audit.raw_import_records_chunks as c order by 1").fetchall()
+    # ids 1-9,999, 10,000-19,999 and 20,000-25,000 (a block holds at most 10,000 ids), then each
+    # large record in a chunk of its own.
+    assert chunks == [(1, True), (1, True), (5001, False), (9999, False), (10000, False)]
+    assert owner.execute("select count(*), count(distinct id) from pyflows_audit.raw_import_records "
+                         "where client_id = %s", (tenant_a.client_id,)).fetchone() == (25002, 25002)
+
+
+def test_other_tables_chunk_by_size(owner: psycopg.Connection[Any], tenant_a: Tenant) -> None:
+    with owner.transaction():
+        set_raw_context(owner, tenant_a)
+        for n in range(5):  # five finished flows of about 4 MB each
+            owner.execute("insert into pyflows.discovery_flows (client_id, engagement_id, name, status) "
+                          "values (%s, %s, %s, 'cancelled')",
+                          (tenant_a.client_id, tenant_a.engagement_id, f"flow {n}"))
+        owner.execute(f"update pyflows.discovery_flows set agent_insights = jsonb_build_array({NOISE}) "
+                      "where client_id = %s", ("x", 4096, tenant_a.client_id))
+    with owner.transaction():
+        set_raw_context(owner, tenant_a)
+        owner.execute("delete from pyflows.discovery_flows where client_id = %s", (tenant_a.client_id,))
+    chunks = owner.execute("select row_count from pyflows_audit.discovery_flows_chunks").fetchall()
+    assert len(chunks) >= 2 and sum(c[0] for c in chunks) == 5
+    assert owner.execute("select count(*) from pyflows_audit.discovery_flows where agent_insights is not null "
+                         "and pg_column_size(agent_insights) > 1000000").fetchone() == (5,)
