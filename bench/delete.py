@@ -122,9 +122,9 @@ def markdown_delete(report: dict[str, Any]) -> list[str]:
                     for n, r in report["results"].items()])
     lines += ["",
               f"- `delete_flow` / unaudited cascade: **{report['results']['delete_flow']['ratio']:.2f}×** "
-              f"(target ≤ 1.3×). Inserting the same rows into the archive tables alone costs "
-              f"{report['results']['archive_write']['ratio']:.2f}× the cascade, so with one archive row per "
-              f"deleted row this design cannot go below {report['floor']:.2f}× here.",
+              f"(target ≤ 1.3×). Writing the same rows into the archive alone (the triggers' own statement) "
+              f"costs {report['results']['archive_write']['ratio']:.2f}× the cascade: the floor under "
+              f"`delete_flow` is {report['floor']:.2f}× here.",
               f"- `deletion_impact`: **{100 * report['impact_share_of_delete']:.1f} %** of `delete_flow` "
               "(target ≤ 5 %).",
               f"- `restore_flow` of that delete: **{report['restore_vs_delete']:.2f}×** `delete_flow`'s time."]

@@ -78,3 +78,4 @@ begin
 end;
 $$;
 drop function pyflows_audit._archive_statement(text, text);
+drop function pyflows_audit._running_purge();

@@ -100,6 +100,24 @@ $$;
 
 revoke all on function pyflows_audit._archive_statement(text, text) from public;
 
+-- The running purge that the settings name for the current statement (a purge batch binds its event
+-- as the API does), with its tenant; no row when there is none. One index lookup.
+create function pyflows_audit._running_purge(out id bigint, out client_id uuid, out engagement_id uuid)
+returns setof record
+language sql
+stable
+security definer
+set search_path = pg_catalog, pyflows_audit
+set enable_seqscan = off
+as $$
+    select e.id, e.client_id, e.engagement_id from pyflows_audit.events as e
+     where e.id = nullif(current_setting('pyflows.audit_event', true), '')::bigint
+       and current_setting('pyflows.audit_statement', true) = 'api'
+       and e.action = 'flow.purge' and e.details ->> 'state' = 'running'
+$$;
+
+revoke all on function pyflows_audit._running_purge() from public;
+
 -- AFTER DELETE ... FOR EACH STATEMENT on every audited table: write the deleted rows into the archive
 -- (chunks of about 8 MB under the event) and add their number to the event's counts. work_mem lets
 -- the chunks of a large delete be built in memory; past it they spill to disk.
@@ -127,8 +145,24 @@ declare
     v_flows      bigint;
     v_flow_id    uuid;
     v_event      bigint;
+    v_foreign    boolean;
 begin
     v_event := pyflows_audit._own_event();
+    if v_event is null then
+        -- A purge batch: its event was opened by an earlier transaction. The rows are its if every
+        -- one belongs to the purge's tenant (one pass that stops at the first that does not).
+        select p.id, p.client_id, p.engagement_id into v_event, v_client, v_engagement
+          from pyflows_audit._running_purge() as p;
+        if v_event is not null then
+            execute format('select exists (select from old_rows where row(%s) is distinct from row($1, $2))',
+                           v_tenant)
+               into v_foreign
+              using v_client, v_engagement;
+            if v_foreign then
+                v_event := null;
+            end if;
+        end if;
+    end if;
     if v_event is null then
         -- No event of this transaction: look at the rows (tenant, flow) to find or open one.
         execute format(

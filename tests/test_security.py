@@ -37,6 +37,7 @@ DEFINER: dict[str, tuple[frozenset[str], str]] = {
     "pyflows_audit._end_event()": (frozenset(), "called by definers only"),
     "pyflows_audit._statement_event(text,bigint,uuid,uuid,bigint,uuid)": (frozenset(), "called by the triggers"),
     "pyflows_audit._own_event()": (frozenset(), "called by the triggers"),
+    "pyflows_audit._running_purge()": (frozenset(), "called by the triggers"),
     "pyflows_audit._on_delete()": (frozenset(), "trigger: archives deleted rows"),
     "pyflows_audit._enqueue_files()": (frozenset(), "trigger: queues deleted imports' files"),
 }
