@@ -3,6 +3,7 @@ with the names and columns of the tenant tables (migration 0009)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -99,3 +100,35 @@ def test_other_tables_chunk_by_size(owner: psycopg.Connection[Any], tenant_a: Te
     assert len(chunks) >= 2 and sum(c[0] for c in chunks) == 5
     assert owner.execute("select count(*) from pyflows_audit.discovery_flows where agent_insights is not null "
                          "and pg_column_size(agent_insights) > 1000000").fetchone() == (5,)
+
+
+def test_only_rows_of_the_purges_tenant_are_counted_into_a_running_purge(
+        app_conn: Callable[[Tenant], psycopg.Connection[Any]], tenant_a: Tenant, tenant_b: Tenant,
+        owner: psycopg.Connection[Any]) -> None:
+    # A purge batch names its event in the settings, as the API does; the delete triggers take the rows
+    # into it only when every row belongs to the purge's tenant. The owner bypasses row-level security,
+    # so its statements can mix tenants.
+    with owner.transaction():
+        target = write_flow_tree(owner, tenant_a, status="paused", records=2, assets=3)
+        b_flow = write_flow_tree(owner, tenant_b, status="paused", records=2, assets=3)
+    a = app_conn(tenant_a)
+    purge = a.execute("select pyflows._purge_begin(%s, 'by hand', false, 10)", (target.flow_id,)).fetchone()[0]
+    a.commit()
+
+    def delete_naming_the_purge(where: str, *params: Any) -> int:
+        with owner.transaction():
+            owner.execute("select set_config('pyflows.audit_event', %s, true), "
+                          "set_config('pyflows.audit_statement', 'api', true)", (str(purge),))
+            return owner.execute(f"delete from pyflows.raw_import_records where {where}", params).rowcount
+
+    assert delete_naming_the_purge("row_number = 1") == 2  # one row of each tenant
+    assert delete_naming_the_purge("client_id = %s", tenant_b.client_id) == 1  # another tenant's row
+    assert delete_naming_the_purge("client_id = %s", tenant_a.client_id) == 1  # the purge's own tenant
+
+    events = owner.execute("select id, action, client_id, deleted from pyflows_audit.events "
+                           "where action in ('flow.purge', 'sql.delete') order by id").fetchall()
+    assert events[0][:2] == (purge, "flow.purge") and events[0][3] == {"raw_import_records": 1}
+    assert [(action, client, deleted) for _, action, client, deleted in events[1:]] == [
+        ("sql.delete", None, {"raw_import_records": 2}), ("sql.delete", tenant_b.client_id, {"raw_import_records": 1})]
+    assert owner.execute("select count(*) from pyflows.raw_import_records where import_id = %s",
+                         (b_flow.import_id,)).fetchone() == (0,)
