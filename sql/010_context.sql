@@ -8,7 +8,7 @@ create or replace function pyflows.set_context(
 )
 returns void
 language plpgsql
-set search_path = pg_catalog, pyflows
+set search_path = pg_catalog, pyflows, pg_temp
 as $$
 begin
     if p_client_id is null or p_engagement_id is null then
@@ -49,7 +49,7 @@ create or replace function pyflows.set_session_context(
 )
 returns void
 language plpgsql
-set search_path = pg_catalog, pyflows
+set search_path = pg_catalog, pyflows, pg_temp
 as $$
 begin
     perform pyflows.set_context(p_client_id, p_engagement_id, p_actor);
@@ -63,6 +63,7 @@ $$;
 create or replace function pyflows.clear_context()
 returns void
 language sql
+set search_path = pg_catalog, pyflows, pg_temp
 as $$
     select set_config('pyflows.client_id', '', false), set_config('pyflows.engagement_id', '', false),
            set_config('pyflows.actor', '', false)
@@ -73,7 +74,7 @@ create or replace function pyflows._require_context(p_need_actor boolean default
 returns void
 language plpgsql
 stable
-set search_path = pg_catalog, pyflows
+set search_path = pg_catalog, pyflows, pg_temp
 as $$
 begin
     if pyflows.current_client_id() is null or pyflows.current_engagement_id() is null then

@@ -8,6 +8,7 @@ returns text[]
 language sql
 immutable
 parallel safe
+set search_path = pg_catalog, pyflows, pg_temp
 as $$ select array['initialized', 'running', 'paused', 'waiting_for_user', 'failed']::text[] $$;
 
 create or replace function pyflows._terminal_statuses()
@@ -15,6 +16,7 @@ returns text[]
 language sql
 immutable
 parallel safe
+set search_path = pg_catalog, pyflows, pg_temp
 as $$ select array['completed', 'cancelled']::text[] $$;
 
 -- How long a heartbeat keeps a running flow "active": setting pyflows.active_lease, default 5 minutes.
@@ -22,6 +24,7 @@ create or replace function pyflows._active_lease()
 returns interval
 language sql
 stable
+set search_path = pg_catalog, pyflows, pg_temp
 as $$ select coalesce(nullif(pg_catalog.current_setting('pyflows.active_lease', true), '')::interval,
                       interval '5 minutes') $$;
 
@@ -30,7 +33,7 @@ create or replace function pyflows._check_text(p_value text, p_what text, p_max 
 returns text
 language plpgsql
 immutable
-set search_path = pg_catalog, pyflows
+set search_path = pg_catalog, pyflows, pg_temp
 as $$
 begin
     if p_value is null or btrim(p_value) = '' then
@@ -49,7 +52,7 @@ create or replace function pyflows._check_page(p_limit integer, p_offset integer
 returns void
 language plpgsql
 immutable
-set search_path = pg_catalog, pyflows
+set search_path = pg_catalog, pyflows, pg_temp
 as $$
 begin
     if p_limit is null or p_limit < 1 or p_limit > 1000 then
@@ -63,12 +66,34 @@ begin
 end;
 $$;
 
+-- PF422 unless p_value is an interval from p_min to p_max (NULL only when p_null_ok): the bounds keep
+-- arithmetic such as now() - p_value inside the range of a timestamp, whatever a caller passes.
+create or replace function pyflows._check_interval(p_value interval, p_what text, p_min interval, p_max interval,
+                                                   p_null_ok boolean default false)
+returns interval
+language plpgsql
+immutable
+set search_path = pg_catalog, pyflows, pg_temp
+as $$
+begin
+    if p_value is null and p_null_ok then
+        return null;
+    end if;
+    if p_value is null or p_value < p_min or p_value > p_max then
+        raise exception '% must be an interval from % to % (got %)', p_what, p_min, p_max,
+            coalesce(p_value::text, 'NULL')
+            using errcode = 'PF422';
+    end if;
+    return p_value;
+end;
+$$;
+
 -- What the user should do next with a flow in this status and phase: a list of sentences.
 create or replace function pyflows._next_steps(p_status text, p_current_phase text, p_error jsonb default null)
 returns jsonb
 language plpgsql
 stable
-set search_path = pg_catalog, pyflows
+set search_path = pg_catalog, pyflows, pg_temp
 as $$
 declare
     v_title text;
@@ -100,6 +125,7 @@ create or replace function pyflows._flow_summary(p_flow jsonb)
 returns jsonb
 language sql
 stable
+set search_path = pg_catalog, pyflows, pg_temp
 as $$
     select jsonb_build_object(
         'flow_id', p_flow -> 'id',
@@ -129,7 +155,7 @@ create or replace function pyflows._flow_counts(p_client_id uuid, p_engagement_i
 returns jsonb
 language plpgsql
 stable
-set search_path = pg_catalog, pyflows
+set search_path = pg_catalog, pyflows, pg_temp
 set enable_seqscan = off
 set plan_cache_mode = force_generic_plan
 as $$
@@ -167,6 +193,7 @@ create or replace function pyflows._flow_row_summary(p_flow_id uuid)
 returns jsonb
 language sql
 stable
+set search_path = pg_catalog, pyflows, pg_temp
 as $$
     select pyflows._flow_summary(to_jsonb(f))
       from pyflows.discovery_flows as f
@@ -181,6 +208,7 @@ create or replace function pyflows._blocking_flow()
 returns jsonb
 language sql
 stable
+set search_path = pg_catalog, pyflows, pg_temp
 as $$
     select pyflows._flow_summary(to_jsonb(f))
       from pyflows.discovery_flows as f
@@ -193,7 +221,7 @@ $$;
 create or replace function pyflows._raise_incomplete_flow_exists(p_blocking jsonb)
 returns void
 language plpgsql
-set search_path = pg_catalog, pyflows
+set search_path = pg_catalog, pyflows, pg_temp
 as $$
 declare
     v_detail jsonb := jsonb_build_object(
@@ -218,11 +246,11 @@ $$;
 
 revoke all on function pyflows._incomplete_statuses(), pyflows._terminal_statuses(), pyflows._active_lease(),
     pyflows._check_text(text, text, integer), pyflows._check_page(integer, integer),
-    pyflows._next_steps(text, text, jsonb), pyflows._flow_summary(jsonb),
+    pyflows._check_interval(interval, text, interval, interval, boolean), pyflows._next_steps(text, text, jsonb), pyflows._flow_summary(jsonb),
     pyflows._flow_counts(uuid, uuid, uuid), pyflows._flow_row_summary(uuid), pyflows._blocking_flow(), pyflows._raise_incomplete_flow_exists(jsonb)
     from public;
 grant execute on function pyflows._incomplete_statuses(), pyflows._terminal_statuses(), pyflows._active_lease(),
     pyflows._check_text(text, text, integer), pyflows._check_page(integer, integer),
-    pyflows._next_steps(text, text, jsonb), pyflows._flow_summary(jsonb),
+    pyflows._check_interval(interval, text, interval, interval, boolean), pyflows._next_steps(text, text, jsonb), pyflows._flow_summary(jsonb),
     pyflows._flow_counts(uuid, uuid, uuid), pyflows._flow_row_summary(uuid), pyflows._blocking_flow(), pyflows._raise_incomplete_flow_exists(jsonb)
     to pyflows_app;

@@ -11,7 +11,7 @@
 create or replace function pyflows._audit_lifecycle(p_action text, p_flow_id uuid, p_flow jsonb, p_details jsonb)
 returns bigint
 language plpgsql
-set search_path = pg_catalog, pyflows
+set search_path = pg_catalog, pyflows, pg_temp
 as $$
 declare
     v_event bigint;
@@ -30,7 +30,7 @@ create or replace function pyflows.flow_gate()
 returns jsonb
 language plpgsql
 stable
-set search_path = pg_catalog, pyflows
+set search_path = pg_catalog, pyflows, pg_temp
 as $$
 declare
     v_blocking jsonb;
@@ -57,7 +57,7 @@ $$;
 create or replace function pyflows._insert_flow(p_name text, p_created_by text)
 returns uuid
 language plpgsql
-set search_path = pg_catalog, pyflows
+set search_path = pg_catalog, pyflows, pg_temp
 as $$
 declare
     v_id         uuid;
@@ -93,7 +93,7 @@ create or replace function pyflows.start_flow(p_name text, p_created_by text def
 returns jsonb
 language plpgsql
 security definer
-set search_path = pg_catalog, pyflows
+set search_path = pg_catalog, pyflows, pg_temp
 as $$
 declare
     v_id   uuid;
@@ -110,12 +110,42 @@ begin
 end;
 $$;
 
+-- PF422 for a file:// URI that is not an absolute path on this host, or that could climb out of the
+-- folder it names: a '.' or '..' segment (also written %2e), an encoded '/' (%2f) or NUL (%00). The drain
+-- removes files only under its configured storage roots in any case (docs/operations.md); this keeps
+-- such paths out of the database in the first place. Other schemes are their storage's business.
+create or replace function pyflows._check_file_uri(p_storage_uri text)
+returns void
+language plpgsql
+immutable
+set search_path = pg_catalog, pyflows, pg_temp
+as $$
+declare
+    v_path text;
+begin
+    if p_storage_uri !~* '^file:' then
+        return;
+    end if;
+    v_path := (regexp_match(p_storage_uri, '^file://(?:localhost)?(/[^?#]*)', 'i'))[1];
+    if v_path is null then
+        raise exception 'a file:// storage_uri must name an absolute path on this host, such as file:///uploads/a.csv '
+                        '(got %)', quote_literal(left(p_storage_uri, 200))
+            using errcode = 'PF422';
+    end if;
+    if v_path ~* '%(2f|00)' or regexp_replace(v_path, '%2e', '.', 'gi') ~ '(^|/)\.\.?(/|$)' then
+        raise exception 'a file:// storage_uri must not contain ".", ".." or encoded "/" or NUL segments (got %)',
+            quote_literal(left(p_storage_uri, 200))
+            using errcode = 'PF422';
+    end if;
+end;
+$$;
+
 -- PF422 unless the import's file is described well enough to find and size it.
 create or replace function pyflows._check_import(p_filename text, p_storage_uri text, p_byte_size bigint)
 returns void
 language plpgsql
 immutable
-set search_path = pg_catalog, pyflows
+set search_path = pg_catalog, pyflows, pg_temp
 as $$
 begin
     perform pyflows._check_text(p_filename, 'filename', 1024);
@@ -125,6 +155,7 @@ begin
             quote_literal(left(p_storage_uri, 200))
             using errcode = 'PF422';
     end if;
+    perform pyflows._check_file_uri(btrim(p_storage_uri));
     if p_byte_size is null or p_byte_size < 0 then
         raise exception 'byte_size must be 0 or more (got %)', coalesce(p_byte_size::text, 'NULL')
             using errcode = 'PF422';
@@ -138,7 +169,7 @@ create or replace function pyflows._insert_import(p_flow_id uuid, p_filename tex
                                                   p_byte_size bigint)
 returns uuid
 language plpgsql
-set search_path = pg_catalog, pyflows
+set search_path = pg_catalog, pyflows, pg_temp
 as $$
 declare
     v_id uuid;
@@ -166,7 +197,7 @@ create or replace function pyflows.start_import(p_filename text, p_storage_uri t
 returns jsonb
 language plpgsql
 security definer
-set search_path = pg_catalog, pyflows
+set search_path = pg_catalog, pyflows, pg_temp
 as $$
 declare
     v_flow_id   uuid;
@@ -185,15 +216,15 @@ end;
 $$;
 
 -- The context's flow, locked for update; PF404 when it is not there (or being deleted, unless
--- p_deleting_ok), whether it never existed or belongs to another tenant. With p_nowait, PF423 at
--- once when another transaction holds it.
+-- p_deleting_ok), whether it never existed or belongs to another tenant; PF423 at once when another
+-- transaction holds it (NOWAIT: no API call queues behind a worker or an operator).
 -- sql/ files change a signature by dropping the old one first: CREATE OR REPLACE would add an overload.
 drop function if exists pyflows._lock_flow(uuid, boolean);
-create or replace function pyflows._lock_flow(p_flow_id uuid, p_nowait boolean default false,
-                                              p_deleting_ok boolean default false)
+drop function if exists pyflows._lock_flow(uuid, boolean, boolean);
+create or replace function pyflows._lock_flow(p_flow_id uuid, p_deleting_ok boolean default false)
 returns jsonb
 language plpgsql
-set search_path = pg_catalog, pyflows
+set search_path = pg_catalog, pyflows, pg_temp
 as $$
 declare
     v_flow jsonb;
@@ -202,24 +233,17 @@ begin
         raise exception 'flow id must not be NULL' using errcode = 'PF422';
     end if;
     begin
-        if p_nowait then
-            select to_jsonb(f) into v_flow from pyflows.discovery_flows as f
-             where f.client_id = pyflows.current_client_id() and f.engagement_id = pyflows.current_engagement_id()
-               and f.id = p_flow_id
-               for update nowait;
-        else
-            select to_jsonb(f) into v_flow from pyflows.discovery_flows as f
-             where f.client_id = pyflows.current_client_id() and f.engagement_id = pyflows.current_engagement_id()
-               and f.id = p_flow_id
-               for update;
-        end if;
+        select to_jsonb(f) into v_flow from pyflows.discovery_flows as f
+         where f.client_id = pyflows.current_client_id() and f.engagement_id = pyflows.current_engagement_id()
+           and f.id = p_flow_id
+           for update nowait;
     exception when lock_not_available then
         raise exception 'flow % is locked by another transaction', p_flow_id
             using errcode = 'PF423',
                   detail = json_build_object('flow_id', p_flow_id)::text,
                   hint = 'Another operation on this flow is in progress; try again in a moment.';
     end;
-    if v_flow is null or (v_flow ->> 'status' = 'deleting' and not p_deleting_ok) then
+    if v_flow is null or (v_flow ->> 'status' = 'deleting' and not coalesce(p_deleting_ok, false)) then
         raise exception 'flow % not found', p_flow_id
             using errcode = 'PF404', detail = json_build_object('flow_id', p_flow_id)::text;
     end if;
@@ -232,7 +256,7 @@ create or replace function pyflows._require_status(p_flow jsonb, p_allowed text[
                                                    p_hint text default null)
 returns void
 language plpgsql
-set search_path = pg_catalog, pyflows
+set search_path = pg_catalog, pyflows, pg_temp
 as $$
 begin
     if (p_flow ->> 'status') = any (p_allowed) then
@@ -254,7 +278,7 @@ create or replace function pyflows.add_import(p_flow_id uuid, p_filename text, p
                                               p_byte_size bigint)
 returns jsonb
 language plpgsql
-set search_path = pg_catalog, pyflows
+set search_path = pg_catalog, pyflows, pg_temp
 as $$
 declare
     v_flow      jsonb;
@@ -283,7 +307,7 @@ returns table (
     counts jsonb, next_steps jsonb)
 language plpgsql
 stable
-set search_path = pg_catalog, pyflows
+set search_path = pg_catalog, pyflows, pg_temp
 as $$
 declare
     v_statuses text[];
@@ -332,6 +356,7 @@ returns table (
     counts jsonb, next_steps jsonb)
 language sql
 stable
+set search_path = pg_catalog, pyflows, pg_temp
 as $$ select * from pyflows.list_flows('incomplete', p_limit, p_offset) $$;
 
 -- Everything about one flow: the flow, each phase's state, counts per table, errors, agent
@@ -340,7 +365,7 @@ create or replace function pyflows.flow_details(p_flow_id uuid)
 returns jsonb
 language plpgsql
 stable
-set search_path = pg_catalog, pyflows
+set search_path = pg_catalog, pyflows, pg_temp
 as $$
 declare
     c_client     constant uuid := pyflows.current_client_id();
@@ -389,7 +414,7 @@ $$;
 create or replace function pyflows.record_progress(p_flow_id uuid, p_phase text, p_insight jsonb default null)
 returns jsonb
 language plpgsql
-set search_path = pg_catalog, pyflows
+set search_path = pg_catalog, pyflows, pg_temp
 as $$
 declare
     v_flow      jsonb;
@@ -428,7 +453,7 @@ $$;
 create or replace function pyflows.heartbeat(p_flow_id uuid)
 returns jsonb
 language plpgsql
-set search_path = pg_catalog, pyflows
+set search_path = pg_catalog, pyflows, pg_temp
 as $$
 declare
     v_flow jsonb;
@@ -453,7 +478,7 @@ $$;
 create or replace function pyflows.set_flow_status(p_flow_id uuid, p_status text, p_error jsonb default null)
 returns jsonb
 language plpgsql
-set search_path = pg_catalog, pyflows
+set search_path = pg_catalog, pyflows, pg_temp
 as $$
 declare
     v_flow jsonb;
@@ -493,14 +518,14 @@ create or replace function pyflows.resume_flow(p_flow_id uuid)
 returns jsonb
 language plpgsql
 security definer
-set search_path = pg_catalog, pyflows
+set search_path = pg_catalog, pyflows, pg_temp
 as $$
 declare
     v_flow   jsonb;
     v_status text;
 begin
     perform pyflows._require_context();
-    v_flow := pyflows._lock_flow(p_flow_id, true);
+    v_flow := pyflows._lock_flow(p_flow_id);
     v_status := v_flow ->> 'status';
     perform pyflows._require_status(v_flow, pyflows._incomplete_statuses(), 'it cannot be resumed',
                                     'Start a new flow for a new import.');
@@ -533,8 +558,8 @@ revoke all on function pyflows._audit_lifecycle(text, uuid, jsonb, jsonb) from p
 
 revoke all on function
     pyflows.flow_gate(), pyflows._insert_flow(text, text), pyflows.start_flow(text, text),
-    pyflows._check_import(text, text, bigint), pyflows._insert_import(uuid, text, text, bigint),
-    pyflows.start_import(text, text, bigint, text), pyflows._lock_flow(uuid, boolean, boolean),
+    pyflows._check_file_uri(text), pyflows._check_import(text, text, bigint), pyflows._insert_import(uuid, text, text, bigint),
+    pyflows.start_import(text, text, bigint, text), pyflows._lock_flow(uuid, boolean),
     pyflows._require_status(jsonb, text[], text, text),
     pyflows.add_import(uuid, text, text, bigint), pyflows.list_flows(text, integer, integer),
     pyflows.list_incomplete_flows(integer, integer), pyflows.flow_details(uuid),
@@ -543,8 +568,8 @@ revoke all on function
     from public;
 grant execute on function
     pyflows.flow_gate(), pyflows._insert_flow(text, text), pyflows.start_flow(text, text),
-    pyflows._check_import(text, text, bigint), pyflows._insert_import(uuid, text, text, bigint),
-    pyflows.start_import(text, text, bigint, text), pyflows._lock_flow(uuid, boolean, boolean),
+    pyflows._check_file_uri(text), pyflows._check_import(text, text, bigint), pyflows._insert_import(uuid, text, text, bigint),
+    pyflows.start_import(text, text, bigint, text), pyflows._lock_flow(uuid, boolean),
     pyflows._require_status(jsonb, text[], text, text),
     pyflows.add_import(uuid, text, text, bigint), pyflows.list_flows(text, integer, integer),
     pyflows.list_incomplete_flows(integer, integer), pyflows.flow_details(uuid),

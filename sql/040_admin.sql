@@ -12,7 +12,7 @@ returns void
 language plpgsql
 stable
 security definer
-set search_path = pg_catalog, pyflows
+set search_path = pg_catalog, pyflows, pg_temp
 as $$
 begin
     if not pg_has_role(session_user, 'pyflows_admin', 'member') then
@@ -21,7 +21,7 @@ begin
                   detail = json_build_object('role', session_user)::text,
                   hint = 'Ask a DBA to grant pyflows_admin to your login role.';
     end if;
-    if not exists (select from pg_roles where rolname = current_user and (rolsuper or rolbypassrls)) then
+    if not exists (select from pg_catalog.pg_roles where rolname = current_user and (rolsuper or rolbypassrls)) then
         raise exception 'the pyflows schema owner % cannot read across tenants', current_user
             using errcode = 'PF403',
                   hint = 'Give the role that runs pyflows migrate BYPASSRLS (ALTER ROLE ... BYPASSRLS).';
@@ -40,13 +40,11 @@ returns table (
 language plpgsql
 stable
 security definer
-set search_path = pg_catalog, pyflows
+set search_path = pg_catalog, pyflows, pg_temp
 as $$
 begin
     perform pyflows._require_admin();
-    if p_idle_for < interval '0' then
-        raise exception 'idle_for must not be negative (got %)', p_idle_for using errcode = 'PF422';
-    end if;
+    perform pyflows._check_interval(p_idle_for, 'idle_for', interval '0', interval '100 years', true);
     return query
         select f.client_id, c.name, f.engagement_id, e.name, f.id, f.name, f.status, f.current_phase,
                f.progress_percentage, f.created_by, f.created_at, f.last_activity_at, f.heartbeat_at,

@@ -13,7 +13,7 @@ create or replace function pyflows._deletion_counts(p_flow_id uuid)
 returns jsonb
 language plpgsql
 stable
-set search_path = pg_catalog, pyflows
+set search_path = pg_catalog, pyflows, pg_temp
 as $$
 declare
     c_client     constant uuid := pyflows.current_client_id();
@@ -63,12 +63,13 @@ create or replace function pyflows._purge_threshold()
 returns bigint
 language sql
 stable
+set search_path = pg_catalog, pyflows, pg_temp
 as $$ select coalesce(nullif(pg_catalog.current_setting('pyflows.purge_threshold', true), '')::bigint, 100000) $$;
 
 -- Blockers and warnings for deleting a flow (from to_jsonb(row)) with the given counts.
 -- Blockers: 'locked' (another transaction holds the flow; never overridden), 'active' (running with a
--- heartbeat inside pyflows.active_lease) and 'terminal' (completed or cancelled), which p_force turns
--- into warnings. Warnings: 'high_progress' (above 80 %), 'many_records' (more than 10,000 raw records),
+-- heartbeat inside pyflows.active_lease), 'terminal' (completed or cancelled) and 'deleting' (marked
+-- deleting with no purge running, so its state before is unknown), which p_force turns into warnings. Warnings: 'high_progress' (above 80 %), 'many_records' (more than 10,000 raw records),
 -- 'use_purge' (more rows than pyflows.purge_threshold), 'external_dependencies' (edges owned by other
 -- flows that touch this flow's assets).
 create or replace function pyflows._deletion_verdict(p_flow jsonb, p_counts jsonb, p_force boolean,
@@ -76,7 +77,7 @@ create or replace function pyflows._deletion_verdict(p_flow jsonb, p_counts json
 returns jsonb
 language plpgsql
 stable
-set search_path = pg_catalog, pyflows
+set search_path = pg_catalog, pyflows, pg_temp
 as $$
 declare
     v_blockers jsonb := '[]'::jsonb;
@@ -99,6 +100,16 @@ begin
                               date_trunc('second', now() - v_beat), pyflows._active_lease()));
         if p_force then
             v_warnings := v_warnings || (v_item || jsonb_build_object('code', 'forced_active'));
+        else
+            v_blockers := v_blockers || v_item;
+        end if;
+    end if;
+    if v_status = 'deleting' then  -- only _purge_begin gets here, for a flow with no running purge
+        v_item := jsonb_build_object(
+            'code', 'deleting', 'overridable', true,
+            'message', 'the flow is marked deleting but no purge of it is running; what it was before is unknown');
+        if p_force then
+            v_warnings := v_warnings || (v_item || jsonb_build_object('code', 'forced_deleting'));
         else
             v_blockers := v_blockers || v_item;
         end if;
@@ -144,11 +155,11 @@ $$;
 -- row lock when it is free (held to the end of the caller's transaction), never waits for it.
 create or replace function pyflows._flow_for_deletion(p_flow_id uuid, out o_flow jsonb, out o_locked boolean)
 language plpgsql
-set search_path = pg_catalog, pyflows
+set search_path = pg_catalog, pyflows, pg_temp
 as $$
 begin
     begin
-        o_flow := pyflows._lock_flow(p_flow_id, true);
+        o_flow := pyflows._lock_flow(p_flow_id);
         o_locked := false;
     exception when sqlstate 'PF423' then
         select to_jsonb(f) into o_flow from pyflows.discovery_flows as f
@@ -166,7 +177,7 @@ $$;
 create or replace function pyflows.deletion_safety(p_flow_id uuid, p_force boolean default false)
 returns jsonb
 language plpgsql
-set search_path = pg_catalog, pyflows
+set search_path = pg_catalog, pyflows, pg_temp
 as $$
 declare
     v_target record;
@@ -181,7 +192,7 @@ $$;
 create or replace function pyflows.deletion_impact(p_flow_id uuid)
 returns jsonb
 language plpgsql
-set search_path = pg_catalog, pyflows
+set search_path = pg_catalog, pyflows, pg_temp
 as $$
 declare
     v_target record;
@@ -197,11 +208,63 @@ begin
 end;
 $$;
 
+-- How long a delete or a purge batch may wait for a row lock that another transaction holds (a worker
+-- writing one of the flow's rows, another delete whose cascade crosses this one's): setting
+-- pyflows.lock_timeout (milliseconds, or an interval such as '500ms'), default 200 ms, between 1 ms and
+-- 1 minute; the session's own lock_timeout when that is shorter. Below deadlock_timeout (1 s by
+-- default), so two deletes whose cascades cross give up (PF423) before they could deadlock.
+-- Returns the milliseconds, for set_config('lock_timeout', ...).
+create or replace function pyflows._lock_wait_ms()
+returns text
+language plpgsql
+stable
+set search_path = pg_catalog, pyflows, pg_temp
+as $$
+declare
+    v_text    text := nullif(btrim(current_setting('pyflows.lock_timeout', true)), '');
+    v_wait    interval;
+    v_session text := current_setting('lock_timeout');
+begin
+    begin
+        v_wait := case when v_text is null then interval '200 milliseconds'
+                       when v_text ~ '^[0-9]{1,9}$' then v_text::bigint * interval '1 millisecond'
+                       else v_text::interval end;
+    exception when data_exception then
+        v_wait := null;
+    end;
+    if v_wait is null or v_wait < interval '1 millisecond' or v_wait > interval '1 minute' then
+        raise exception 'pyflows.lock_timeout must be between 1ms and 1min (got %)', quote_literal(v_text)
+            using errcode = 'PF422', hint = 'Set it in milliseconds, or as an interval such as ''500ms''.';
+    end if;
+    if v_session <> '0' and v_session::interval < v_wait then
+        v_wait := v_session::interval;
+    end if;
+    return greatest(1, floor(extract(epoch from v_wait) * 1000))::bigint::text;
+end;
+$$;
+
+-- PF423 for a lock wait that ran out (55P03) or a deadlock (40P01) while doing p_done to the flow:
+-- another transaction holds some of its rows. Retrying once it has finished succeeds.
+create or replace function pyflows._refuse_busy(p_flow_id uuid, p_done text, p_message text)
+returns void
+language plpgsql
+set search_path = pg_catalog, pyflows, pg_temp
+as $$
+begin
+    raise exception 'flow % cannot be % now: another transaction holds rows it owns', p_flow_id, p_done
+        using errcode = 'PF423',
+              detail = jsonb_build_object('flow_id', p_flow_id, 'reason', p_message,
+                                          'lock_timeout', current_setting('lock_timeout'))::text,
+              hint = 'A worker or another delete is writing this flow''s rows; try again in a moment '
+                     '(pyflows.lock_timeout says how long to wait for them).';
+end;
+$$;
+
 -- PF423 unless the verdict (from _deletion_verdict) is safe: "flow <id> cannot be <p_done>: <blockers>".
 create or replace function pyflows._refuse_if_blocked(p_flow_id uuid, p_verdict jsonb, p_done text)
 returns void
 language plpgsql
-set search_path = pg_catalog, pyflows
+set search_path = pg_catalog, pyflows, pg_temp
 as $$
 begin
     if (p_verdict ->> 'safe')::boolean then
@@ -224,7 +287,7 @@ $$;
 create or replace function pyflows._deletion_result(p_event bigint, out deleted jsonb, out files bigint)
 language sql
 stable
-set search_path = pg_catalog, pyflows
+set search_path = pg_catalog, pyflows, pg_temp
 set enable_seqscan = off
 as $$
     select e.deleted,
@@ -237,7 +300,7 @@ create or replace function pyflows.delete_flow(p_flow_id uuid, p_reason text, p_
 returns jsonb
 language plpgsql
 security definer
-set search_path = pg_catalog, pyflows
+set search_path = pg_catalog, pyflows, pg_temp
 as $$
 declare
     c_client     constant uuid := pyflows.current_client_id();
@@ -249,10 +312,11 @@ declare
     v_event   bigint;
     v_deleted jsonb;
     v_files   bigint;
+    v_wait    text;
 begin
     perform pyflows._require_context(true);
     v_reason := pyflows._check_text(p_reason, 'reason', 1000);
-    v_flow := pyflows._lock_flow(p_flow_id, true);
+    v_flow := pyflows._lock_flow(p_flow_id);
     v_impact := pyflows._deletion_counts(p_flow_id);
     v_verdict := pyflows._deletion_verdict(v_flow, v_impact, coalesce(p_force, false), false);
     perform pyflows._refuse_if_blocked(p_flow_id, v_verdict, 'deleted');
@@ -260,8 +324,15 @@ begin
     v_event := pyflows_audit._begin_event('flow.delete', p_flow_id, v_reason,
                                           v_impact || jsonb_build_object('safety', v_verdict),
                                           v_flow, coalesce(p_force, false));
-    delete from pyflows.discovery_flows as f
-     where f.client_id = c_client and f.engagement_id = c_engagement and f.id = p_flow_id;
+    v_wait := current_setting('lock_timeout');
+    perform set_config('lock_timeout', pyflows._lock_wait_ms(), true);
+    begin
+        delete from pyflows.discovery_flows as f
+         where f.client_id = c_client and f.engagement_id = c_engagement and f.id = p_flow_id;
+    exception when lock_not_available or deadlock_detected then
+        perform pyflows._refuse_busy(p_flow_id, 'deleted', sqlerrm);
+    end;
+    perform set_config('lock_timeout', v_wait, true);
     -- The statement-level triggers have run: the event holds the counts actually deleted.
     select r.deleted, r.files into v_deleted, v_files from pyflows._deletion_result(v_event) as r;
     perform pyflows_audit._end_event();
@@ -278,7 +349,7 @@ create or replace function pyflows.delete_flows(p_flow_ids uuid[], p_reason text
                                                 p_atomic boolean default true)
 returns table (flow_id uuid, ok boolean, event_id bigint, error_code text, message text)
 language plpgsql
-set search_path = pg_catalog, pyflows
+set search_path = pg_catalog, pyflows, pg_temp
 as $$
 declare
     v_ids    uuid[];
@@ -331,7 +402,7 @@ returns table (
     statement text)
 language plpgsql
 stable
-set search_path = pg_catalog, pyflows
+set search_path = pg_catalog, pyflows, pg_temp
 as $$
 begin
     perform pyflows._require_context();
@@ -353,7 +424,7 @@ create or replace function pyflows.audit_event(p_event_id bigint)
 returns jsonb
 language plpgsql
 stable
-set search_path = pg_catalog, pyflows
+set search_path = pg_catalog, pyflows, pg_temp
 as $$
 declare
     v_event jsonb;
@@ -372,7 +443,7 @@ end;
 $$;
 
 revoke all on function
-    pyflows._refuse_if_blocked(uuid, jsonb, text), pyflows._purge_threshold(), pyflows._deletion_counts(uuid), pyflows._deletion_verdict(jsonb, jsonb, boolean, boolean),
+    pyflows._lock_wait_ms(), pyflows._refuse_busy(uuid, text, text), pyflows._refuse_if_blocked(uuid, jsonb, text), pyflows._purge_threshold(), pyflows._deletion_counts(uuid), pyflows._deletion_verdict(jsonb, jsonb, boolean, boolean),
     pyflows._flow_for_deletion(uuid), pyflows.deletion_safety(uuid, boolean), pyflows.deletion_impact(uuid),
     pyflows.delete_flow(uuid, text, boolean), pyflows.delete_flows(uuid[], text, boolean, boolean),
     pyflows.list_audit_events(uuid, timestamptz, integer), pyflows.audit_event(bigint)

@@ -13,15 +13,12 @@ returns table (id bigint, client_id uuid, engagement_id uuid, storage_uri text, 
                import_id uuid, event_id bigint, last_error text)
 language plpgsql
 security definer
-set search_path = pg_catalog, pyflows
+set search_path = pg_catalog, pyflows, pg_temp
 as $$
 begin
     perform pyflows._require_admin();
     perform pyflows._check_page(p_limit, 0);
-    if p_lease is null or p_lease <= interval '0' then
-        raise exception 'lease must be a positive interval (got %)', coalesce(p_lease::text, 'NULL')
-            using errcode = 'PF422';
-    end if;
+    perform pyflows._check_interval(p_lease, 'lease', interval '1 second', interval '1 day');
     return query
         with picked as (
             select q.client_id, q.engagement_id, q.id
@@ -45,7 +42,7 @@ create or replace function pyflows.finish_file_cleanup(p_id bigint, p_error text
 returns jsonb
 language plpgsql
 security definer
-set search_path = pg_catalog, pyflows
+set search_path = pg_catalog, pyflows, pg_temp
 as $$
 declare
     v_row pyflows.file_cleanup_queue;

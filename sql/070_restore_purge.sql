@@ -7,6 +7,7 @@ create or replace function pyflows._column_list(p_table text)
 returns text
 language sql
 stable
+set search_path = pg_catalog, pyflows, pg_temp
 as $$
     select string_agg(quote_ident(a.attname), ', ' order by a.attnum)
       from pg_catalog.pg_attribute as a
@@ -14,38 +15,52 @@ as $$
        and not a.attisdropped
 $$;
 
--- Put back every row a deletion archived, with the same ids and values, parents before children, in
--- the caller's transaction. Dependency edges of other flows that the deletion took along are put
--- back when their flow and both assets exist again, and counted as skipped otherwise. Pending file
--- removals of the restored imports are cancelled; files already removed are reported as missing.
+-- Put back every row a deletion archived, with the same ids and values (column for column, JSON null
+-- included), parents before children, in the caller's transaction. Only archived rows of the caller's
+-- tenant are read. Dependency edges of other flows that the deletion took along are put back when
+-- their flow and both assets exist again, and counted as skipped otherwise. Pending file removals of
+-- the restored imports are cancelled; files already removed are reported as missing; while a drain
+-- has claimed one of them (it may be removing it now) the restore is refused with PF423, so no
+-- restored import points at a file that a drain removes. Two restores of one event: the second waits
+-- for nothing (PF423 while the first runs) and is PF422 "already restored" once it has committed.
 create or replace function pyflows.restore_flow(p_event_id bigint)
 returns jsonb
 language plpgsql
 security definer
-set search_path = pg_catalog, pyflows
+set search_path = pg_catalog, pyflows, pg_temp
 as $$
 declare
     c_client     constant uuid := pyflows.current_client_id();
     c_engagement constant uuid := pyflows.current_engagement_id();
     c_children   constant text[] := array['data_imports', 'raw_import_records', 'import_field_mappings', 'assets'];
-    v_event    pyflows_audit.events;
-    v_flow     jsonb;
-    v_flow_id  uuid;
-    v_status   text;
-    v_table    text;
-    v_n        bigint;
-    v_counts   jsonb := '{}'::jsonb;
-    v_skipped  bigint;
-    v_missing  jsonb;
-    v_kept     bigint;
-    v_restore  bigint;
+    v_event      pyflows_audit.events;
+    v_flow       jsonb;
+    v_override   jsonb := '{}'::jsonb;
+    v_flow_id    uuid;
+    v_status     text;
+    v_table      text;
+    v_n          bigint;
+    v_counts     jsonb := '{}'::jsonb;
+    v_skipped    bigint;
+    v_missing    jsonb;
+    v_kept       bigint;
+    v_restore    bigint;
+    v_constraint text;
 begin
     perform pyflows._require_context(true);
     if p_event_id is null then
         raise exception 'event id must not be NULL' using errcode = 'PF422';
     end if;
-    select * into v_event from pyflows_audit.events as e
-     where e.id = p_event_id and e.client_id = c_client and e.engagement_id = c_engagement;
+    begin
+        select * into v_event from pyflows_audit.events as e
+         where e.id = p_event_id and e.client_id = c_client and e.engagement_id = c_engagement
+           for update nowait;
+    exception when lock_not_available then
+        raise exception 'audit event % is in use by another transaction (a restore of it, or a purge batch)',
+            p_event_id
+            using errcode = 'PF423', detail = json_build_object('event_id', p_event_id)::text,
+                  hint = 'Try again in a moment, once that transaction has finished.';
+    end;
     if not found then
         if exists (select from pyflows_audit.events as p
                     where p.action = 'audit.prune' and (p.details ->> 'pruned_through_event_id')::bigint >= p_event_id
@@ -66,38 +81,60 @@ begin
         raise exception 'the purge of event % has not finished; run pyflows.purge_flow again to finish it',
             p_event_id using errcode = 'PF422';
     end if;
-    select to_jsonb(a) - 'event_id' into v_flow from pyflows_audit.discovery_flows as a where a.event_id = p_event_id;
-    if v_flow is null or (select count(*) from pyflows_audit.discovery_flows as a where a.event_id = p_event_id) <> 1 then
+    select to_jsonb(a) - 'event_id' into v_flow from pyflows_audit.discovery_flows as a
+     where a.event_id = p_event_id and a.client_id = c_client and a.engagement_id = c_engagement;
+    if v_flow is null or (select count(*) from pyflows_audit.discovery_flows as a
+                           where a.event_id = p_event_id and a.client_id = c_client
+                             and a.engagement_id = c_engagement) <> 1 then
         raise exception 'audit event % did not delete one flow; there is no flow to restore', p_event_id
             using errcode = 'PF422', detail = json_build_object('event_id', p_event_id)::text;
     end if;
     v_flow_id := (v_flow ->> 'id')::uuid;
-    -- The flow row as it was before the deletion: the event's snapshot (a purge archived the row after
-    -- marking it 'deleting'), or the archived row for a hand-written delete, which keeps no snapshot.
-    v_flow := coalesce(v_event.flow_snapshot, v_flow);
-    v_status := v_flow ->> 'status';
+    -- The flow row as it was before the deletion is the archived row, except after a purge, which
+    -- archived it once marked 'deleting': its status and updated_at then come from the event's snapshot.
+    if v_event.action = 'flow.purge' and v_event.flow_snapshot is not null then
+        v_override := jsonb_build_object('status', v_event.flow_snapshot -> 'status',
+                                         'updated_at', v_event.flow_snapshot -> 'updated_at');
+    end if;
+    v_status := coalesce(v_override ->> 'status', v_flow ->> 'status');
     if exists (select from pyflows.discovery_flows as f
                 where f.client_id = c_client and f.engagement_id = c_engagement and f.id = v_flow_id) then
         raise exception 'flow % exists: there is nothing to restore', v_flow_id
             using errcode = 'PF422', detail = json_build_object('flow_id', v_flow_id)::text;
     end if;
 
+    -- Files first: nothing is written if a drain may be removing one of them right now.
+    perform pyflows._claim_restored_files(p_event_id);
+
     begin
-        insert into pyflows.discovery_flows select (jsonb_populate_record(null::pyflows.discovery_flows, v_flow)).*;
+        execute format(
+            'insert into pyflows.discovery_flows (%1$s)
+             select %1$s from (select (jsonb_populate_record(r, $4)).*
+                                 from pyflows_audit.discovery_flows_chunks as c cross join lateral unnest(c.rows) as r
+                                where c.event_id = $1) as a
+              where a.client_id = $2 and a.engagement_id = $3',
+            pyflows._column_list('discovery_flows'))
+          using p_event_id, c_client, c_engagement, v_override;
     exception when unique_violation then
-        perform pyflows._raise_incomplete_flow_exists(pyflows._blocking_flow());
+        get stacked diagnostics v_constraint = constraint_name;
+        if v_constraint = 'discovery_flows_one_incomplete' then
+            perform pyflows._raise_incomplete_flow_exists(pyflows._blocking_flow());
+        end if;
+        raise exception 'flow % exists: there is nothing to restore', v_flow_id
+            using errcode = 'PF422', detail = json_build_object('flow_id', v_flow_id)::text;
     end;
     v_counts := jsonb_build_object('discovery_flows', 1);
     foreach v_table in array c_children loop
-        execute format('insert into pyflows.%1$I (%2$s) select %2$s from pyflows_audit.%1$I where event_id = $1',
+        execute format('insert into pyflows.%1$I (%2$s) select %2$s from pyflows_audit.%1$I
+                         where event_id = $1 and client_id = $2 and engagement_id = $3',
                        v_table, pyflows._column_list(v_table))
-          using p_event_id;
+          using p_event_id, c_client, c_engagement;
         get diagnostics v_n = row_count;
         v_counts := v_counts || jsonb_build_object(v_table, v_n);
     end loop;
     execute format(
         'insert into pyflows.asset_dependencies (%1$s) select %1$s from pyflows_audit.asset_dependencies as d
-          where d.event_id = $1
+          where d.event_id = $1 and d.client_id = $2 and d.engagement_id = $3
             and exists (select from pyflows.discovery_flows as f
                          where f.client_id = d.client_id and f.engagement_id = d.engagement_id and f.id = d.flow_id)
             and exists (select from pyflows.assets as a
@@ -105,10 +142,11 @@ begin
             and exists (select from pyflows.assets as a
                          where a.client_id = d.client_id and a.engagement_id = d.engagement_id and a.id = d.target_asset_id)',
         pyflows._column_list('asset_dependencies'))
-      using p_event_id;
+      using p_event_id, c_client, c_engagement;
     get diagnostics v_n = row_count;
     v_counts := v_counts || jsonb_build_object('asset_dependencies', v_n);
-    select count(*) - v_n into v_skipped from pyflows_audit.asset_dependencies as d where d.event_id = p_event_id;
+    select count(*) - v_n into v_skipped from pyflows_audit.asset_dependencies as d
+     where d.event_id = p_event_id and d.client_id = c_client and d.engagement_id = c_engagement;
 
     select coalesce(jsonb_agg(q.storage_uri order by q.id), '[]') into v_missing
       from pyflows.file_cleanup_queue as q
@@ -120,7 +158,8 @@ begin
     get diagnostics v_kept = row_count;
 
     v_restore := pyflows_audit._begin_event(
-        'flow.restore', v_flow_id, format('restore of audit event %s', p_event_id), null, v_flow, false,
+        'flow.restore', v_flow_id, format('restore of audit event %s', p_event_id), null,
+        v_flow || v_override, false,
         jsonb_build_object('restored_event_id', p_event_id, 'restored', v_counts,
                            'skipped', jsonb_build_object('asset_dependencies', v_skipped),
                            'missing_files', v_missing, 'files_kept', v_kept));
@@ -132,16 +171,48 @@ begin
 end;
 $$;
 
+-- Hold the queued file removals of a deleted flow's imports for its restore (restore_flow only): every entry not yet done
+-- is locked (NOWAIT: a drain claiming it right now gives PF423), and PF423 if a drain has claimed one
+-- (its attempts count): that drain may be removing the file, or have removed it before failing to
+-- record it. Once the drain has finished, the restore reports such files as missing.
+create or replace function pyflows._claim_restored_files(p_event_id bigint)
+returns void
+language plpgsql
+set search_path = pg_catalog, pyflows, pg_temp
+as $$
+declare
+    v_claimed bigint;
+begin
+    begin
+        select count(*) filter (where q.attempts > 0) into v_claimed
+          from (select q.attempts from pyflows.file_cleanup_queue as q
+                 where q.client_id = pyflows.current_client_id() and q.engagement_id = pyflows.current_engagement_id()
+                   and q.event_id = p_event_id and q.done_at is null
+                   for update nowait) as q;
+    exception when lock_not_available then
+        v_claimed := -1;
+    end;
+    if v_claimed <> 0 then
+        raise exception 'a file drain is at work on the files of audit event %', p_event_id
+            using errcode = 'PF423',
+                  detail = json_build_object('event_id', p_event_id, 'claimed_files', greatest(v_claimed, 1))::text,
+                  hint = 'Let pyflows files drain finish with them (or their lease run out and a drain settle them), '
+                         'then restore: files it removed are reported as missing.';
+    end if;
+end;
+$$;
+
 -- ---- purge ---------------------------------------------------------------------------------------------
 
 -- First step of a purge, one short transaction: lock the flow (NOWAIT), check safety, mark it
 -- 'deleting' (from then on no listing shows it, the gate is open, and writers are refused) and open
 -- the 'flow.purge' event. On a flow already 'deleting' it returns the running purge's event instead.
+-- Only this function marks a flow 'deleting' (the flow row rules refuse it anywhere else).
 create or replace function pyflows._purge_begin(p_flow_id uuid, p_reason text, p_force boolean, p_batch_rows integer)
 returns bigint
 language plpgsql
 security definer
-set search_path = pg_catalog, pyflows
+set search_path = pg_catalog, pyflows, pg_temp
 as $$
 declare
     c_client     constant uuid := pyflows.current_client_id();
@@ -161,7 +232,7 @@ begin
         raise exception 'batch_rows must be between 1 and 1000000 (got %)', coalesce(p_batch_rows::text, 'NULL')
             using errcode = 'PF422';
     end if;
-    v_flow := pyflows._lock_flow(p_flow_id, true, true);
+    v_flow := pyflows._lock_flow(p_flow_id, true);
     if v_flow ->> 'status' = 'deleting' then
         select e.id into v_event from pyflows_audit.events as e
          where e.client_id = c_client and e.engagement_id = c_engagement and e.flow_id = p_flow_id
@@ -170,14 +241,14 @@ begin
         if v_event is not null then
             return v_event;  -- resume
         end if;
-    else
-        v_counts := pyflows._deletion_counts(p_flow_id);
-        v_verdict := pyflows._deletion_verdict(v_flow, v_counts, coalesce(p_force, false), false);
-        perform pyflows._refuse_if_blocked(p_flow_id, v_verdict, 'purged');
     end if;
+    -- A new purge, or one of a flow marked 'deleting' with no purge running (which the verdict blocks
+    -- unless forced: its state before is unknown).
+    v_counts := pyflows._deletion_counts(p_flow_id);
+    v_verdict := pyflows._deletion_verdict(v_flow, v_counts, coalesce(p_force, false), false);
+    perform pyflows._refuse_if_blocked(p_flow_id, v_verdict, 'purged');
     v_event := pyflows_audit._begin_event(
-        'flow.purge', p_flow_id, p_reason,
-        coalesce(v_counts || jsonb_build_object('safety', v_verdict), '{}'::jsonb),
+        'flow.purge', p_flow_id, p_reason, v_counts || jsonb_build_object('safety', v_verdict),
         v_flow, coalesce(p_force, false),
         jsonb_build_object('state', 'running', 'batch_rows', p_batch_rows, 'started_at', now()));
     update pyflows.discovery_flows as f set status = 'deleting'
@@ -188,12 +259,36 @@ begin
 end;
 $$;
 
+-- PF404 unless p_event is the running flow.purge event of p_flow_id in the caller's context, and the
+-- flow is 'deleting' (locked, NOWAIT): what the purge steps (definers) check before they delete under
+-- the event.
+create or replace function pyflows._require_running_purge(p_flow_id uuid, p_event bigint)
+returns void
+language plpgsql
+set search_path = pg_catalog, pyflows, pg_temp
+as $$
+begin
+    perform pyflows._require_status(pyflows._lock_flow(p_flow_id, true), array['deleting'],
+                                    'only a flow being purged has purge steps');
+    if not exists (select from pyflows_audit.events as e
+                    where e.id = p_event and e.client_id = pyflows.current_client_id()
+                      and e.engagement_id = pyflows.current_engagement_id()
+                      and e.flow_id = p_flow_id and e.action = 'flow.purge' and e.details ->> 'state' = 'running') then
+        raise exception 'audit event % is not the running purge of flow %', coalesce(p_event::text, 'NULL'),
+            p_flow_id using errcode = 'PF404';
+    end if;
+end;
+$$;
+
 -- One batch of one step: delete at most p_limit rows of the step's table, archived under the purge
 -- event, and return how many rows went. The steps go leaf first: 1 the flow's dependency edges, 2 raw
 -- records, 3 field mappings, 4 assets, 5 imports. Edges of other flows that touch a batch's assets go
 -- with them through the foreign key's cascade, archived like every deleted row, and are included in
 -- the number returned (read from the event's counts). purge_flow moves to the next step when a batch
 -- comes back short, so no step's search runs again once it is exhausted.
+-- SECURITY DEFINER, so that it can open the purge event for its own deletes (and nothing else): it
+-- runs only on a flow being purged, under that flow's running purge event, in the caller's context,
+-- and deletes only that flow's rows. Waits for row locks at most pyflows.lock_timeout (PF423 after).
 -- Each step collects the addresses (ctid) of its rows through the flow's (or the imports') index,
 -- then deletes them by address: a TID scan, three times cheaper than descending the primary key once
 -- per row. The planner prices every address as a random page read and, where the statistics call
@@ -208,69 +303,89 @@ drop function if exists pyflows._purge_batch(uuid, bigint, integer);
 create or replace function pyflows._purge_batch(p_flow_id uuid, p_event bigint, p_limit integer, p_step integer)
 returns bigint
 language plpgsql
-set search_path = pg_catalog, pyflows
+security definer
+set search_path = pg_catalog, pyflows, pg_temp
 as $$
 declare
     c_client     constant uuid := pyflows.current_client_id();
     c_engagement constant uuid := pyflows.current_engagement_id();
-    c_planner    constant text[] := array['enable_seqscan', 'enable_indexscan', 'enable_bitmapscan', 'jit'];
+    c_planner    constant text[] := array['enable_seqscan', 'enable_indexscan', 'enable_bitmapscan', 'jit',
+                                          'lock_timeout'];
     c_saved      constant text[] := array[current_setting('enable_seqscan'), current_setting('enable_indexscan'),
-                                          current_setting('enable_bitmapscan'), current_setting('jit')];
+                                          current_setting('enable_bitmapscan'), current_setting('jit'),
+                                          current_setting('lock_timeout')];
     v_imports  uuid[];
     v_rows     tid[];
     v_n        bigint;
     v_edges    bigint;
 begin
+    perform pyflows._require_context(true);
     if p_step is null or p_step not between 1 and 5 then
         raise exception 'purge step must be between 1 and 5 (got %)', coalesce(p_step::text, 'NULL')
             using errcode = 'PF422';
     end if;
-    perform set_config('pyflows.audit_event', p_event::text, true);
-    perform set_config('pyflows.audit_statement', 'api', true);
+    if p_limit is null or p_limit < 1 or p_limit > 1000000 then
+        raise exception 'batch_rows must be between 1 and 1000000 (got %)', coalesce(p_limit::text, 'NULL')
+            using errcode = 'PF422';
+    end if;
+    perform pyflows._require_running_purge(p_flow_id, p_event);
     if p_step in (2, 3, 5) then
         v_imports := array(select i.id from pyflows.data_imports as i
                             where i.client_id = c_client and i.engagement_id = c_engagement and i.flow_id = p_flow_id
                             order by i.id limit case when p_step = 5 then p_limit end);
     end if;
-    if p_step = 5 then
-        delete from pyflows.data_imports as i
-         where i.client_id = c_client and i.engagement_id = c_engagement and i.id = any (v_imports);
-        get diagnostics v_n = row_count;
-        return v_n;
-    end if;
-    v_rows := case p_step
-        when 1 then array(select e.ctid from pyflows.asset_dependencies as e
-                           where e.client_id = c_client and e.engagement_id = c_engagement and e.flow_id = p_flow_id
-                           limit p_limit)
-        when 2 then array(select e.ctid from pyflows.raw_import_records as e
-                           where e.client_id = c_client and e.engagement_id = c_engagement
-                             and e.import_id = any (v_imports)
-                           limit p_limit)
-        when 3 then array(select e.ctid from pyflows.import_field_mappings as e
-                           where e.client_id = c_client and e.engagement_id = c_engagement
-                             and e.import_id = any (v_imports)
-                           limit p_limit)
-        else array(select e.ctid from pyflows.assets as e
-                    where e.client_id = c_client and e.engagement_id = c_engagement and e.flow_id = p_flow_id
-                    limit p_limit)
-        end;
-    if p_step = 4 then
+    if p_step = 1 then
+        v_rows := array(select e.ctid from pyflows.asset_dependencies as e
+                         where e.client_id = c_client and e.engagement_id = c_engagement and e.flow_id = p_flow_id
+                         limit p_limit);
+    elsif p_step = 2 then
+        v_rows := array(select e.ctid from pyflows.raw_import_records as e
+                         where e.client_id = c_client and e.engagement_id = c_engagement
+                           and e.import_id = any (v_imports)
+                         limit p_limit);
+    elsif p_step = 3 then
+        v_rows := array(select e.ctid from pyflows.import_field_mappings as e
+                         where e.client_id = c_client and e.engagement_id = c_engagement
+                           and e.import_id = any (v_imports)
+                         limit p_limit);
+    elsif p_step = 4 then
+        v_rows := array(select e.ctid from pyflows.assets as e
+                         where e.client_id = c_client and e.engagement_id = c_engagement and e.flow_id = p_flow_id
+                         limit p_limit);
         select coalesce((e.deleted ->> 'asset_dependencies')::bigint, 0) into v_edges
           from pyflows_audit.events as e where e.id = p_event;
     end if;
+    perform pyflows_audit._open_event(p_event);
     perform set_config(c_planner[i], 'off', true) from generate_series(1, 4) as i;
-    case p_step
-    when 1 then
-        delete from pyflows.asset_dependencies as d where d.ctid = any (v_rows);
-    when 2 then
-        delete from pyflows.raw_import_records as r where r.ctid = any (v_rows);
-    when 3 then
-        delete from pyflows.import_field_mappings as m where m.ctid = any (v_rows);
-    else
-        delete from pyflows.assets as a where a.ctid = any (v_rows);
-    end case;
-    get diagnostics v_n = row_count;
-    perform set_config(c_planner[i], c_saved[i], true) from generate_series(1, 4) as i;
+    perform set_config('lock_timeout', pyflows._lock_wait_ms(), true);
+    begin
+        case p_step
+        when 1 then
+            delete from pyflows.asset_dependencies as d
+             where d.ctid = any (v_rows)
+               and d.client_id = c_client and d.engagement_id = c_engagement and d.flow_id = p_flow_id;
+        when 2 then
+            delete from pyflows.raw_import_records as r
+             where r.ctid = any (v_rows)
+               and r.client_id = c_client and r.engagement_id = c_engagement and r.import_id = any (v_imports);
+        when 3 then
+            delete from pyflows.import_field_mappings as m
+             where m.ctid = any (v_rows)
+               and m.client_id = c_client and m.engagement_id = c_engagement and m.import_id = any (v_imports);
+        when 4 then
+            delete from pyflows.assets as a
+             where a.ctid = any (v_rows)
+               and a.client_id = c_client and a.engagement_id = c_engagement and a.flow_id = p_flow_id;
+        else
+            delete from pyflows.data_imports as i
+             where i.client_id = c_client and i.engagement_id = c_engagement and i.id = any (v_imports);
+        end case;
+        get diagnostics v_n = row_count;
+    exception when lock_not_available or deadlock_detected then
+        perform pyflows._refuse_busy(p_flow_id, 'purged', sqlerrm);
+    end;
+    perform set_config(c_planner[i], c_saved[i], true) from generate_series(1, 5) as i;
+    perform pyflows_audit._end_event();
     if p_step = 4 then  -- with the edges of other flows that went along through the cascade
         select v_n + coalesce((e.deleted ->> 'asset_dependencies')::bigint, 0) - v_edges into v_n
           from pyflows_audit.events as e where e.id = p_event;
@@ -281,37 +396,39 @@ $$;
 
 -- Last step: remove the flow row and complete the purge event with its final state. Only for the
 -- running purge event of this flow in the caller's context, on a flow that is 'deleting' (applications
--- may call this function directly: anything else is refused and changes nothing).
+-- may call this function directly: anything else is refused and changes nothing). Waits for row locks
+-- at most pyflows.lock_timeout (PF423 after).
 create or replace function pyflows._purge_finish(p_flow_id uuid, p_event bigint, p_batches integer)
 returns jsonb
 language plpgsql
 security definer
-set search_path = pg_catalog, pyflows
+set search_path = pg_catalog, pyflows, pg_temp
 as $$
 declare
     c_client     constant uuid := pyflows.current_client_id();
     c_engagement constant uuid := pyflows.current_engagement_id();
     v_deleted jsonb;
+    v_wait    text;
 begin
     perform pyflows._require_context(true);
     if p_batches is null or p_batches < 0 then
         raise exception 'batches must be 0 or more (got %)', coalesce(p_batches::text, 'NULL') using errcode = 'PF422';
     end if;
-    perform pyflows._require_status(pyflows._lock_flow(p_flow_id, true, true), array['deleting'],
-                                    'only a flow being purged can be finished');
-    if not exists (select from pyflows_audit.events as e
-                    where e.id = p_event and e.client_id = c_client and e.engagement_id = c_engagement
-                      and e.flow_id = p_flow_id and e.action = 'flow.purge' and e.details ->> 'state' = 'running') then
-        raise exception 'audit event % is not the running purge of flow %', coalesce(p_event::text, 'NULL'),
-            p_flow_id using errcode = 'PF404';
-    end if;
-    perform set_config('pyflows.audit_event', p_event::text, true);
-    perform set_config('pyflows.audit_statement', 'api', true);
-    delete from pyflows.discovery_flows as f
-     where f.client_id = c_client and f.engagement_id = c_engagement and f.id = p_flow_id;
+    perform pyflows._require_running_purge(p_flow_id, p_event);
+    perform pyflows_audit._open_event(p_event);
+    v_wait := current_setting('lock_timeout');
+    perform set_config('lock_timeout', pyflows._lock_wait_ms(), true);
+    begin
+        delete from pyflows.discovery_flows as f
+         where f.client_id = c_client and f.engagement_id = c_engagement and f.id = p_flow_id;
+    exception when lock_not_available or deadlock_detected then
+        perform pyflows._refuse_busy(p_flow_id, 'purged', sqlerrm);
+    end;
+    perform set_config('lock_timeout', v_wait, true);
     update pyflows_audit.events as e
-       set details = e.details || jsonb_build_object('state', 'done', 'finished_at', now(),
-                                                     'batches', coalesce((e.details ->> 'batches')::int, 0) + p_batches)
+       set details = (e.details - 'open_txid')
+                     || jsonb_build_object('state', 'done', 'finished_at', now(),
+                                           'batches', coalesce((e.details ->> 'batches')::int, 0) + p_batches)
      where e.id = p_event
     returning e.deleted into v_deleted;
     perform pyflows_audit._end_event();
@@ -374,7 +491,7 @@ create or replace function pyflows.prune_audit(p_older_than interval)
 returns bigint
 language plpgsql
 security definer
-set search_path = pg_catalog, pyflows
+set search_path = pg_catalog, pyflows, pg_temp
 as $$
 declare
     c_archive constant text[] := array['clients', 'engagements', 'discovery_flows', 'data_imports',
@@ -387,19 +504,21 @@ declare
     v_n       bigint;
     v_archive jsonb := '{}'::jsonb;
     v_events  bigint;
+    v_prune   bigint;
 begin
     perform pyflows._require_admin();
-    if p_older_than is null or p_older_than < interval '0' then
-        raise exception 'older_than must be an interval of 0 or more (got %)', coalesce(p_older_than::text, 'NULL')
-            using errcode = 'PF422';
-    end if;
+    perform pyflows._check_interval(p_older_than, 'older_than', interval '0', interval '100 years');
     v_cutoff := now() - p_older_than;
     select coalesce(array_agg(e.id), '{}'), min(e.id), max(e.id) into v_ids, v_min, v_max
       from pyflows_audit.events as e
      where e.occurred_at < v_cutoff and e.action <> 'audit.prune'
        and not (e.action = 'flow.purge' and e.details ->> 'state' = 'running');
-    -- The append-only triggers let this transaction, and only it, delete.
-    perform set_config('pyflows.audit_prune', txid_current()::text, true);
+    -- This transaction's audit.prune event is what lets the append-only triggers allow its deletes.
+    insert into pyflows_audit.events (action, actor, reason, details)
+    values ('audit.prune', coalesce(pyflows.current_actor(), session_user::text),
+            format('events older than %s', p_older_than),
+            jsonb_build_object('older_than', p_older_than::text, 'cutoff', v_cutoff, 'pruned_through_event_id', v_max))
+    returning id into v_prune;
     foreach v_table in array c_archive loop
         execute format('with chunk as (delete from pyflows_audit.%I where event_id between $2 and $3
                                           and event_id = any ($1) returning row_count)
@@ -410,18 +529,16 @@ begin
     end loop;
     delete from pyflows_audit.events as e where e.id = any (v_ids);
     get diagnostics v_events = row_count;
-    perform set_config('pyflows.audit_prune', '', true);
-    insert into pyflows_audit.events (action, actor, reason, details)
-    values ('audit.prune', coalesce(pyflows.current_actor(), session_user::text),
-            format('events older than %s', p_older_than),
-            jsonb_build_object('older_than', p_older_than::text, 'cutoff', v_cutoff, 'events', v_events,
-                               'archive', v_archive, 'pruned_through_event_id', v_max));
+    update pyflows_audit.events as e
+       set details = e.details || jsonb_build_object('events', v_events, 'archive', v_archive)
+     where e.id = v_prune;
     return v_events;
 end;
 $$;
 
-revoke all on function pyflows._column_list(text), pyflows.restore_flow(bigint),
-    pyflows._purge_begin(uuid, text, boolean, integer), pyflows._purge_batch(uuid, bigint, integer, integer),
+revoke all on function pyflows._column_list(text), pyflows.restore_flow(bigint), pyflows._claim_restored_files(bigint),
+    pyflows._purge_begin(uuid, text, boolean, integer), pyflows._require_running_purge(uuid, bigint),
+    pyflows._purge_batch(uuid, bigint, integer, integer),
     pyflows._purge_finish(uuid, bigint, integer), pyflows.prune_audit(interval) from public;
 revoke all on procedure pyflows.purge_flow(uuid, text, integer, boolean) from public;
 grant execute on function pyflows._column_list(text), pyflows.restore_flow(bigint),

@@ -77,6 +77,15 @@ def write_flow_tree(conn: psycopg.Connection[Any], tenant: Tenant, *, status: st
     return FlowTree(flow_id, import_id, tuple(asset_ids))
 
 
+def mark_deleting(conn: psycopg.Connection[Any], tenant: Tenant, flow_id: uuid.UUID) -> int:
+    """Mark a flow 'deleting' the only way there is: a purge's first step (forced, so a terminal flow
+    may be marked too), left running. Runs in the caller's transaction; returns the purge's event id."""
+    row = conn.execute("select pyflows.set_context(%s, %s, 'purger'), pyflows._purge_begin(%s, 'left running', "
+                       "true, 1000)", (tenant.client_id, tenant.engagement_id, flow_id)).fetchone()
+    assert row is not None
+    return int(row[1])
+
+
 def count_rows(conn: psycopg.Connection[Any], table: str) -> int:
     row = conn.execute(sql.SQL("select count(*) from {}").format(sql.Identifier("pyflows", table))).fetchone()
     assert row is not None

@@ -102,12 +102,12 @@ def test_other_tables_chunk_by_size(owner: psycopg.Connection[Any], tenant_a: Te
                          "and pg_column_size(agent_insights) > 1000000").fetchone() == (5,)
 
 
-def test_only_rows_of_the_purges_tenant_are_counted_into_a_running_purge(
+def test_settings_naming_a_running_purge_never_take_rows_into_it(
         app_conn: Callable[[Tenant], psycopg.Connection[Any]], tenant_a: Tenant, tenant_b: Tenant,
         owner: psycopg.Connection[Any]) -> None:
-    # A purge batch names its event in the settings, as the API does; the delete triggers take the rows
-    # into it only when every row belongs to the purge's tenant. The owner bypasses row-level security,
-    # so its statements can mix tenants.
+    # A purge's event receives rows only while one of its own batches runs (the batch opens the event in
+    # the events table); settings that name it, even the purge's own tenant's rows, get a sql.delete
+    # event of their own. The owner bypasses row-level security, so its statements can mix tenants.
     with owner.transaction():
         target = write_flow_tree(owner, tenant_a, status="paused", records=2, assets=3)
         b_flow = write_flow_tree(owner, tenant_b, status="paused", records=2, assets=3)
@@ -127,8 +127,9 @@ def test_only_rows_of_the_purges_tenant_are_counted_into_a_running_purge(
 
     events = owner.execute("select id, action, client_id, deleted from pyflows_audit.events "
                            "where action in ('flow.purge', 'sql.delete') order by id").fetchall()
-    assert events[0][:2] == (purge, "flow.purge") and events[0][3] == {"raw_import_records": 1}
+    assert events[0][:2] == (purge, "flow.purge") and events[0][3] == {}
     assert [(action, client, deleted) for _, action, client, deleted in events[1:]] == [
-        ("sql.delete", None, {"raw_import_records": 2}), ("sql.delete", tenant_b.client_id, {"raw_import_records": 1})]
+        ("sql.delete", None, {"raw_import_records": 2}), ("sql.delete", tenant_b.client_id, {"raw_import_records": 1}),
+        ("sql.delete", tenant_a.client_id, {"raw_import_records": 1})]
     assert owner.execute("select count(*) from pyflows.raw_import_records where import_id = %s",
                          (b_flow.import_id,)).fetchone() == (0,)

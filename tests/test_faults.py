@@ -89,6 +89,7 @@ def test_a_statement_timeout_during_a_delete_leaves_everything(pyflows_role_dsn:
     before = fingerprint(owner)
     conn = psycopg.connect(pyflows_role_dsn("app"), autocommit=True)
     conn.execute("set statement_timeout = '300ms'")
+    conn.execute("set pyflows.lock_timeout = '10s'")  # the statement times out first, mid-delete
     api = Flows(conn).tenant(tenant_a.client_id, tenant_a.engagement_id, "dba")
     with holding_asset(pyflows_dsn, victim.asset_ids[2]), pytest.raises(psycopg.errors.QueryCanceled):
         api.delete(victim.flow_id, "timed out")

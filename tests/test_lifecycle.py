@@ -27,7 +27,7 @@ from pyflows.errors import (
 )
 from pyflows.models import Tenant
 
-from .helpers import count_rows, set_raw_context, write_flow_tree
+from .helpers import count_rows, mark_deleting, set_raw_context, write_flow_tree
 from .lifecycle_support import ApiFactory
 
 ALL_PHASES = ["data_import", "data_validation", "field_mapping", "data_cleansing", "asset_inventory",
@@ -42,15 +42,19 @@ def flows_of(owner: psycopg.Connection[Any], tenant: Tenant) -> list[tuple[Any, 
 
 def insert_flow(owner: psycopg.Connection[Any], tenant: Tenant, status: str, name: str = "flow",
                 **extra: Any) -> uuid.UUID:
+    """A flow row written by hand; a 'deleting' one is written cancelled and marked by a purge's first step."""
     with owner.transaction():
         set_raw_context(owner, tenant)
         phases = ALL_PHASES if status == "completed" else extra.get("phases", [])
         row = owner.execute(
             "insert into pyflows.discovery_flows (client_id, engagement_id, name, status, phases_completed, "
             "last_activity_at) values (%s, %s, %s, %s, %s, coalesce(%s, now())) returning id",
-            (tenant.client_id, tenant.engagement_id, name, status, phases, extra.get("last_activity_at"))
+            (tenant.client_id, tenant.engagement_id, name, "cancelled" if status == "deleting" else status, phases,
+             extra.get("last_activity_at"))
         ).fetchone()
-    assert row is not None
+        assert row is not None
+        if status == "deleting":
+            mark_deleting(owner, tenant, row[0])
     return uuid.UUID(str(row[0]))
 
 

@@ -222,7 +222,7 @@ def _archive(dsn: str) -> dict[str, list[str]]:
 
 def test_the_archive_keeps_every_row_through_0009_and_its_rollback(blank_dsn: str) -> None:
     migrations.migrate(blank_dsn)
-    assert migrations.rollback(blank_dsn) == ["0009_compressed_archive"]
+    assert migrations.rollback(blank_dsn, to="0008_refuse_truncate") == ["0010_hardening", "0009_compressed_archive"]
     before = _snapshot(blank_dsn)
     with psycopg.connect(blank_dsn) as conn:  # rows archived by the typed tables of 0004
         client, engagement = uuid.uuid4(), uuid.uuid4()
@@ -241,7 +241,7 @@ def test_the_archive_keeps_every_row_through_0009_and_its_rollback(blank_dsn: st
     assert _archive(blank_dsn) == archived
     with psycopg.connect(blank_dsn) as conn:  # one chunk per event and table: the two deletes
         assert conn.execute("select count(*), sum(row_count) from pyflows_audit.assets_chunks").fetchone() == (2, 15)
-    migrations.rollback(blank_dsn)
+    migrations.rollback(blank_dsn, to="0008_refuse_truncate")
     assert _archive(blank_dsn) == archived
     assert _snapshot(blank_dsn) == before
     migrations.migrate(blank_dsn)

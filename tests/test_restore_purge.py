@@ -20,7 +20,7 @@ from pyflows.errors import FlowBusy, FlowNotFound, Forbidden, IncompleteFlowExis
 from pyflows.files import drain
 from pyflows.models import Tenant
 
-from .helpers import FLOW_TREE_TABLES, set_raw_context
+from .helpers import FLOW_TREE_TABLES, mark_deleting, set_raw_context
 from .lifecycle_support import ApiFactory
 from .test_delete import everything, tree
 from .test_lifecycle import insert_flow
@@ -230,7 +230,8 @@ def test_a_killed_purge_resumes_to_one_consistent_event(pyflows_role_dsn: Callab
 def test_writers_are_refused_on_a_deleting_flow(app_conn: Callable[[Tenant], psycopg.Connection[Any]],
                                                 tenant_a: Tenant, owner: psycopg.Connection[Any]) -> None:
     target = tree(owner, tenant_a, status="paused")
-    owner.execute("update pyflows.discovery_flows set status = 'deleting' where id = %s", (target.flow_id,))
+    with owner.transaction():
+        mark_deleting(owner, tenant_a, target.flow_id)
     statements = [
         ("insert into pyflows.assets (client_id, engagement_id, flow_id, name, asset_type) "
          "values (%(c)s, %(e)s, %(f)s, 'late', 'server')"),

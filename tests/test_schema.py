@@ -11,7 +11,7 @@ from psycopg import sql
 
 from pyflows.testing import Tenant
 
-from .helpers import FLOW_TREE_TABLES, TENANT_TABLES, count_rows, set_raw_context, write_flow_tree
+from .helpers import FLOW_TREE_TABLES, TENANT_TABLES, count_rows, mark_deleting, set_raw_context, write_flow_tree
 
 # The declared cascade map: (child table, its columns) -> (parent table, its columns, ON DELETE).
 CASCADE_MAP = {
@@ -210,12 +210,12 @@ def _insert_flow(conn: psycopg.Connection[Any], tenant: Tenant, **columns: Any) 
     columns = {"name": "flow", **columns}
     query = sql.SQL(
         "insert into pyflows.discovery_flows (client_id, engagement_id, {names}) values (%(c)s, %(e)s, {values}) "
-        "returning status, current_phase, phases_completed, progress_percentage").format(
+        "returning status, current_phase, phases_completed, progress_percentage, id").format(
         names=sql.SQL(", ").join(sql.Identifier(k) for k in columns),
         values=sql.SQL(", ").join(sql.Placeholder(k) for k in columns))
     row = conn.execute(query, {"c": tenant.client_id, "e": tenant.engagement_id, **columns}).fetchone()
     assert row is not None
-    return dict(zip(("status", "current_phase", "phases_completed", "progress_percentage"), row, strict=True))
+    return dict(zip(("status", "current_phase", "phases_completed", "progress_percentage", "id"), row, strict=True))
 
 
 def test_progress_is_derived_from_phases_completed(owner: psycopg.Connection[Any], tenant_a: Tenant) -> None:
@@ -317,15 +317,16 @@ def test_deleting_a_client_cascades_to_its_flows_only(owner: psycopg.Connection[
         assert owner.execute(query, (tenant_b.client_id,)).fetchone() == (count_rows(owner, table),) * 2, table
 
 
-# The lifecycle, written out pair by pair (not derived from the trigger's own rule).
+# The lifecycle, written out pair by pair (not derived from the trigger's own rule). 'deleting' is
+# reached only through a purge's first step (tested below), never by a plain UPDATE.
 ALLOWED_TRANSITIONS = {
-    "initialized": {"running", "paused", "waiting_for_user", "failed", "cancelled", "completed", "deleting"},
-    "running": {"paused", "waiting_for_user", "failed", "cancelled", "completed", "deleting"},
-    "paused": {"running", "waiting_for_user", "failed", "cancelled", "completed", "deleting"},
-    "waiting_for_user": {"running", "paused", "failed", "cancelled", "completed", "deleting"},
-    "failed": {"running", "paused", "waiting_for_user", "cancelled", "completed", "deleting"},
-    "completed": {"deleting"},
-    "cancelled": {"deleting"},
+    "initialized": {"running", "paused", "waiting_for_user", "failed", "cancelled", "completed"},
+    "running": {"paused", "waiting_for_user", "failed", "cancelled", "completed"},
+    "paused": {"running", "waiting_for_user", "failed", "cancelled", "completed"},
+    "waiting_for_user": {"running", "paused", "failed", "cancelled", "completed"},
+    "failed": {"running", "paused", "waiting_for_user", "cancelled", "completed"},
+    "completed": set(),
+    "cancelled": set(),
     "deleting": set(),
 }
 
@@ -337,7 +338,10 @@ def test_status_transitions_follow_the_lifecycle(owner: psycopg.Connection[Any],
             if target == source:
                 continue
             with owner.transaction(force_rollback=True):
-                _insert_flow(owner, tenant_a, status=source, phases_completed=list(ALL_PHASES))
+                flow = _insert_flow(owner, tenant_a, status="cancelled" if source == "deleting" else source,
+                                    phases_completed=list(ALL_PHASES))
+                if source == "deleting":
+                    mark_deleting(owner, tenant_a, flow["id"])
                 try:
                     with owner.transaction():
                         owner.execute("update pyflows.discovery_flows set status = %s", (target,))

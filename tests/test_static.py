@@ -73,6 +73,13 @@ JUSTIFIED: dict[tuple[str, str], str] = {
     ("0006_events_lookup.sql", "require-concurrent-index-deletion"): (
         "DROP INDEX CONCURRENTLY cannot run inside a migration's transaction; dropping an index is a "
         "catalog change that holds its lock for milliseconds, bounded by the runner's lock_timeout"),
+    ("0010_hardening.sql", "require-concurrent-index-creation"): (
+        "CREATE INDEX CONCURRENTLY cannot run inside a migration's transaction; a partial index on the audit "
+        "events of one rare action (audit.prune) builds in one pass over events, which only deletes write"),
+    ("0010_hardening.sql", "ban-drop-function"): (
+        "the functions dropped (a trigger helper whose signature changes, two helpers whose work moves into "
+        "others) are internal: no role but the owner may execute them"),
+    ("0010_hardening.rollback.sql", "require-concurrent-index-deletion"): ROLLBACK,
     ("0006_events_lookup.rollback.sql", "require-concurrent-index-creation"): (
         "CREATE INDEX CONCURRENTLY cannot run inside a migration's transaction; the rollback rebuilds "
         "an index on the audit events, which are written only by deletes"),
