@@ -42,6 +42,7 @@ from .errors import (
     describe,
     from_psycopg,
 )
+from .files import ROOTS_ENV
 from .files import drain as drain_files
 from .models import FLOW_TABLES, BatchItem, FlowRow, FlowSummary, Gate, Impact, Safety
 from .render import fields, plain, table, to_json
@@ -769,13 +770,22 @@ def files() -> None:
 @files.command(name="drain")
 @click.option("--limit", type=int, help="Handle at most N entries (default: until the queue is empty).")
 @click.option("--lease", default="5m", show_default=True, help="How long a claimed entry is reserved.")
+@click.option("--root", "roots", multiple=True, envvar=ROOTS_ENV,
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help=f"A folder file:// objects may be removed from (repeatable; or {ROOTS_ENV}, separated by "
+                   f"{os.pathsep!r}). A file outside every root, or any file when none is given, is not removed.")
 @json_option
 @click.pass_obj
-def files_drain(target: Target, limit: int | None, lease: str) -> None:
-    """Remove queued file:// objects; a missing file counts as removed; failures stay queued (pyflows_admin)."""
+def files_drain(target: Target, limit: int | None, lease: str, roots: tuple[Path, ...]) -> None:
+    """Remove queued stored objects; a missing one counts as removed; failures stay queued (pyflows_admin).
+
+    file:// objects are removed only under --root folders (symbolic links resolved first); other URI
+    schemes go to the storage backends installed under the entry-point group pyflows.storage.
+    """
+    duration = parse_duration(lease, "--lease")
     conn = connect(target.resolve(), autocommit=True, application_name="pyflows-files")
     click.get_current_context().call_on_close(conn.close)
-    report = drain_files(Flows(conn), limit=limit, lease=parse_duration(lease, "--lease"))
+    report = drain_files(Flows(conn), limit=limit, lease=duration, roots=roots)
     human = "\n".join([f"removed {report.removed}; failed {report.failed}"]
                       + [f"  {entry_id} {uri}: {error}" for entry_id, uri, error in report.errors])
     _emit_plain(target, report, human)

@@ -156,9 +156,9 @@ def test_audit_list_and_show(run: Callable[..., Result], tenant_a: Tenant, tenan
 def test_files_drain(run: Callable[..., Result], tenant_a: Tenant, owner: psycopg.Connection[Any]) -> None:
     target = tree(owner, tenant_a, status="paused")
     run("flows", tenant_a, "delete", str(target.flow_id), "--reason", "x", "--yes")
-    drained = run("files", None, "drain", role="admin")
+    drained = run("files", None, "drain", "--root", "/tmp", role="admin")  # the tree's file is under /tmp
     assert drained.exit_code == 0 and "removed 1; failed 0" in drained.stdout
-    assert json.loads(run("files", None, "drain", "--json", role="admin").stdout) == \
+    assert json.loads(run("files", None, "drain", "--root", "/tmp", "--json", role="admin").stdout) == \
         {"errors": [], "failed": 0, "removed": 0}
     assert_one_line_error(run("files", None, "drain", role="app"), Exit.FORBIDDEN, "pyflows_admin")
 

@@ -120,7 +120,7 @@ def test_a_drain_killed_mid_way_loses_no_file(pyflows_role_dsn: Callable[[str], 
                 owner.execute("select pg_terminate_backend(%s)", (conn.info.backend_pid,))
 
     with pytest.raises(psycopg.OperationalError):
-        drain(Flows(conn), batch=10, lease=timedelta(minutes=5), storages={"file": KillingStorage()})
+        drain(Flows(conn), batch=10, lease=timedelta(minutes=5), storages={"file": KillingStorage([tmp_path])})
     states = owner.execute("select storage_uri, done_at is not null, lease_until is not null "
                            "from pyflows.file_cleanup_queue order by id").fetchall()
     assert [s[1] for s in states] == [True, False, False]  # one recorded; two still queued (leased)
@@ -129,7 +129,7 @@ def test_a_drain_killed_mid_way_loses_no_file(pyflows_role_dsn: Callable[[str], 
     owner.execute("update pyflows.file_cleanup_queue set lease_until = now() - interval '1 second' "
                   "where done_at is null")  # the dead drain's lease runs out
     with psycopg.connect(pyflows_role_dsn("admin"), autocommit=True) as again:
-        report = drain(Flows(again))
+        report = drain(Flows(again), roots=[tmp_path])
     assert (report.removed, report.failed) == (2, 0)  # the gone one counts as removed
     assert owner.execute("select count(*) from pyflows.file_cleanup_queue where done_at is null").fetchone() == (0,)
     assert not any(p.exists() for p in files)

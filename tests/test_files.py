@@ -58,28 +58,28 @@ def queue(owner: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
 def test_deleted_imports_are_enqueued_and_drained(queued: list[Path], admin_flows: Flows,
                                                   owner: psycopg.Connection[Any]) -> None:
     assert [q[0] for q in queue(owner)] == [p.as_uri() for p in queued]
-    report = drain(admin_flows)
+    report = drain(admin_flows, roots=[queued[0].parent])
     assert (report.removed, report.failed) == (3, 0)
     assert not any(p.exists() for p in queued)
     assert [(q[1], q[2], q[3]) for q in queue(owner)] == [(1, True, None)] * 3
-    again = drain(admin_flows)  # idempotent: nothing left to do
+    again = drain(admin_flows, roots=[queued[0].parent])  # idempotent: nothing left to do
     assert (again.removed, again.failed) == (0, 0)
 
 
 def test_a_missing_file_counts_as_removed(queued: list[Path], admin_flows: Flows,
                                           owner: psycopg.Connection[Any]) -> None:
     queued[0].unlink()
-    assert drain(admin_flows).removed == 3
+    assert drain(admin_flows, roots=[queued[0].parent]).removed == 3
 
 
 def test_killed_between_removing_and_recording_loses_nothing(queued: list[Path], admin_flows: Flows,
                                                              owner: psycopg.Connection[Any]) -> None:
     claimed = admin_flows.claim_file_cleanups(1, timedelta(minutes=5))
-    LocalFiles().remove(claimed[0].storage_uri)  # ... and the drain dies before finish_file_cleanup
-    assert drain(admin_flows).removed == 2  # the leased entry waits for its lease
+    LocalFiles([queued[0].parent]).remove(claimed[0].storage_uri)  # ... and the drain dies before finishing
+    assert drain(admin_flows, roots=[queued[0].parent]).removed == 2  # the leased entry waits for its lease
     owner.execute("update pyflows.file_cleanup_queue set lease_until = now() - interval '1 second' "
                   "where done_at is null")  # the lease runs out
-    assert drain(admin_flows).removed == 1
+    assert drain(admin_flows, roots=[queued[0].parent]).removed == 1
     assert [(q[1], q[2]) for q in queue(owner)] == [(2, True), (1, True), (1, True)]
 
 
@@ -93,14 +93,14 @@ def test_failures_stay_queued_with_their_error_and_are_retried(owner: psycopg.Co
     add_import(owner, tenant_a, flow, "s3://bucket/key.csv")
     add_import(owner, tenant_a, flow, tmp_path.as_uri())  # a directory: refused, never removed
     owner.execute("delete from pyflows.discovery_flows where id = %s", (flow,))
-    report = drain(admin_flows, lease=timedelta(seconds=1))
+    report = drain(admin_flows, lease=timedelta(seconds=1), roots=[tmp_path.parent])
     assert (report.removed, report.failed) == (0, 2)
     assert "no storage backend for s3" in report.errors[0][2] and "directory" in report.errors[1][2]
     assert tmp_path.is_dir()
     rows = queue(owner)
     assert [(r[1], r[2]) for r in rows] == [(1, False), (1, False)] and all(r[3] for r in rows)
     owner.execute("update pyflows.file_cleanup_queue set lease_until = now() - interval '1 second'")
-    assert drain(admin_flows).failed == 2
+    assert drain(admin_flows, roots=[tmp_path.parent]).failed == 2
     assert [r[1] for r in queue(owner)] == [2, 2]  # every attempt counted
 
 
@@ -140,4 +140,4 @@ def test_claim_and_finish_refuse_bad_arguments(admin_flows: Flows) -> None:
 
 def test_local_files_refuse_other_hosts_and_relative_paths() -> None:
     with pytest.raises(ValueError, match="another host"):
-        LocalFiles().remove("file://elsewhere/tmp/x")
+        LocalFiles(["/tmp"]).remove("file://elsewhere/tmp/x")

@@ -125,7 +125,7 @@ def test_restore_reports_files_already_removed(api: ApiFactory, tenant_a: Tenant
     owner.execute("update pyflows.data_imports set storage_uri = %s where id = %s", (stored.as_uri(), target.import_id))
     flows = api(tenant_a)
     event = flows.delete(target.flow_id, "x").event_id
-    assert drain(Flows(pyflows_connect("admin", autocommit=True))).removed == 1
+    assert drain(Flows(pyflows_connect("admin", autocommit=True)), roots=[tmp_path]).removed == 1
     restored = flows.restore(event)
     assert restored.missing_files == [stored.as_uri()] and restored.files_kept == 0
     assert owner.execute("select count(*) from pyflows.data_imports where id = %s",
