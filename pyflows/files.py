@@ -9,6 +9,7 @@ given; other schemes come from installed packages through the entry-point group 
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -21,7 +22,8 @@ from .api import DEFAULT_LEASE, Flows
 from .errors import FlowNotFound
 from .models import FileCleanup
 
-__all__ = ["Storage", "LocalFiles", "Storages", "DrainReport", "drain", "ENTRY_POINT_GROUP", "ROOTS_ENV"]
+__all__ = ["Storage", "LocalFiles", "OutsideStorageRoots", "Storages", "DrainReport", "drain", "ENTRY_POINT_GROUP",
+           "ROOTS_ENV"]
 
 ENTRY_POINT_GROUP = "pyflows.storage"
 ROOTS_ENV = "PYFLOWS_FILES_ROOT"
@@ -37,32 +39,48 @@ class OutsideStorageRoots(PermissionError):
     """A file:// URI that names a file outside every configured storage root, or no root is configured."""
 
 
+TENANT_FIELDS = ("{client_id}", "{engagement_id}")
+
+
 class LocalFiles:
     """``file://`` URIs on this machine's filesystem, removed only under the given storage roots.
 
     The path is resolved first (``..`` and every symbolic link along it, the file's own included), and
     what is removed is that resolved file, only when it lies under one of the (resolved) roots. With no
     root at all, every removal is refused: pyflows never deletes a file on a tenant's say-so alone.
+    A root may name the entry's tenant, ``/srv/uploads/{client_id}/{engagement_id}``: a tenant's
+    entries then reach only its own folder, whatever paths its imports named.
     """
 
     def __init__(self, roots: Iterable[str | os.PathLike[str]] = ()) -> None:
-        self.roots = tuple(Path(os.path.realpath(root)) for root in roots)
+        self.roots = tuple(os.fspath(root) for root in roots)
 
-    def remove(self, uri: str) -> None:
+    def _roots_for(self, client_id: uuid.UUID | None, engagement_id: uuid.UUID | None) -> list[Path]:
+        found = []
+        for root in self.roots:
+            if any(f in root for f in TENANT_FIELDS):
+                if client_id is None or engagement_id is None:
+                    continue  # a tenant's folder, and no tenant to fill it in
+                root = root.replace("{client_id}", str(client_id)).replace("{engagement_id}", str(engagement_id))
+            found.append(Path(os.path.realpath(root)))
+        return found
+
+    def remove(self, uri: str, *, client_id: uuid.UUID | None = None, engagement_id: uuid.UUID | None = None) -> None:
         parts = urlsplit(uri)
         if parts.netloc not in ("", "localhost"):
             raise ValueError(f"file URI names another host ({parts.netloc}): {uri}")
         path = Path(unquote(parts.path))
         if not path.is_absolute():
             raise ValueError(f"file URI without an absolute path: {uri}")
-        if not self.roots:
+        roots = self._roots_for(client_id, engagement_id)
+        if not roots:
             raise OutsideStorageRoots(
                 f"no storage root is configured, so {path} is not removed: name the folders pyflows may remove "
                 f"files from with --root DIR or {ROOTS_ENV}")
         resolved = Path(os.path.realpath(path))
-        if not any(resolved.is_relative_to(root) for root in self.roots):
+        if not any(resolved.is_relative_to(root) for root in roots):
             raise OutsideStorageRoots(
-                f"{path} resolves to {resolved}, outside every storage root ({', '.join(map(str, self.roots))}); "
+                f"{path} resolves to {resolved}, outside every storage root ({', '.join(map(str, roots))}); "
                 "it is not removed")
         if resolved.is_dir():
             raise IsADirectoryError(f"refusing to remove a directory: {resolved}")
@@ -133,7 +151,7 @@ def drain(flows: Flows, *, limit: int | None = None, batch: int = 100, lease: ti
         if not claimed:
             break
         for entry in claimed:
-            error = _remove(entry.storage_uri, backends)
+            error = _remove(entry, backends)
             try:
                 flows.finish_file_cleanup(entry.id, error)
             except FlowNotFound as exc:
@@ -148,8 +166,9 @@ def drain(flows: Flows, *, limit: int | None = None, batch: int = 100, lease: ti
     return report
 
 
-def _remove(uri: str, storages: Mapping[str, Storage]) -> str | None:
+def _remove(entry: FileCleanup, storages: Mapping[str, Storage]) -> str | None:
     """None when the object is gone now; otherwise why it could not be removed."""
+    uri = entry.storage_uri
     scheme = urlsplit(uri).scheme.lower()
     try:
         storage = storages.get(scheme)
@@ -158,7 +177,10 @@ def _remove(uri: str, storages: Mapping[str, Storage]) -> str | None:
     if storage is None:
         return f"no storage backend for {scheme or 'scheme-less'} URIs (have: {', '.join(sorted(storages))})"
     try:
-        storage.remove(uri)
+        if isinstance(storage, LocalFiles):
+            storage.remove(uri, client_id=entry.client_id, engagement_id=entry.engagement_id)
+        else:
+            storage.remove(uri)
     except Exception as exc:  # any backend's failure is this entry's outcome: recorded and reported
         return f"{type(exc).__name__}: {exc}"
     return None

@@ -113,8 +113,8 @@ def test_a_drain_killed_mid_way_loses_no_file(pyflows_role_dsn: Callable[[str], 
     class KillingStorage(LocalFiles):
         calls = 0
 
-        def remove(self, uri: str) -> None:
-            super().remove(uri)
+        def remove(self, uri: str, **tenant: Any) -> None:
+            super().remove(uri, **tenant)
             KillingStorage.calls += 1
             if KillingStorage.calls == 2:  # the object is gone; its outcome is not recorded yet
                 owner.execute("select pg_terminate_backend(%s)", (conn.info.backend_pid,))
