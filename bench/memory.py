@@ -2,7 +2,8 @@
 
 - ``flows delete --from-file F --force --dry-run --json``: F lists the ids of that many completed
   flows of one engagement (a dry run, so each size deletes and rolls back the same flows);
-- ``files drain --json``: that many queued objects (missing files, which count as removed).
+- ``files drain --root DIR --json``: that many queued objects under DIR (missing files, which count as
+  removed).
 
 Each command runs in its own process; its peak resident set size is read from the kernel
 (``getrusage(RUSAGE_CHILDREN)`` in a wrapper process that runs only that command).
@@ -46,6 +47,8 @@ def run(conn: Conn, dsn: str, sizes: Sequence[int]) -> dict[str, Any]:
             "insert into pyflows.discovery_flows (client_id, engagement_id, name, status, phases_completed) "
             "select %s, %s, 'memory ' || g, 'completed', %s from generate_series(1, %s) g returning id",
             (client, engagement, list(PHASES), largest)).fetchall()]
+        # Entries other suites queued are not this suite's to drain (their files lie outside its root).
+        conn.execute("update pyflows.file_cleanup_queue set done_at = now() where done_at is null")
     conn.execute("vacuum analyze pyflows.discovery_flows")
     context = ["--dsn", dsn, "flows", "--client", str(client), "--engagement", str(engagement), "--actor", "bench"]
     points = []
@@ -56,9 +59,9 @@ def run(conn: Conn, dsn: str, sizes: Sequence[int]) -> dict[str, Any]:
             delete = peak([*context, "delete", "--from-file", str(id_file), "--reason", "bench", "--force",
                            "--dry-run", "--json"])
             conn.execute("insert into pyflows.file_cleanup_queue (client_id, engagement_id, storage_uri) "
-                         "select %s, %s, 'file:///nonexistent/pyflows-bench/' || g || '.csv' "
-                         "from generate_series(1, %s) g", (client, engagement, size))
-            drain = peak(["--dsn", dsn, "files", "drain", "--json"])
+                         "select %s, %s, %s || '/missing-' || g || '.csv' "
+                         "from generate_series(1, %s) g", (client, engagement, Path(tmp).as_uri(), size))
+            drain = peak(["--dsn", dsn, "files", "drain", "--root", tmp, "--json"])
             left = conn.execute("select count(*) from pyflows.file_cleanup_queue where done_at is null").fetchone()[0]
             if left:
                 raise AssertionError(f"the drain left {left} of {size} entries queued")

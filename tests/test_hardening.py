@@ -79,7 +79,8 @@ TYPES = r"""
            and code.src ~* ('\m' || t.typname || '\M'))
     select distinct coalesce(e.typname, t.typname)
       from used join pg_type t on t.oid = used.oid left join pg_type e on e.oid = t.typelem and t.typcategory = 'A'
-     where coalesce(e.typtype, t.typtype) = 'b' and coalesce(e.typnamespace, t.typnamespace) = 'pg_catalog'::regnamespace
+     where coalesce(e.typtype, t.typtype) = 'b'
+       and coalesce(e.typnamespace, t.typnamespace) = 'pg_catalog'::regnamespace
      order by 1"""
 
 # Relations the code could name unqualified: every relation of both schemas, and every relation of
@@ -104,8 +105,9 @@ def plant_lookalikes(owner: psycopg.Connection[Any], conn: psycopg.Connection[An
     with conn.transaction():
         conn.execute(EVIL)
         for name in types:
-            conn.execute(sql.SQL("create domain pg_temp.{} as pg_catalog.{} check (pg_temp.evil(value::pg_catalog.text))")
-                         .format(sql.Identifier(name), sql.Identifier(name)))
+            conn.execute(sql.SQL("create domain pg_temp.{} as pg_catalog.{} "
+                                 "check (pg_temp.evil(value::pg_catalog.text))").format(sql.Identifier(name),
+                                                                                       sql.Identifier(name)))
         readable = []
         for schema, name in relations:
             if not owner.execute("select has_table_privilege('pyflows_test_app', %s, 'SELECT')",
@@ -136,11 +138,13 @@ def test_the_repro_an_app_login_becoming_superuser_fails(owner: psycopg.Connecti
     assert owner.execute("select rolsuper from pg_roles where rolname = 'pyflows_test_app'").fetchone() == (False,)
 
 
-def test_lookalike_types_and_relations_never_run_as_the_owner(world: World, owner: psycopg.Connection[Any],
+def test_lookalike_types_and_relations_never_run_as_the_owner(world: World,  # noqa: F811
+                                                              owner: psycopg.Connection[Any],
                                                               pyflows_connect: Connect) -> None:
     conn = pyflows_connect("app")
     types, relations = plant_lookalikes(owner, conn)
-    assert {"text", "uuid", "jsonb", "tid"} <= set(types) and {"pg_roles", "discovery_flows", "events"} <= set(relations)
+    assert {"text", "uuid", "jsonb", "tid"} <= set(types)
+    assert {"pg_roles", "discovery_flows", "events"} <= set(relations)
     problems = []
     # Every routine pyflows_app may execute, on tenant A's own rows (so the deep paths run), rolled back.
     for routine in app_routines(owner):
@@ -180,8 +184,9 @@ def test_the_policy_helpers_resolve_nothing_through_the_callers_path(owner: psyc
         conn.execute("""create function pg_temp.tattle(pg_catalog.text) returns pg_catalog.bool language sql
                         as $$ select pg_catalog.set_config('pyflows_test.tattled', $1, false) is not null $$""")
         for name in ("uuid", "text"):
-            conn.execute(sql.SQL("create domain pg_temp.{} as pg_catalog.{} check (pg_temp.tattle(value::pg_catalog.text))")
-                         .format(sql.Identifier(name), sql.Identifier(name)))
+            conn.execute(sql.SQL("create domain pg_temp.{} as pg_catalog.{} "
+                                 "check (pg_temp.tattle(value::pg_catalog.text))").format(sql.Identifier(name),
+                                                                                         sql.Identifier(name)))
     with conn.transaction():
         conn.execute("select pg_catalog.set_config('pyflows.client_id', %s::pg_catalog.text, true), "
                      "pg_catalog.set_config('pyflows.engagement_id', %s::pg_catalog.text, true), "
@@ -583,7 +588,7 @@ def test_deletes_whose_edges_cross_never_deadlock(owner: psycopg.Connection[Any]
                               (*ids, owner_flow.flow_id, list(sources), list(targets)))
         barrier = threading.Barrier(2)
 
-        def delete(flow_id: uuid.UUID) -> None:
+        def delete(flow_id: uuid.UUID, barrier: threading.Barrier = barrier) -> None:
             with psycopg.connect(pyflows_role_dsn("app")) as conn:
                 bind(conn, acting(tenant_a, "racer"))
                 barrier.wait()
