@@ -260,6 +260,38 @@ begin
 end;
 $$;
 
+-- Delete the context's flow row, and through the cascade everything it owns, waiting for row locks
+-- other transactions hold at most pyflows.lock_timeout. p_guarded: a lock wait that ran out, or a
+-- deadlock, is PF423 here; otherwise the caller maps it (delete_flows does, once for a whole batch:
+-- the handler's subtransaction costs about as much as a small flow's delete, measured). The caller
+-- has locked the flow row and opened the audit event: _delete_flow and _purge_finish (definers) only.
+drop function if exists pyflows._delete_flow_row(uuid, text);
+create or replace function pyflows._delete_flow_row(p_flow_id uuid, p_done text, p_guarded boolean)
+returns void
+language plpgsql
+set search_path = pg_catalog, pyflows, pg_temp
+as $$
+declare
+    v_wait text := current_setting('lock_timeout');
+begin
+    perform set_config('lock_timeout', pyflows._lock_wait_ms(), true);
+    if p_guarded then
+        begin
+            delete from pyflows.discovery_flows as f
+             where f.client_id = pyflows.current_client_id() and f.engagement_id = pyflows.current_engagement_id()
+               and f.id = p_flow_id;
+        exception when lock_not_available or deadlock_detected then
+            perform pyflows._refuse_busy(p_flow_id, p_done, sqlerrm);
+        end;
+    else
+        delete from pyflows.discovery_flows as f
+         where f.client_id = pyflows.current_client_id() and f.engagement_id = pyflows.current_engagement_id()
+           and f.id = p_flow_id;
+    end if;
+    perform set_config('lock_timeout', v_wait, true);
+end;
+$$;
+
 -- PF423 unless the verdict (from _deletion_verdict) is safe: "flow <id> cannot be <p_done>: <blockers>".
 create or replace function pyflows._refuse_if_blocked(p_flow_id uuid, p_verdict jsonb, p_done text)
 returns void
@@ -296,15 +328,15 @@ as $$
      where e.id = p_event
 $$;
 
-create or replace function pyflows.delete_flow(p_flow_id uuid, p_reason text, p_force boolean default false)
+-- delete_flow's work; p_guarded as _delete_flow_row (false only for delete_flows, which maps a lock
+-- wait that ran out to PF423 itself).
+create or replace function pyflows._delete_flow(p_flow_id uuid, p_reason text, p_force boolean, p_guarded boolean)
 returns jsonb
 language plpgsql
 security definer
 set search_path = pg_catalog, pyflows, pg_temp
 as $$
 declare
-    c_client     constant uuid := pyflows.current_client_id();
-    c_engagement constant uuid := pyflows.current_engagement_id();
     v_reason  text;
     v_flow    jsonb;
     v_impact  jsonb;
@@ -312,7 +344,6 @@ declare
     v_event   bigint;
     v_deleted jsonb;
     v_files   bigint;
-    v_wait    text;
 begin
     perform pyflows._require_context(true);
     v_reason := pyflows._check_text(p_reason, 'reason', 1000);
@@ -324,15 +355,7 @@ begin
     v_event := pyflows_audit._begin_event('flow.delete', p_flow_id, v_reason,
                                           v_impact || jsonb_build_object('safety', v_verdict),
                                           v_flow, coalesce(p_force, false));
-    v_wait := current_setting('lock_timeout');
-    perform set_config('lock_timeout', pyflows._lock_wait_ms(), true);
-    begin
-        delete from pyflows.discovery_flows as f
-         where f.client_id = c_client and f.engagement_id = c_engagement and f.id = p_flow_id;
-    exception when lock_not_available or deadlock_detected then
-        perform pyflows._refuse_busy(p_flow_id, 'deleted', sqlerrm);
-    end;
-    perform set_config('lock_timeout', v_wait, true);
+    perform pyflows._delete_flow_row(p_flow_id, 'deleted', coalesce(p_guarded, true));
     -- The statement-level triggers have run: the event holds the counts actually deleted.
     select r.deleted, r.files into v_deleted, v_files from pyflows._deletion_result(v_event) as r;
     perform pyflows_audit._end_event();
@@ -341,6 +364,12 @@ begin
                               'warnings', v_verdict -> 'warnings');
 end;
 $$;
+
+create or replace function pyflows.delete_flow(p_flow_id uuid, p_reason text, p_force boolean default false)
+returns jsonb
+language sql
+set search_path = pg_catalog, pyflows, pg_temp
+as $$ select pyflows._delete_flow(p_flow_id, p_reason, p_force, true) $$;
 
 -- Many flows with one reason and one batch id on all their events. Atomic (the default): any
 -- failure raises and nothing is deleted. Per flow: each flow in its own subtransaction, and a
@@ -374,21 +403,32 @@ begin
       from (select x.id, min(x.n) as first from unnest(p_flow_ids) with ordinality as x(id, n) group by x.id) as u;
 
     perform set_config('pyflows.audit_batch', gen_random_uuid()::text, true);
-    foreach v_id in array v_ids loop
-        if coalesce(p_atomic, true) then
-            v_result := pyflows.delete_flow(v_id, p_reason, p_force);
-            return query select v_id, true, (v_result ->> 'event_id')::bigint, null::text, null::text;
-        else
+    if coalesce(p_atomic, true) then
+        begin  -- one handler for the whole batch: a lock wait that ran out is PF423, naming its flow
+            foreach v_id in array v_ids loop
+                v_result := pyflows._delete_flow(v_id, p_reason, p_force, false);
+                return query select v_id, true, (v_result ->> 'event_id')::bigint, null::text, null::text;
+            end loop;
+        exception when lock_not_available or deadlock_detected then
+            perform pyflows._refuse_busy(v_id, 'deleted', sqlerrm);
+        end;
+    else
+        foreach v_id in array v_ids loop
             begin
-                v_result := pyflows.delete_flow(v_id, p_reason, p_force);
+                v_result := pyflows._delete_flow(v_id, p_reason, p_force, false);
                 return query select v_id, true, (v_result ->> 'event_id')::bigint, null::text, null::text;
             exception when others then
                 -- Reported in this flow's result row, not swallowed: the caller sees the code and message.
                 get stacked diagnostics v_state = returned_sqlstate, v_text = message_text;
+                if v_state in ('55P03', '40P01') then
+                    v_state := 'PF423';
+                    v_text := format('flow %s cannot be deleted now: another transaction holds rows it owns (%s)',
+                                     v_id, v_text);
+                end if;
                 return query select v_id, false, null::bigint, v_state, v_text;
             end;
-        end if;
-    end loop;
+        end loop;
+    end if;
     perform set_config('pyflows.audit_batch', '', true);
 end;
 $$;
@@ -443,13 +483,15 @@ end;
 $$;
 
 revoke all on function
-    pyflows._lock_wait_ms(), pyflows._refuse_busy(uuid, text, text), pyflows._refuse_if_blocked(uuid, jsonb, text), pyflows._purge_threshold(), pyflows._deletion_counts(uuid), pyflows._deletion_verdict(jsonb, jsonb, boolean, boolean),
+    pyflows._lock_wait_ms(), pyflows._refuse_busy(uuid, text, text), pyflows._delete_flow_row(uuid, text, boolean),
+    pyflows._delete_flow(uuid, text, boolean, boolean), pyflows._refuse_if_blocked(uuid, jsonb, text), pyflows._purge_threshold(), pyflows._deletion_counts(uuid), pyflows._deletion_verdict(jsonb, jsonb, boolean, boolean),
     pyflows._flow_for_deletion(uuid), pyflows.deletion_safety(uuid, boolean), pyflows.deletion_impact(uuid),
     pyflows.delete_flow(uuid, text, boolean), pyflows.delete_flows(uuid[], text, boolean, boolean),
     pyflows.list_audit_events(uuid, timestamptz, integer), pyflows.audit_event(bigint)
     from public;
 revoke all on function pyflows._deletion_result(bigint) from public;
 grant execute on function
+    pyflows._delete_flow(uuid, text, boolean, boolean), pyflows._refuse_busy(uuid, text, text),
     pyflows._refuse_if_blocked(uuid, jsonb, text), pyflows._purge_threshold(), pyflows._deletion_counts(uuid), pyflows._deletion_verdict(jsonb, jsonb, boolean, boolean),
     pyflows._flow_for_deletion(uuid), pyflows.deletion_safety(uuid, boolean), pyflows.deletion_impact(uuid),
     pyflows.delete_flow(uuid, text, boolean), pyflows.delete_flows(uuid[], text, boolean, boolean),

@@ -405,10 +405,7 @@ security definer
 set search_path = pg_catalog, pyflows, pg_temp
 as $$
 declare
-    c_client     constant uuid := pyflows.current_client_id();
-    c_engagement constant uuid := pyflows.current_engagement_id();
     v_deleted jsonb;
-    v_wait    text;
 begin
     perform pyflows._require_context(true);
     if p_batches is null or p_batches < 0 then
@@ -416,15 +413,7 @@ begin
     end if;
     perform pyflows._require_running_purge(p_flow_id, p_event);
     perform pyflows_audit._open_event(p_event);
-    v_wait := current_setting('lock_timeout');
-    perform set_config('lock_timeout', pyflows._lock_wait_ms(), true);
-    begin
-        delete from pyflows.discovery_flows as f
-         where f.client_id = c_client and f.engagement_id = c_engagement and f.id = p_flow_id;
-    exception when lock_not_available or deadlock_detected then
-        perform pyflows._refuse_busy(p_flow_id, 'purged', sqlerrm);
-    end;
-    perform set_config('lock_timeout', v_wait, true);
+    perform pyflows._delete_flow_row(p_flow_id, 'purged', true);
     update pyflows_audit.events as e
        set details = (e.details - 'open_txid')
                      || jsonb_build_object('state', 'done', 'finished_at', now(),

@@ -19,7 +19,8 @@ DEFINER: dict[str, tuple[frozenset[str], str]] = {
     "pyflows.start_flow(text,text)": (frozenset({"pyflows_app"}), "writes the flow.start audit event"),
     "pyflows.start_import(text,text,bigint,text)": (frozenset({"pyflows_app"}), "writes the flow.start audit event"),
     "pyflows.resume_flow(uuid)": (frozenset({"pyflows_app"}), "writes the flow.resume audit event"),
-    "pyflows.delete_flow(uuid,text,boolean)": (frozenset({"pyflows_app"}), "opens and completes the flow.delete event"),
+    "pyflows._delete_flow(uuid,text,boolean,boolean)": (
+        frozenset({"pyflows_app"}), "delete_flow's and delete_flows' work: opens and completes the flow.delete event"),
     "pyflows.restore_flow(bigint)": (frozenset({"pyflows_app"}), "reads the archive, writes the flow.restore event"),
     "pyflows._purge_begin(uuid,text,boolean,integer)": (
         frozenset({"pyflows_app"}), "opens the flow.purge event (purge_flow commits, so it cannot be a definer)"),
