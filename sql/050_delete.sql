@@ -210,10 +210,11 @@ $$;
 
 -- How long a delete or a purge batch may wait for a row lock that another transaction holds (a worker
 -- writing one of the flow's rows, another delete whose cascade crosses this one's): setting
--- pyflows.lock_timeout (milliseconds, or an interval such as '500ms'), default 200 ms, between 1 ms and
--- 1 minute; the session's own lock_timeout when that is shorter. Below deadlock_timeout (1 s by
--- default), so two deletes whose cascades cross give up (PF423) before they could deadlock.
--- Returns the milliseconds, for set_config('lock_timeout', ...).
+-- pyflows.lock_timeout, in milliseconds ('500') or with a unit ('500ms', '2s', '1min'), default
+-- 200 ms, between 1 ms and 1 minute; the session's own lock_timeout when that is shorter. Below
+-- deadlock_timeout (1 s by default), so two deletes whose cascades cross give up (PF423) before they
+-- could deadlock. Returns the milliseconds, for set_config('lock_timeout', ...). Parsed without an
+-- exception handler, whose subtransaction every delete would pay for.
 create or replace function pyflows._lock_wait_ms()
 returns text
 language plpgsql
@@ -222,24 +223,24 @@ set search_path = pg_catalog, pyflows, pg_temp
 as $$
 declare
     v_text    text := nullif(btrim(current_setting('pyflows.lock_timeout', true)), '');
-    v_wait    interval;
-    v_session text := current_setting('lock_timeout');
+    v_parts   text[] := regexp_match(coalesce(v_text, '200'), '^([0-9]{1,9}) *(ms|s|min)?$');
+    v_ms      bigint;
+    v_session bigint;
 begin
-    begin
-        v_wait := case when v_text is null then interval '200 milliseconds'
-                       when v_text ~ '^[0-9]{1,9}$' then v_text::bigint * interval '1 millisecond'
-                       else v_text::interval end;
-    exception when data_exception then
-        v_wait := null;
-    end;
-    if v_wait is null or v_wait < interval '1 millisecond' or v_wait > interval '1 minute' then
+    v_ms := v_parts[1]::bigint * case v_parts[2] when 's' then 1000 when 'min' then 60000 else 1 end;
+    if v_ms is null or v_ms < 1 or v_ms > 60000 then
         raise exception 'pyflows.lock_timeout must be between 1ms and 1min (got %)', quote_literal(v_text)
-            using errcode = 'PF422', hint = 'Set it in milliseconds, or as an interval such as ''500ms''.';
+            using errcode = 'PF422', hint = 'Set it in milliseconds, or with a unit: ''500ms'', ''2s'', ''1min''.';
     end if;
-    if v_session <> '0' and v_session::interval < v_wait then
-        v_wait := v_session::interval;
+    -- The session's own bound (as PostgreSQL shows it: '0' for none, '250ms', '5s', '1min', '2h', '1d'),
+    -- when it is shorter.
+    v_parts := regexp_match(current_setting('lock_timeout'), '^([0-9]{1,12})(ms|s|min|h|d)?$');
+    v_session := v_parts[1]::bigint * case v_parts[2] when 's' then 1000 when 'min' then 60000
+                                                      when 'h' then 3600000 when 'd' then 86400000 else 1 end;
+    if v_session > 0 and v_session < v_ms then
+        v_ms := v_session;
     end if;
-    return greatest(1, floor(extract(epoch from v_wait) * 1000))::bigint::text;
+    return v_ms::text;
 end;
 $$;
 

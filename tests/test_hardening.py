@@ -8,6 +8,7 @@ and relation the code names), so a new function or table is attacked without any
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import threading
 import uuid
@@ -558,7 +559,25 @@ def test_writers_never_wait_for_a_locked_flow(owner: psycopg.Connection[Any], te
     assert caught.value.sqlstate == "PF423", caught.value
 
 
-@pytest.mark.parametrize("value", ["0", "-5", "2min", "soon", "99999999999"])
+@pytest.mark.parametrize(("session", "setting", "waited"), [
+    ("0", None, "200ms"), ("0", "1500", "1500ms"), ("0", "2s", "2s"), ("50ms", "10s", "50ms"), ("1h", "3s", "3s")])
+def test_the_lock_wait_is_the_setting_or_the_sessions_shorter_one(owner: psycopg.Connection[Any], tenant_a: Tenant,
+                                                                   pyflows_connect: Connect, holder: Any,
+                                                                   session: str, setting: str | None,
+                                                                   waited: str) -> None:
+    target = tree(owner, tenant_a, status="paused")
+    holder("update pyflows.assets set name = 'busy' where id = %s", target.asset_ids[0])
+    conn = bounded(pyflows_connect("app"))
+    bind(conn, acting(tenant_a, "w"))
+    conn.execute("select set_config('lock_timeout', %s, true), set_config('pyflows.lock_timeout', %s, true)",
+                 (session, setting or ""))
+    with pytest.raises(psycopg.Error) as caught:
+        conn.execute("select pyflows.delete_flow(%s, 'x')", (target.flow_id,))
+    assert caught.value.sqlstate == "PF423"
+    assert json.loads(caught.value.diag.message_detail or "{}")["lock_timeout"] == waited
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "2min", "61s", "soon", "1.5s", "99999999999"])
 def test_a_bad_lock_timeout_setting_is_refused(owner: psycopg.Connection[Any], tenant_a: Tenant,
                                                pyflows_connect: Connect, value: str) -> None:
     target = tree(owner, tenant_a, status="paused")
