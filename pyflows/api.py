@@ -12,13 +12,14 @@ from __future__ import annotations
 import contextlib
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Generic, TypeVar
 
 import psycopg
+from psycopg import sql
 from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb, set_json_loads
@@ -38,6 +39,7 @@ from .models import (
     Gate,
     Heartbeat,
     Impact,
+    LoadResult,
     PruneResult,
     RestoreResult,
     ResumeResult,
@@ -59,11 +61,31 @@ AsyncSource = psycopg.AsyncConnection[Any] | AsyncConnectionPool[Any]
 
 
 @dataclass(frozen=True)
+class _Stage:
+    """Rows to COPY into a temporary staging table before the call (dropped at commit): the bulk path,
+    since PostgreSQL refuses COPY into a table with row-level security (sql/080_bulk.sql)."""
+
+    table: str
+    columns: tuple[tuple[str, str], ...]  # (name, type)
+    rows: Iterable[Sequence[Any]]
+
+    def create(self) -> sql.Composed:
+        return sql.SQL("create temporary table {} ({}) on commit drop").format(
+            sql.Identifier(self.table),
+            sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(t)) for n, t in self.columns))
+
+    def copy(self) -> sql.Composed:
+        return sql.SQL("copy {} ({}) from stdin").format(
+            sql.Identifier(self.table), sql.SQL(", ").join(sql.Identifier(n) for n, _ in self.columns))
+
+
+@dataclass(frozen=True)
 class _Call(Generic[T]):
     query: str
     params: Mapping[str, Any]
     build: Callable[[Rows], T]
     rollback: bool = False  # run for real, then roll the transaction back (a dry run)
+    stage: _Stage | None = None
 
 
 def _one(cls: type[T], **extra: Any) -> Callable[[Rows], T]:
@@ -182,6 +204,57 @@ def _prune(older_than: timedelta, dry_run: bool) -> _Call[PruneResult]:
                  lambda rows: PruneResult(int(rows[0]["events"]), dry_run), rollback=dry_run)
 
 
+# The bulk path: each loader COPYs its rows into pg_temp.<table>, then one SQL call moves them.
+RECORD_COLUMNS = (("ord", "bigint"), ("data", "jsonb"))
+MAPPING_COLUMNS = (("source_field", "text"), ("target_attribute", "text"), ("confidence", "numeric"),
+                   ("status", "text"))
+ASSET_COLUMNS = (("ord", "bigint"), ("name", "text"), ("asset_type", "text"), ("hostname", "text"),
+                 ("ip_address", "inet"), ("operating_system", "text"), ("attributes", "jsonb"))
+EDGE_COLUMNS = (("source_asset_id", "bigint"), ("target_asset_id", "bigint"), ("dependency_type", "text"))
+
+
+def _fields(row: Mapping[str, Any], columns: Sequence[tuple[str, str]], what: str) -> list[Any]:
+    unknown = set(row) - {name for name, _ in columns}
+    if unknown:
+        raise InvalidRequest(f"{what} has unknown fields {sorted(unknown)}; known: {[n for n, _ in columns]}")
+    return [_jsonb(row.get(name)) if type_ == "jsonb" else row.get(name) for name, type_ in columns]
+
+
+def _load_records(import_id: uuid.UUID, rows: Iterable[Any]) -> _Call[LoadResult]:
+    staged = ([n, Jsonb(data)] for n, data in enumerate(rows, 1))
+    return _Call("load_records", {"import_id": import_id, "stage": "pg_temp.pyflows_stage_records"},
+                 _one(LoadResult), stage=_Stage("pyflows_stage_records", RECORD_COLUMNS, staged))
+
+
+def _load_mappings(import_id: uuid.UUID, mappings: Iterable[Mapping[str, Any]]) -> _Call[LoadResult]:
+    staged = (_fields(m, MAPPING_COLUMNS, "a mapping") for m in mappings)
+    return _Call("load_mappings", {"import_id": import_id, "stage": "pg_temp.pyflows_stage_mappings"},
+                 _one(LoadResult), stage=_Stage("pyflows_stage_mappings", MAPPING_COLUMNS, staged))
+
+
+def _load_assets(flow_id: uuid.UUID, assets: Iterable[Mapping[str, Any]]) -> _Call[list[int]]:
+    staged = ([n, *_fields(a, ASSET_COLUMNS[1:], "an asset")] for n, a in enumerate(assets, 1))
+    return _Call("load_assets", {"flow_id": flow_id, "stage": "pg_temp.pyflows_stage_assets"},
+                 lambda rows: [int(r["asset_id"]) for r in rows],
+                 stage=_Stage("pyflows_stage_assets", ASSET_COLUMNS, staged))
+
+
+def _load_dependencies(flow_id: uuid.UUID, edges: Iterable[Sequence[Any] | Mapping[str, Any]]) -> _Call[LoadResult]:
+    staged = (_fields(e, EDGE_COLUMNS, "an edge") if isinstance(e, Mapping) else list(e) for e in edges)
+    return _Call("load_dependencies", {"flow_id": flow_id, "stage": "pg_temp.pyflows_stage_dependencies"},
+                 _one(LoadResult), stage=_Stage("pyflows_stage_dependencies", EDGE_COLUMNS, staged))
+
+
+@contextlib.contextmanager
+def _staging_errors() -> Iterator[None]:
+    """A row PostgreSQL refuses while it is staged (a value of the wrong type, a NUL in JSON) is bad
+    input like any other: InvalidRequest, and the transaction (the staging table with it) rolls back."""
+    try:
+        yield
+    except psycopg.errors.DataError as exc:
+        raise InvalidRequest(f"a row could not be staged: {exc.diag.message_primary}") from exc
+
+
 def _purge_params(flow_id: uuid.UUID, reason: str, batch_rows: int, force: bool) -> dict[str, Any]:
     return {"flow_id": flow_id, "reason": reason, "batch_rows": batch_rows, "force": force}
 
@@ -222,6 +295,11 @@ class Flows:
             set_json_loads(_loads, cur)
             if tenant is not None:
                 cur.execute(query("set_context"), _context_params(tenant))
+            if call.stage is not None:
+                cur.execute(call.stage.create())
+                with _staging_errors(), cur.copy(call.stage.copy()) as copy:
+                    for row in call.stage.rows:
+                        copy.write_row(row)
             cur.execute(query(call.query), call.params)
             rows = cur.fetchall()
         return call.build(rows)
@@ -331,6 +409,25 @@ class TenantFlows:
         """Put back the flow that audit event ``event_id`` deleted, with the same ids and values."""
         return self._run(_restore(event_id))
 
+    def copy_records(self, import_id: uuid.UUID, rows: Iterable[Any]) -> LoadResult:
+        """Bulk-load an import's raw records (each row its ``data``, any JSON value), numbered after the
+        import's last one, streamed with COPY; keeps ``record_count``. One transaction; nothing on error."""
+        return self._run(_load_records(import_id, rows))
+
+    def copy_mappings(self, import_id: uuid.UUID, mappings: Iterable[Mapping[str, Any]]) -> LoadResult:
+        """Bulk-load field mappings: dicts with source_field, target_attribute, confidence, status."""
+        return self._run(_load_mappings(import_id, mappings))
+
+    def copy_assets(self, flow_id: uuid.UUID, assets: Iterable[Mapping[str, Any]]) -> list[int]:
+        """Bulk-load assets (dicts with name, asset_type and optionally hostname, ip_address,
+        operating_system, attributes); returns their ids in the order given, for building edges."""
+        return self._run(_load_assets(flow_id, assets))
+
+    def copy_dependencies(self, flow_id: uuid.UUID,
+                          edges: Iterable[Sequence[Any] | Mapping[str, Any]]) -> LoadResult:
+        """Bulk-load dependency edges: (source_asset_id, target_asset_id, dependency_type) or dicts."""
+        return self._run(_load_dependencies(flow_id, edges))
+
     def purge(self, flow_id: uuid.UUID, reason: str, batch_rows: int = 10000, force: bool = False,
               on_progress: Callable[[str], None] | None = None) -> AuditEvent:
         """Delete a very large flow in committed batches (CALL pyflows.purge_flow); returns its event.
@@ -361,6 +458,12 @@ class AsyncFlows:
                     set_json_loads(_loads, cur)
                     if tenant is not None:
                         await cur.execute(query("set_context"), _context_params(tenant))
+                    if call.stage is not None:
+                        await cur.execute(call.stage.create())
+                        with _staging_errors():
+                            async with cur.copy(call.stage.copy()) as copy:
+                                for row in call.stage.rows:
+                                    await copy.write_row(row)
                     await cur.execute(query(call.query), call.params)
                     rows = await cur.fetchall()
         return call.build(rows)
@@ -467,6 +570,19 @@ class AsyncTenantFlows:
 
     async def restore(self, event_id: int) -> RestoreResult:
         return await self._run(_restore(event_id))
+
+    async def copy_records(self, import_id: uuid.UUID, rows: Iterable[Any]) -> LoadResult:
+        return await self._run(_load_records(import_id, rows))
+
+    async def copy_mappings(self, import_id: uuid.UUID, mappings: Iterable[Mapping[str, Any]]) -> LoadResult:
+        return await self._run(_load_mappings(import_id, mappings))
+
+    async def copy_assets(self, flow_id: uuid.UUID, assets: Iterable[Mapping[str, Any]]) -> list[int]:
+        return await self._run(_load_assets(flow_id, assets))
+
+    async def copy_dependencies(self, flow_id: uuid.UUID,
+                                edges: Iterable[Sequence[Any] | Mapping[str, Any]]) -> LoadResult:
+        return await self._run(_load_dependencies(flow_id, edges))
 
     async def purge(self, flow_id: uuid.UUID, reason: str, batch_rows: int = 10000, force: bool = False,
                     on_progress: Callable[[str], None] | None = None) -> AuditEvent:

@@ -15,6 +15,7 @@ __all__ = [
     "FLOW_TABLES", "Tenant", "FlowSummary", "Gate", "StartedImport", "FlowRow", "PhaseState", "FlowDetails",
     "StatusChange", "Heartbeat", "ResumeResult", "AdminFlowRow", "SafetyItem", "Safety", "FileSample", "Impact",
     "DeleteResult", "BatchItem", "AuditEvent", "FileCleanup", "CleanupOutcome", "RestoreResult", "PruneResult",
+    "LoadResult",
     "from_json",
 ]
 
@@ -63,6 +64,16 @@ class StartedImport:
     flow_id: uuid.UUID
     import_id: uuid.UUID
     flow: FlowSummary | None = None  # start_import returns the new flow; add_import only the ids
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """What a bulk load (copy_records, copy_mappings, copy_dependencies) wrote."""
+
+    loaded: int
+    flow_id: uuid.UUID
+    import_id: uuid.UUID | None = None
+    record_count: int | None = None  # copy_records: the import's records in all, after the load
 
 
 @dataclass(frozen=True)

@@ -154,3 +154,15 @@ select id from pyflows_audit.events
 
 -- name: prune_audit
 select pyflows.prune_audit(p_older_than => %(older_than)s) as events
+
+-- name: load_records
+select pyflows.load_records(p_import_id => %(import_id)s, p_stage => %(stage)s)
+
+-- name: load_mappings
+select pyflows.load_mappings(p_import_id => %(import_id)s, p_stage => %(stage)s)
+
+-- name: load_assets
+select ord, asset_id from pyflows.load_assets(p_flow_id => %(flow_id)s, p_stage => %(stage)s)
+
+-- name: load_dependencies
+select pyflows.load_dependencies(p_flow_id => %(flow_id)s, p_stage => %(stage)s)

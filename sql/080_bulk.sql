@@ -1,0 +1,262 @@
+-- pyflows sql/080_bulk: loading a flow's rows in bulk, under row-level security.
+--
+-- PostgreSQL refuses COPY FROM into a table with row-level security, so a worker COPYs its rows into
+-- a temporary staging table of its own session (no RLS there), then one of these functions moves them
+-- with one INSERT ... SELECT, which the policies check like any insert. The functions run as the
+-- caller (SECURITY INVOKER): they read only a relation the caller may read, write only what the
+-- caller may write, in the caller's tenant context. Each locks the flow (NOWAIT), refuses a flow being
+-- purged (PF404) or finished (PF422), and turns a bad row into PF422 with nothing written.
+--
+-- The staging tables' columns (names as listed; any order; extra columns are ignored):
+--   load_records       ord bigint, data jsonb
+--   load_mappings      source_field text, target_attribute text, confidence numeric, status text
+--   load_assets        ord bigint, name text, asset_type text, hostname text, ip_address inet,
+--                      operating_system text, attributes jsonb
+--   load_dependencies  source_asset_id bigint, target_asset_id bigint, dependency_type text
+
+-- The staging relation p_stage names (a plain, optionally schema-qualified name such as
+-- pg_temp.stage_assets), checked to have p_columns (name and type each); PF422 otherwise.
+create or replace function pyflows._stage(p_stage text, p_columns text[])
+returns regclass
+language plpgsql
+stable
+set search_path = pg_catalog, pyflows, pg_temp
+as $$
+declare
+    v_stage   regclass;
+    v_missing text;
+begin
+    if p_stage is null or p_stage !~ '^([A-Za-z_][A-Za-z0-9_]*\.)?[A-Za-z_][A-Za-z0-9_]*$' then
+        raise exception 'stage must name a table, such as pg_temp.stage_rows (got %)',
+            coalesce(quote_literal(left(p_stage, 200)), 'NULL')
+            using errcode = 'PF422';
+    end if;
+    v_stage := pg_catalog.to_regclass(p_stage);
+    if v_stage is null then
+        raise exception 'no staging table %', p_stage
+            using errcode = 'PF422', hint = 'Create it (CREATE TEMP TABLE ... ON COMMIT DROP) and COPY the rows into it.';
+    end if;
+    select string_agg(c, ', ') into v_missing
+      from unnest(p_columns) as c
+     where not exists (select from pg_catalog.pg_attribute as a
+                        where a.attrelid = v_stage and a.attnum > 0 and not a.attisdropped
+                          and format('%s %s', a.attname, pg_catalog.format_type(a.atttypid, null)) = c);
+    if v_missing is not null then
+        raise exception 'staging table % lacks the columns %', v_stage, v_missing
+            using errcode = 'PF422', detail = json_build_object('stage', v_stage::text, 'needs', p_columns)::text;
+    end if;
+    return v_stage;
+end;
+$$;
+
+-- The context's incomplete flow, locked (NOWAIT); PF404 (missing, another tenant's, being purged),
+-- PF422 (finished), PF423 (locked).
+create or replace function pyflows._flow_for_loading(p_flow_id uuid)
+returns jsonb
+language plpgsql
+set search_path = pg_catalog, pyflows, pg_temp
+as $$
+declare
+    v_flow jsonb := pyflows._lock_flow(p_flow_id);
+begin
+    perform pyflows._require_status(v_flow, pyflows._incomplete_statuses(), 'rows are loaded into incomplete flows only',
+                                    'Start a new flow for a new import.');
+    return v_flow;
+end;
+$$;
+
+-- PF422 for a constraint a loaded row broke: "<what>: <the constraint's message>".
+create or replace function pyflows._refuse_rows(p_what text, p_message text, p_constraint text)
+returns void
+language plpgsql
+set search_path = pg_catalog, pyflows, pg_temp
+as $$
+begin
+    raise exception '%: %', p_what, p_message
+        using errcode = 'PF422', detail = json_build_object('constraint', p_constraint)::text,
+              hint = 'Nothing was loaded; correct the rows and load them again.';
+end;
+$$;
+
+-- The raw records of an import, from p_stage (ord, data), numbered after the import's last row in
+-- the order of ord. Result: {import_id, flow_id, loaded, record_count}.
+create or replace function pyflows.load_records(p_import_id uuid, p_stage text)
+returns jsonb
+language plpgsql
+set search_path = pg_catalog, pyflows, pg_temp
+as $$
+declare
+    c_client     constant uuid := pyflows.current_client_id();
+    c_engagement constant uuid := pyflows.current_engagement_id();
+    v_stage      regclass;
+    v_flow_id    uuid;
+    v_last       integer;
+    v_n          bigint;
+    v_count      bigint;
+    v_message    text;
+    v_constraint text;
+begin
+    perform pyflows._require_context();
+    if p_import_id is null then
+        raise exception 'import id must not be NULL' using errcode = 'PF422';
+    end if;
+    select i.flow_id into v_flow_id from pyflows.data_imports as i
+     where i.client_id = c_client and i.engagement_id = c_engagement and i.id = p_import_id;
+    if v_flow_id is null then
+        raise exception 'import % not found', p_import_id
+            using errcode = 'PF404', detail = json_build_object('import_id', p_import_id)::text;
+    end if;
+    perform pyflows._flow_for_loading(v_flow_id);
+    v_stage := pyflows._stage(p_stage, array['ord bigint', 'data jsonb']);
+    select coalesce(max(r.row_number), 0) into v_last from pyflows.raw_import_records as r
+     where r.client_id = c_client and r.engagement_id = c_engagement and r.import_id = p_import_id;
+    begin
+        execute format('insert into pyflows.raw_import_records (client_id, engagement_id, import_id, row_number, data)
+                        select $1, $2, $3, $4 + row_number() over (order by s.ord), s.data from %s as s', v_stage)
+          using c_client, c_engagement, p_import_id, v_last;
+        get diagnostics v_n = row_count;
+    exception when not_null_violation or check_violation or unique_violation or numeric_value_out_of_range then
+        get stacked diagnostics v_message = message_text, v_constraint = constraint_name;
+        perform pyflows._refuse_rows('raw records', v_message, v_constraint);
+    end;
+    update pyflows.data_imports as i
+       set record_count = i.record_count + v_n, updated_at = now()
+     where i.client_id = c_client and i.engagement_id = c_engagement and i.id = p_import_id
+    returning i.record_count into v_count;
+    update pyflows.discovery_flows as f set last_activity_at = now()
+     where f.client_id = c_client and f.engagement_id = c_engagement and f.id = v_flow_id;
+    return jsonb_build_object('import_id', p_import_id, 'flow_id', v_flow_id, 'loaded', v_n, 'record_count', v_count);
+end;
+$$;
+
+-- The field mappings of an import, from p_stage (source_field, target_attribute, confidence, status;
+-- a NULL status is 'suggested'). Result: {import_id, flow_id, loaded}.
+create or replace function pyflows.load_mappings(p_import_id uuid, p_stage text)
+returns jsonb
+language plpgsql
+set search_path = pg_catalog, pyflows, pg_temp
+as $$
+declare
+    c_client     constant uuid := pyflows.current_client_id();
+    c_engagement constant uuid := pyflows.current_engagement_id();
+    v_stage      regclass;
+    v_flow_id    uuid;
+    v_n          bigint;
+    v_message    text;
+    v_constraint text;
+begin
+    perform pyflows._require_context();
+    if p_import_id is null then
+        raise exception 'import id must not be NULL' using errcode = 'PF422';
+    end if;
+    select i.flow_id into v_flow_id from pyflows.data_imports as i
+     where i.client_id = c_client and i.engagement_id = c_engagement and i.id = p_import_id;
+    if v_flow_id is null then
+        raise exception 'import % not found', p_import_id
+            using errcode = 'PF404', detail = json_build_object('import_id', p_import_id)::text;
+    end if;
+    perform pyflows._flow_for_loading(v_flow_id);
+    v_stage := pyflows._stage(p_stage, array['source_field text', 'target_attribute text', 'confidence numeric',
+                                             'status text']);
+    begin
+        execute format('insert into pyflows.import_field_mappings (client_id, engagement_id, import_id, source_field,
+                                                                   target_attribute, confidence, status)
+                        select $1, $2, $3, s.source_field, s.target_attribute, s.confidence,
+                               coalesce(s.status, ''suggested'')
+                          from %s as s', v_stage)
+          using c_client, c_engagement, p_import_id;
+        get diagnostics v_n = row_count;
+    exception when not_null_violation or check_violation or unique_violation or numeric_value_out_of_range then
+        get stacked diagnostics v_message = message_text, v_constraint = constraint_name;
+        perform pyflows._refuse_rows('field mappings', v_message, v_constraint);
+    end;
+    return jsonb_build_object('import_id', p_import_id, 'flow_id', v_flow_id, 'loaded', v_n);
+end;
+$$;
+
+-- The assets of a flow, from p_stage (ord, name, asset_type, hostname, ip_address, operating_system,
+-- attributes; a NULL attributes is {}). Returns each staged row's ord with the id its asset got, so
+-- that the caller can build dependency edges: the rows are inserted in the order of ord, and identity
+-- values only grow within a statement, so the n-th smallest id belongs to the n-th smallest ord.
+create or replace function pyflows.load_assets(p_flow_id uuid, p_stage text)
+returns table (ord bigint, asset_id bigint)
+language plpgsql
+set search_path = pg_catalog, pyflows, pg_temp
+as $$
+declare
+    c_client     constant uuid := pyflows.current_client_id();
+    c_engagement constant uuid := pyflows.current_engagement_id();
+    v_stage      regclass;
+    v_message    text;
+    v_constraint text;
+begin
+    perform pyflows._require_context();
+    perform pyflows._flow_for_loading(p_flow_id);
+    v_stage := pyflows._stage(p_stage, array['ord bigint', 'name text', 'asset_type text', 'hostname text',
+                                             'ip_address inet', 'operating_system text', 'attributes jsonb']);
+    begin
+        return query execute format(
+            'with staged as (select s.ord, row_number() over (order by s.ord) as n from %1$s as s),
+                  inserted as (
+                      insert into pyflows.assets (client_id, engagement_id, flow_id, name, asset_type, hostname,
+                                                  ip_address, operating_system, attributes)
+                      select $1, $2, $3, s.name, s.asset_type, s.hostname, s.ip_address, s.operating_system,
+                             coalesce(s.attributes, ''{}'')
+                        from %1$s as s order by s.ord
+                      returning id)
+             select staged.ord, ids.id
+               from staged
+               join (select i.id, row_number() over (order by i.id) as n from inserted as i) as ids on ids.n = staged.n
+              order by staged.ord', v_stage)
+          using c_client, c_engagement, p_flow_id;
+    exception when not_null_violation or check_violation or unique_violation or numeric_value_out_of_range then
+        get stacked diagnostics v_message = message_text, v_constraint = constraint_name;
+        perform pyflows._refuse_rows('assets', v_message, v_constraint);
+    end;
+    update pyflows.discovery_flows as f set last_activity_at = now()
+     where f.client_id = c_client and f.engagement_id = c_engagement and f.id = p_flow_id;
+end;
+$$;
+
+-- The dependency edges of a flow, from p_stage (source_asset_id, target_asset_id, dependency_type):
+-- ids of assets of the context (this flow's or another flow's). Result: {flow_id, loaded}.
+create or replace function pyflows.load_dependencies(p_flow_id uuid, p_stage text)
+returns jsonb
+language plpgsql
+set search_path = pg_catalog, pyflows, pg_temp
+as $$
+declare
+    c_client     constant uuid := pyflows.current_client_id();
+    c_engagement constant uuid := pyflows.current_engagement_id();
+    v_stage      regclass;
+    v_n          bigint;
+    v_message    text;
+    v_constraint text;
+begin
+    perform pyflows._require_context();
+    perform pyflows._flow_for_loading(p_flow_id);
+    v_stage := pyflows._stage(p_stage, array['source_asset_id bigint', 'target_asset_id bigint',
+                                             'dependency_type text']);
+    begin
+        execute format('insert into pyflows.asset_dependencies (client_id, engagement_id, flow_id, source_asset_id,
+                                                                target_asset_id, dependency_type)
+                        select $1, $2, $3, s.source_asset_id, s.target_asset_id, s.dependency_type from %s as s',
+                       v_stage)
+          using c_client, c_engagement, p_flow_id;
+        get diagnostics v_n = row_count;
+    exception when not_null_violation or check_violation or unique_violation or foreign_key_violation then
+        get stacked diagnostics v_message = message_text, v_constraint = constraint_name;
+        perform pyflows._refuse_rows('dependency edges', v_message, v_constraint);
+    end;
+    update pyflows.discovery_flows as f set last_activity_at = now()
+     where f.client_id = c_client and f.engagement_id = c_engagement and f.id = p_flow_id;
+    return jsonb_build_object('flow_id', p_flow_id, 'loaded', v_n);
+end;
+$$;
+
+revoke all on function pyflows._stage(text, text[]), pyflows._flow_for_loading(uuid),
+    pyflows._refuse_rows(text, text, text), pyflows.load_records(uuid, text), pyflows.load_mappings(uuid, text),
+    pyflows.load_assets(uuid, text), pyflows.load_dependencies(uuid, text) from public;
+grant execute on function pyflows._stage(text, text[]), pyflows._flow_for_loading(uuid),
+    pyflows._refuse_rows(text, text, text), pyflows.load_records(uuid, text), pyflows.load_mappings(uuid, text),
+    pyflows.load_assets(uuid, text), pyflows.load_dependencies(uuid, text) to pyflows_app;

@@ -1,0 +1,138 @@
+"""The bulk path: copy_records, copy_mappings, copy_assets and copy_dependencies (sync and async) as an
+application login under row-level security, and the SQL staging pattern behind them."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from typing import Any
+
+import psycopg
+import pytest
+
+from pyflows.errors import FlowBusy, FlowNotFound, InvalidRequest
+from pyflows.testing import Tenant, bind
+
+from .helpers import fingerprint, mark_deleting, write_flow_tree
+from .lifecycle_support import ApiFactory
+
+
+def acting(tenant: Tenant) -> Tenant:
+    return dataclasses.replace(tenant, actor="loader")
+
+
+def test_a_flow_is_loaded_in_bulk_with_ids_for_its_edges(api: ApiFactory, tenant_a: Tenant,
+                                                         owner: psycopg.Connection[Any]) -> None:
+    flows = api(acting(tenant_a))
+    started = flows.start_import("cmdb.csv", "file:///uploads/cmdb.csv", 10)
+    records = [{"Host": f"h{n}", "IP": f"10.0.0.{n}"} for n in range(1, 301)] + [None, [1, 2], "text"]
+    first = flows.copy_records(started.import_id, iter(records))  # any iterable, streamed
+    assert (first.loaded, first.record_count, first.flow_id) == (303, 303, started.flow_id)
+    again = flows.copy_records(started.import_id, [{"Host": "late"}])
+    assert (again.loaded, again.record_count) == (1, 304)
+    stored = owner.execute("select row_number, data from pyflows.raw_import_records where import_id = %s "
+                           "order by row_number", (started.import_id,)).fetchall()
+    assert [r[0] for r in stored] == list(range(1, 305))
+    assert [r[1] for r in stored] == [*records, {"Host": "late"}]  # JSON null stays JSON null
+    assert owner.execute("select record_count from pyflows.data_imports where id = %s",
+                         (started.import_id,)).fetchone() == (304,)
+
+    mapped = flows.copy_mappings(started.import_id, [
+        {"source_field": "Host", "target_attribute": "hostname", "confidence": 0.9},
+        {"source_field": "IP", "target_attribute": "ip_address", "confidence": 1, "status": "approved"}])
+    assert mapped.loaded == 2
+
+    assets = [{"name": f"h{n}", "asset_type": "server", "ip_address": f"10.0.0.{n}",
+               "attributes": {"rack": n}} for n in range(1, 201)]
+    ids = flows.copy_assets(started.flow_id, assets)
+    rows = dict(owner.execute("select id, name from pyflows.assets where flow_id = %s",
+                              (started.flow_id,)).fetchall())
+    assert len(ids) == 200 and [rows[i] for i in ids] == [a["name"] for a in assets]  # in the order given
+    edges = flows.copy_dependencies(started.flow_id, [(ids[n], ids[n + 1], "network") for n in range(199)]
+                                    + [{"source_asset_id": ids[0], "target_asset_id": ids[-1],
+                                        "dependency_type": "database"}])
+    assert edges.loaded == 200
+    counts = flows.details(started.flow_id).counts
+    assert counts == {"data_imports": 1, "raw_import_records": 304, "import_field_mappings": 2, "assets": 200,
+                      "asset_dependencies": 200}
+
+
+def test_a_bad_row_loads_nothing_and_says_why(api: ApiFactory, tenant_a: Tenant,
+                                              owner: psycopg.Connection[Any]) -> None:
+    flows = api(acting(tenant_a))
+    started = flows.start_import("cmdb.csv", "file:///uploads/cmdb.csv", 10)
+    ids = flows.copy_assets(started.flow_id, [{"name": "a", "asset_type": "server"},
+                                              {"name": "b", "asset_type": "server"}])
+    before = fingerprint(owner)
+    bad_loads = [
+        lambda: flows.copy_assets(started.flow_id, [{"name": "ok", "asset_type": "server"},
+                                                    {"name": " ", "asset_type": "server"}]),
+        lambda: flows.copy_assets(started.flow_id, [{"name": "x", "asset_type": "server", "colour": "red"}]),
+        lambda: flows.copy_mappings(started.import_id, [{"source_field": "Host"}, {"source_field": "Host"}]),
+        lambda: flows.copy_mappings(started.import_id, [{"source_field": "Host", "confidence": 7}]),
+        lambda: flows.copy_dependencies(started.flow_id, [(ids[0], 999_999_999, "network")]),
+        lambda: flows.copy_dependencies(started.flow_id, [(ids[0], ids[1], "network"), (ids[0], ids[1], "network")]),
+        lambda: flows.copy_records(started.import_id, [{"ok": 1}, "a NUL \x00 has no place in jsonb"]),
+        lambda: flows.copy_assets(started.flow_id, [{"name": "x", "asset_type": "server", "ip_address": "nope"}]),
+    ]
+    for load in bad_loads:
+        with pytest.raises(InvalidRequest):
+            load()
+    assert fingerprint(owner) == before
+
+
+def test_loads_refuse_finished_purged_foreign_and_locked_flows(api: ApiFactory, tenant_a: Tenant, tenant_b: Tenant,
+                                                               owner: psycopg.Connection[Any],
+                                                               pyflows_dsn: str) -> None:
+    with owner.transaction():
+        done = write_flow_tree(owner, tenant_a, status="completed")
+        purged = write_flow_tree(owner, tenant_a, status="cancelled")
+        mark_deleting(owner, tenant_a, purged.flow_id)
+        theirs = write_flow_tree(owner, tenant_b, status="paused")
+    flows = api(acting(tenant_a))
+    asset = [{"name": "n", "asset_type": "server"}]
+    before = fingerprint(owner)
+    with pytest.raises(InvalidRequest):
+        flows.copy_assets(done.flow_id, asset)
+    with pytest.raises(InvalidRequest):
+        flows.copy_records(done.import_id, [{}])
+    for flow_id, import_id in ((purged.flow_id, purged.import_id), (theirs.flow_id, theirs.import_id),
+                               (uuid.uuid4(), uuid.uuid4())):
+        with pytest.raises(FlowNotFound):
+            flows.copy_assets(flow_id, asset)
+        with pytest.raises(FlowNotFound):
+            flows.copy_records(import_id, [{}])
+        with pytest.raises(FlowNotFound):
+            flows.copy_dependencies(flow_id, [])
+    assert fingerprint(owner) == before
+    with owner.transaction():
+        open_flow = write_flow_tree(owner, tenant_a, status="paused")
+    with psycopg.connect(pyflows_dsn) as worker:
+        worker.execute("select 1 from pyflows.discovery_flows where id = %s for update", (open_flow.flow_id,))
+        with pytest.raises(FlowBusy):
+            flows.copy_assets(open_flow.flow_id, asset)
+
+
+def test_the_staging_pattern_from_sql(owner: psycopg.Connection[Any], tenant_a: Tenant,
+                                      pyflows_connect: Any) -> None:
+    # What a backend in any language does: COPY into its own temporary table, then one call.
+    with owner.transaction():
+        target = write_flow_tree(owner, tenant_a, status="paused", assets=0, records=0)
+    conn = pyflows_connect("app")
+    bind(conn, acting(tenant_a))
+    conn.execute("create temp table stage_assets (ord bigint, name text, asset_type text, hostname text, "
+                 "ip_address inet, operating_system text, attributes jsonb) on commit drop")
+    with conn.cursor().copy("copy stage_assets (ord, name, asset_type) from stdin") as copy:
+        for n in range(1, 51):
+            copy.write_row((n, f"host-{n}", "server"))
+    ids = conn.execute("select ord, asset_id from pyflows.load_assets(%s, 'pg_temp.stage_assets')",
+                       (target.flow_id,)).fetchall()
+    conn.commit()
+    assert [o for o, _ in ids] == list(range(1, 51)) and len({i for _, i in ids}) == 50
+    bind(conn, acting(tenant_a))
+    for stage in ("stage_nope", "pg_temp.stage_assets; drop table x", "pyflows.assets", None):
+        with pytest.raises(psycopg.Error) as caught:
+            conn.execute("select pyflows.load_assets(%s, %s)", (target.flow_id, stage))
+        assert caught.value.sqlstate == "PF422", stage
+        conn.rollback()
+        bind(conn, acting(tenant_a))
