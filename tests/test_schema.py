@@ -72,12 +72,16 @@ def test_every_foreign_key_has_an_index_leading_with_its_columns(owner: psycopg.
         indexes.setdefault(_strip(table), []).append(list(columns))
     missing = []
     for child, _, _, cols, _ in owner.execute(FOREIGN_KEYS):
-        if not any(index[: len(cols)] == list(cols) for index in indexes.get(_strip(child), [])):
+        # The index's leading columns are the key's, in any order (since migration 0011 the key's own
+        # column comes first): every lookup the key makes is an equality on all of them.
+        if not any(set(index[: len(cols)]) == set(cols) for index in indexes.get(_strip(child), [])):
             missing.append((child, cols))
     assert missing == []
 
 
-def test_every_key_of_a_tenant_table_leads_with_client_id(owner: psycopg.Connection[Any]) -> None:
+def test_every_key_of_a_tenant_table_contains_the_tenant(owner: psycopg.Connection[Any]) -> None:
+    # Every primary, unique and foreign key of a flow-owned table contains (client_id, engagement_id), so
+    # no child can point at another tenant's parent and a distributed engine can co-locate a tenant.
     rows = owner.execute("""
         select c.conrelid::regclass::text, c.conname, c.contype,
                array(select a.attname::text from unnest(c.conkey) with ordinality k(n, i)
@@ -90,11 +94,28 @@ def test_every_key_of_a_tenant_table_leads_with_client_id(owner: psycopg.Connect
         if table not in TENANT_TABLES:
             continue
         checked.add(table)
-        lead = "id" if table == "clients" and contype != "f" else "client_id"
-        assert columns[0] == lead, f"{name} on {table} does not lead with {lead}: {columns}"
+        tenant = {"id"} if table == "clients" and contype != "f" else {"client_id"}
         if table not in ("clients", "engagements"):
-            assert columns[:2] == ["client_id", "engagement_id"], f"{name}: {columns}"
+            tenant = {"client_id", "engagement_id"}
+        assert tenant <= set(columns), f"{name} on {table} lacks {tenant - set(columns)}: {columns}"
     assert checked == set(TENANT_TABLES)
+
+
+def test_keys_lead_with_their_own_column_so_each_lookup_has_one_index(owner: psycopg.Connection[Any]) -> None:
+    # Which index each lookup uses must not depend on statistics (tests/test_plans.py reads the plans):
+    # no two indexes of a flow-owned table may lead with the same column, unless partial.
+    rows = owner.execute("""
+        select c.relname, i.indexrelid::regclass::text, a.attname
+          from pg_index i join pg_class c on c.oid = i.indrelid
+          join pg_attribute a on a.attrelid = i.indrelid and a.attnum = i.indkey[0]
+         where c.relnamespace = 'pyflows'::regnamespace and i.indpred is null
+           and c.relname in ('data_imports', 'raw_import_records', 'import_field_mappings', 'assets',
+                             'asset_dependencies', 'discovery_flows')""").fetchall()
+    leading: dict[tuple[str, str], list[str]] = {}
+    for table, index, column in rows:
+        leading.setdefault((table, column), []).append(index)
+    assert [v for v in leading.values() if len(v) > 1] == []
+    assert len(rows) >= 11
 
 
 def test_tenant_tables_are_exactly_those_with_a_client_id(owner: psycopg.Connection[Any]) -> None:

@@ -1,0 +1,96 @@
+"""Foreign-key lookups read the right index whatever the statistics: the plans, read on a freshly
+migrated database that has rows but no statistics (autovacuum off), for every foreign key, both ways."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from pyflows.testing import Tenant
+
+from .helpers import TENANT_TABLES, set_raw_context
+
+FOREIGN_KEYS = """
+    select c.conname, c.conrelid::regclass::text, c.confrelid::regclass::text,
+           array(select a.attname::text from unnest(c.conkey) with ordinality k(n, o)
+                 join pg_attribute a on a.attrelid = c.conrelid and a.attnum = k.n order by k.o),
+           array(select a.attname::text from unnest(c.confkey) with ordinality k(n, o)
+                 join pg_attribute a on a.attrelid = c.confrelid and a.attnum = k.n order by k.o),
+           array(select format_type(a.atttypid, null) from unnest(c.conkey) with ordinality k(n, o)
+                 join pg_attribute a on a.attrelid = c.conrelid and a.attnum = k.n order by k.o)
+      from pg_constraint c
+     where c.contype = 'f' and c.connamespace = 'pyflows'::regnamespace
+     order by 1"""
+
+
+def load_without_statistics(owner: psycopg.Connection[Any], tenant: Tenant, rows: int) -> None:
+    """A flow of `rows` assets, edges, records and mappings, written in one transaction, never analyzed."""
+    for table in TENANT_TABLES:
+        owner.execute(sql.SQL("alter table {} set (autovacuum_enabled = off)").format(sql.Identifier("pyflows", table)))
+    with owner.transaction():
+        set_raw_context(owner, tenant)
+        ids = {"c": tenant.client_id, "e": tenant.engagement_id, "n": rows}
+        flow = owner.execute("insert into pyflows.discovery_flows (client_id, engagement_id, name) "
+                             "values (%(c)s, %(e)s, 'big') returning id", ids).fetchone()[0]
+        ids["f"] = flow
+        owner.execute("insert into pyflows.discovery_flows (client_id, engagement_id, name, status, phases_completed) "
+                      "select %(c)s, %(e)s, 'old ' || g, 'cancelled', '{}' from generate_series(1, %(n)s / 10) g", ids)
+        imp = owner.execute("insert into pyflows.data_imports (client_id, engagement_id, flow_id, filename, "
+                            "storage_uri, byte_size) values (%(c)s, %(e)s, %(f)s, 'a.csv', 'file:///u/a.csv', 1) "
+                            "returning id", ids).fetchone()[0]
+        ids["i"] = imp
+        owner.execute("insert into pyflows.raw_import_records (client_id, engagement_id, import_id, row_number, data) "
+                      "select %(c)s, %(e)s, %(i)s, g, '{}' from generate_series(1, %(n)s) g", ids)
+        owner.execute("insert into pyflows.import_field_mappings (client_id, engagement_id, import_id, source_field) "
+                      "select %(c)s, %(e)s, %(i)s, 'f' || g from generate_series(1, %(n)s / 10) g", ids)
+        owner.execute("insert into pyflows.assets (client_id, engagement_id, flow_id, name, asset_type) "
+                      "select %(c)s, %(e)s, %(f)s, 'h' || g, 'server' from generate_series(1, %(n)s) g", ids)
+        owner.execute("insert into pyflows.asset_dependencies (client_id, engagement_id, flow_id, source_asset_id, "
+                      "target_asset_id, dependency_type) select client_id, engagement_id, flow_id, id, id + 1, 'n' "
+                      "from pyflows.assets where flow_id = %(f)s and id < (select max(id) from pyflows.assets)", ids)
+    assert owner.execute("select count(*) from pg_stats where schemaname = 'pyflows'").fetchone() == (0,)
+
+
+def generic_plan(conn: psycopg.Connection[Any], statement: sql.Composable, types: list[str]) -> str:
+    with conn.transaction(force_rollback=True):
+        conn.execute("set local plan_cache_mode = force_generic_plan")
+        conn.execute(sql.SQL("prepare lookup ({}) as {}").format(sql.SQL(", ").join(map(sql.SQL, types)), statement))
+        try:
+            args = sql.SQL(", ").join(sql.SQL("null") for _ in types)
+            return "\n".join(r[0] for r in conn.execute(sql.SQL("explain execute lookup ({})").format(args)))
+        finally:
+            conn.execute("deallocate lookup")
+
+
+def equalities(columns: list[str]) -> sql.Composable:
+    """`a = $1 and b = $2 ...`: what a referential trigger's query compares."""
+    return sql.SQL(" and ").join(sql.SQL("{} = ${}").format(sql.Identifier(c), sql.SQL(str(n)))
+                                 for n, c in enumerate(columns, 1))
+
+
+def reads_by_index_on(plan: str, columns: list[str]) -> bool:
+    """The plan reads the table through one index whose condition names every column, and filters nothing."""
+    conditions = " ".join(re.findall(r"Index Cond: (.*)", plan))
+    return ("Index Scan" in plan or "Index Only Scan" in plan) and "Filter:" not in plan \
+        and all(re.search(rf"\b{c}\b", conditions) for c in columns)
+
+
+def test_every_foreign_key_lookup_uses_its_own_index_without_statistics(owner: psycopg.Connection[Any],
+                                                                         tenant_a: Tenant) -> None:
+    load_without_statistics(owner, tenant_a, 3000)
+    problems = []
+    keys = owner.execute(FOREIGN_KEYS).fetchall()
+    assert len(keys) >= 9
+    for name, child, parent, columns, parent_columns, types in keys:
+        # What the referential triggers run: the check of a new child row, and the cascade of a parent's delete.
+        check = sql.SQL("select 1 from only {} as x where {} for key share of x").format(
+            sql.SQL(parent), equalities(parent_columns))
+        cascade = sql.SQL("delete from only {} as x where {}").format(sql.SQL(child), equalities(columns))
+        for kind, statement, cols in (("check", check, parent_columns), ("cascade", cascade, columns)):
+            plan = generic_plan(owner, statement, list(types))
+            if not reads_by_index_on(plan, cols):
+                problems.append(f"{name} ({kind} on {parent if kind == 'check' else child}):\n{plan}")
+    assert problems == [], "\n".join(problems)
