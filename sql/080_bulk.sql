@@ -65,6 +65,31 @@ begin
 end;
 $$;
 
+-- The flow of the context's import p_import_id, locked for loading as _flow_for_loading; PF404 for an
+-- import that is not the context's.
+create or replace function pyflows._import_for_loading(p_import_id uuid)
+returns uuid
+language plpgsql
+set search_path = pg_catalog, pyflows, pg_temp
+as $$
+declare
+    v_flow_id uuid;
+begin
+    if p_import_id is null then
+        raise exception 'import id must not be NULL' using errcode = 'PF422';
+    end if;
+    select i.flow_id into v_flow_id from pyflows.data_imports as i
+     where i.client_id = pyflows.current_client_id() and i.engagement_id = pyflows.current_engagement_id()
+       and i.id = p_import_id;
+    if v_flow_id is null then
+        raise exception 'import % not found', p_import_id
+            using errcode = 'PF404', detail = json_build_object('import_id', p_import_id)::text;
+    end if;
+    perform pyflows._flow_for_loading(v_flow_id);
+    return v_flow_id;
+end;
+$$;
+
 -- PF422 for a constraint a loaded row broke: "<what>: <the constraint's message>".
 create or replace function pyflows._refuse_rows(p_what text, p_message text, p_constraint text)
 returns void
@@ -97,16 +122,7 @@ declare
     v_constraint text;
 begin
     perform pyflows._require_context();
-    if p_import_id is null then
-        raise exception 'import id must not be NULL' using errcode = 'PF422';
-    end if;
-    select i.flow_id into v_flow_id from pyflows.data_imports as i
-     where i.client_id = c_client and i.engagement_id = c_engagement and i.id = p_import_id;
-    if v_flow_id is null then
-        raise exception 'import % not found', p_import_id
-            using errcode = 'PF404', detail = json_build_object('import_id', p_import_id)::text;
-    end if;
-    perform pyflows._flow_for_loading(v_flow_id);
+    v_flow_id := pyflows._import_for_loading(p_import_id);
     v_stage := pyflows._stage(p_stage, array['ord bigint', 'data jsonb']);
     select coalesce(max(r.row_number), 0) into v_last from pyflows.raw_import_records as r
      where r.client_id = c_client and r.engagement_id = c_engagement and r.import_id = p_import_id;
@@ -146,16 +162,7 @@ declare
     v_constraint text;
 begin
     perform pyflows._require_context();
-    if p_import_id is null then
-        raise exception 'import id must not be NULL' using errcode = 'PF422';
-    end if;
-    select i.flow_id into v_flow_id from pyflows.data_imports as i
-     where i.client_id = c_client and i.engagement_id = c_engagement and i.id = p_import_id;
-    if v_flow_id is null then
-        raise exception 'import % not found', p_import_id
-            using errcode = 'PF404', detail = json_build_object('import_id', p_import_id)::text;
-    end if;
-    perform pyflows._flow_for_loading(v_flow_id);
+    v_flow_id := pyflows._import_for_loading(p_import_id);
     v_stage := pyflows._stage(p_stage, array['source_field text', 'target_attribute text', 'confidence numeric',
                                              'status text']);
     begin
@@ -254,9 +261,9 @@ begin
 end;
 $$;
 
-revoke all on function pyflows._stage(text, text[]), pyflows._flow_for_loading(uuid),
+revoke all on function pyflows._stage(text, text[]), pyflows._flow_for_loading(uuid), pyflows._import_for_loading(uuid),
     pyflows._refuse_rows(text, text, text), pyflows.load_records(uuid, text), pyflows.load_mappings(uuid, text),
     pyflows.load_assets(uuid, text), pyflows.load_dependencies(uuid, text) from public;
-grant execute on function pyflows._stage(text, text[]), pyflows._flow_for_loading(uuid),
+grant execute on function pyflows._stage(text, text[]), pyflows._flow_for_loading(uuid), pyflows._import_for_loading(uuid),
     pyflows._refuse_rows(text, text, text), pyflows.load_records(uuid, text), pyflows.load_mappings(uuid, text),
     pyflows.load_assets(uuid, text), pyflows.load_dependencies(uuid, text) to pyflows_app;
