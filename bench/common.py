@@ -59,9 +59,9 @@ class Timings:
 
 
 @contextmanager
-def scratch_database(dsn: str) -> Iterator[str]:
+def scratch_database(dsn: str, suffix: str = "") -> Iterator[str]:
     """A new, migrated database on the server named by dsn, dropped afterwards."""
-    name = f"pyflows_bench_{os.getpid()}"
+    name = f"pyflows_bench_{os.getpid()}{'_' + suffix if suffix else ''}"
     params = conninfo_to_dict(dsn)
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))

@@ -6,7 +6,8 @@ Creates a scratch database on the server, migrates it, and runs the suites (all,
 with --suite): ``delete`` (audited delete, impact, restore vs the unaudited cascade), ``growth``
 (delete and impact at growing flow sizes), ``gate`` (flow_gate, start_flow and listings on a large
 installation), ``concurrency`` (many clients starting and finishing flows), ``purge`` (batched purge
-vs cascade), ``batches`` (many small flows in one call) and ``memory`` (the CLI's peak memory).
+vs cascade), ``batches`` (many small flows in one call), ``memory`` (the CLI's peak memory) and
+``ingest`` (loading a flow through the bulk path and INSERTs, against copies with only keys).
 
 Absolute seconds on a shared machine mean little; the ratios against the baseline measured in the
 same run are the result. ``--record`` writes each suite's table into docs/benchmarks.md.
@@ -24,12 +25,12 @@ from typing import Any
 
 import psycopg
 
-from . import batches, concurrency, delete, gate, memory, purge
+from . import batches, concurrency, delete, gate, ingest, memory, purge
 from .common import Conn, app_dsn, describe, environment, scratch_database
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "benchmarks.md"
-SUITES = ("delete", "growth", "gate", "concurrency", "purge", "batches", "memory")
+SUITES = ("delete", "growth", "gate", "concurrency", "purge", "batches", "memory", "ingest")
 
 
 def _sizes(text: str) -> list[int]:
@@ -56,6 +57,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-rows", type=int, default=10_000, help="purge: rows per committed batch.")
     p.add_argument("--batch-flows", type=int, default=1_000, help="batches: small flows deleted in one call.")
     p.add_argument("--ids", type=_sizes, default=[1_000, 10_000, 100_000], help="memory: id counts, comma-separated.")
+    p.add_argument("--records", type=int, default=1_000_000, help="ingest: raw records of the flow.")
+    p.add_argument("--ingest-assets", type=int, default=100_000, help="ingest: assets (2 edges each).")
+    p.add_argument("--ingest-runs", type=int, default=1, help="ingest: runs of each variant in each round.")
     p.add_argument("--record", action="store_true", help="Write the results into docs/benchmarks.md.")
     return p
 
@@ -78,6 +82,8 @@ def suites(args: argparse.Namespace, bench_dsn: str) -> dict[str, tuple[Callable
         "purge": (lambda c: purge.run(c, bench_dsn, args.purge_assets, args.batch_rows, args.runs), purge.markdown),
         "batches": (lambda c: batches.run(c, args.batch_flows, args.runs), batches.markdown),
         "memory": (lambda c: memory.run(c, bench_dsn, args.ids), memory.markdown),
+        "ingest": (lambda c: ingest.run(args.dsn, args.records, args.ingest_assets, args.ingest_runs),
+                   ingest.markdown),
     }
 
 

@@ -11,7 +11,7 @@ from pyflows.testing import ServerInfo
 
 TINY = ["--runs", "1", "--assets", "50", "--growth", "10,40", "--engagements", "20", "--flows", "200",
         "--list-calls", "10", "--clients", "3", "--contexts", "4", "--seconds", "1", "--purge-assets", "100",
-        "--batch-rows", "60", "--batch-flows", "10", "--ids", "5,20"]
+        "--batch-rows", "60", "--batch-flows", "10", "--ids", "5,20", "--records", "300", "--ingest-assets", "40"]
 
 
 @pytest.fixture(scope="module")
@@ -72,3 +72,12 @@ def test_record_replaces_only_its_own_section(tmp_path: Path) -> None:
     assert page.read_text() == "a\n<!-- bench:gate:start -->\nnew\n<!-- bench:gate:end -->\nz\n"
     with pytest.raises(SystemExit, match="no <!-- bench:purge:start -->"):
         bench.record("purge", "x", page)
+
+
+def test_ingest_loads_every_variant_in_both_rounds(reports: dict[str, dict]) -> None:
+    report = reports["ingest"]
+    assert (report["records"], report["assets"], report["edges"]) == (300, 40, 2 * 40 - 3)
+    for round_ in ("no statistics", "analyzed"):
+        variants = report["medians"][round_]
+        assert set(variants) == {"bulk", "insert", "keys (copy)", "keys (insert)", "plain copy"}
+        assert all(set(times) == {"raw_import_records", "assets", "asset_dependencies"} for times in variants.values())
