@@ -50,8 +50,8 @@ def make_copies(conn: Conn) -> None:
         for name in COPIED:
             conn.execute(sql.SQL("create table bench_keys.{0} (like pyflows.{0} including defaults including identity "
                                  "including indexes)").format(sql.Identifier(name)))
-            conn.execute(sql.SQL("create table bench_plain.{0} (like pyflows.{0} including defaults including identity)")
-                         .format(sql.Identifier(name)))
+            conn.execute(sql.SQL("create table bench_plain.{0} (like pyflows.{0} including defaults "
+                                 "including identity)").format(sql.Identifier(name)))
         for name, definition in conn.execute(
                 "select c.conrelid::regclass::text, pg_get_constraintdef(c.oid) from pg_constraint c "
                 "where c.contype = 'f' and c.connamespace = 'pyflows'::regnamespace "
@@ -68,8 +68,8 @@ def records(n: int) -> list[dict[str, Any]]:
 
 
 def assets(n: int) -> list[dict[str, Any]]:
-    return [{"name": f"host-{i}", "asset_type": "server", "hostname": f"host-{i}.example", "attributes": {"rack": i % 40}}
-            for i in range(1, n + 1)]
+    return [{"name": f"host-{i}", "asset_type": "server", "hostname": f"host-{i}.example",
+             "attributes": {"rack": i % 40}} for i in range(1, n + 1)]
 
 
 def edges(ids: Sequence[int]) -> list[tuple[int, int, str]]:
