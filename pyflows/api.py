@@ -235,7 +235,7 @@ def _load_mappings(import_id: uuid.UUID, mappings: Iterable[Mapping[str, Any]]) 
 def _load_assets(flow_id: uuid.UUID, assets: Iterable[Mapping[str, Any]]) -> _Call[list[int]]:
     staged = ([n, *_fields(a, ASSET_COLUMNS[1:], "an asset")] for n, a in enumerate(assets, 1))
     return _Call("load_assets", {"flow_id": flow_id, "stage": "pg_temp.pyflows_stage_assets"},
-                 lambda rows: [int(r["asset_id"]) for r in rows],
+                 lambda rows: [int(r["asset_id"]) for r in sorted(rows, key=lambda r: int(r["ord"]))],
                  stage=_Stage("pyflows_stage_assets", ASSET_COLUMNS, staged))
 
 

@@ -183,8 +183,9 @@ $$;
 
 -- The assets of a flow, from p_stage (ord, name, asset_type, hostname, ip_address, operating_system,
 -- attributes; a NULL attributes is {}). Returns each staged row's ord with the id its asset got, so
--- that the caller can build dependency edges: the rows are inserted in the order of ord, and identity
--- values only grow within a statement, so the n-th smallest id belongs to the n-th smallest ord.
+-- that the caller can build dependency edges. The ids are drawn from the column's identity sequence
+-- first (the staged rows read once, nothing sorted), then inserted with the rows: pyflows_app has
+-- USAGE on that sequence, which lets it draw ids and nothing else.
 create or replace function pyflows.load_assets(p_flow_id uuid, p_stage text)
 returns table (ord bigint, asset_id bigint)
 language plpgsql
@@ -203,19 +204,17 @@ begin
                                              'ip_address inet', 'operating_system text', 'attributes jsonb']);
     begin
         return query execute format(
-            'with staged as (select s.ord, row_number() over (order by s.ord) as n from %1$s as s),
+            'with staged as materialized (
+                 select pg_catalog.nextval($4) as id, s.* from %1$s as s),
                   inserted as (
-                      insert into pyflows.assets (client_id, engagement_id, flow_id, name, asset_type, hostname,
+                      insert into pyflows.assets (client_id, engagement_id, id, flow_id, name, asset_type, hostname,
                                                   ip_address, operating_system, attributes)
-                      select $1, $2, $3, s.name, s.asset_type, s.hostname, s.ip_address, s.operating_system,
+                      select $1, $2, s.id, $3, s.name, s.asset_type, s.hostname, s.ip_address, s.operating_system,
                              coalesce(s.attributes, ''{}'')
-                        from %1$s as s order by s.ord
-                      returning id)
-             select staged.ord, ids.id
-               from staged
-               join (select i.id, row_number() over (order by i.id) as n from inserted as i) as ids on ids.n = staged.n
-              order by staged.ord', v_stage)
-          using c_client, c_engagement, p_flow_id;
+                        from staged as s)
+             select staged.ord, staged.id from staged', v_stage)
+          using c_client, c_engagement, p_flow_id,
+                pg_catalog.pg_get_serial_sequence('pyflows.assets', 'id')::regclass;
     exception when not_null_violation or check_violation or unique_violation or numeric_value_out_of_range then
         get stacked diagnostics v_message = message_text, v_constraint = constraint_name;
         perform pyflows._refuse_rows('assets', v_message, v_constraint);
@@ -267,3 +266,5 @@ revoke all on function pyflows._stage(text, text[]), pyflows._flow_for_loading(u
 grant execute on function pyflows._stage(text, text[]), pyflows._flow_for_loading(uuid), pyflows._import_for_loading(uuid),
     pyflows._refuse_rows(text, text, text), pyflows.load_records(uuid, text), pyflows.load_mappings(uuid, text),
     pyflows.load_assets(uuid, text), pyflows.load_dependencies(uuid, text) to pyflows_app;
+-- load_assets draws the ids of the assets it inserts from their identity sequence.
+grant usage on sequence pyflows.assets_id_seq to pyflows_app;
