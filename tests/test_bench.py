@@ -11,7 +11,8 @@ from pyflows.testing import ServerInfo
 
 TINY = ["--runs", "1", "--assets", "50", "--growth", "10,40", "--engagements", "20", "--flows", "200",
         "--list-calls", "10", "--clients", "3", "--contexts", "4", "--seconds", "1", "--purge-assets", "100",
-        "--batch-rows", "60", "--batch-flows", "10", "--ids", "5,20", "--records", "300", "--ingest-assets", "40"]
+        "--batch-rows", "60", "--batch-flows", "10", "--ids", "5,20", "--records", "300", "--ingest-assets", "40",
+        "--race-clients", "4", "--race-seconds", "0.5"]
 
 
 @pytest.fixture(scope="module")
@@ -81,3 +82,10 @@ def test_ingest_loads_every_variant_in_both_rounds(reports: dict[str, dict]) -> 
         variants = report["medians"][round_]
         assert set(variants) == {"bulk", "insert", "keys (copy)", "keys (insert)", "plain copy"}
         assert all(set(times) == {"raw_import_records", "assets", "asset_dependencies"} for times in variants.values())
+
+
+def test_race_keeps_one_incomplete_flow_with_pyflows(reports: dict[str, dict]) -> None:
+    results = reports["race"]["results"]
+    assert results["pyflows"]["incomplete_after"] == results["pyflows"]["started"] == 1
+    assert results["pyflows"]["refused"] == results["pyflows"]["attempts"] - 1 > 0
+    assert results["app-level check"]["incomplete_after"] == results["app-level check"]["started"] >= 1
