@@ -8,7 +8,8 @@ with --suite): ``delete`` (audited delete, impact, restore vs the unaudited casc
 installation), ``concurrency`` (many clients starting and finishing flows), ``purge`` (batched purge
 vs cascade), ``batches`` (many small flows in one call), ``memory`` (the CLI's peak memory) and
 ``ingest`` (loading a flow through the bulk path and INSERTs, against copies with only keys) and
-``race`` (concurrent uploads against the gate, and against the application-level check it replaced).
+``race`` (concurrent uploads against the gate, and against the application-level check it replaced)
+and ``peers`` (an ORM's cascade, hand-written DELETEs and the unaudited cascade beside delete_flow).
 
 Absolute seconds on a shared machine mean little; the ratios against the baseline measured in the
 same run are the result. ``--record`` writes each suite's table into docs/benchmarks.md.
@@ -26,12 +27,12 @@ from typing import Any
 
 import psycopg
 
-from . import batches, concurrency, delete, gate, ingest, memory, purge, race
+from . import batches, concurrency, delete, gate, ingest, memory, peers, purge, race
 from .common import Conn, app_dsn, describe, environment, scratch_database
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "benchmarks.md"
-SUITES = ("delete", "growth", "gate", "concurrency", "purge", "batches", "memory", "ingest", "race")
+SUITES = ("delete", "growth", "gate", "concurrency", "purge", "batches", "memory", "ingest", "race", "peers")
 
 
 def _sizes(text: str) -> list[int]:
@@ -63,6 +64,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ingest-runs", type=int, default=1, help="ingest: runs of each variant in each round.")
     p.add_argument("--race-clients", type=int, default=16, help="race: concurrent uploaders.")
     p.add_argument("--race-seconds", type=float, default=5.0, help="race: how long they upload.")
+    p.add_argument("--peer-assets", type=int, default=62_500, help="peers: assets of the flow (about 4 rows each).")
+    p.add_argument("--peer-runs", type=int, default=1, help="peers: runs of each variant.")
     p.add_argument("--record", action="store_true", help="Write the results into docs/benchmarks.md.")
     return p
 
@@ -88,6 +91,7 @@ def suites(args: argparse.Namespace, bench_dsn: str) -> dict[str, tuple[Callable
         "ingest": (lambda c: ingest.run(args.dsn, args.records, args.ingest_assets, args.ingest_runs),
                    ingest.markdown),
         "race": (lambda c: race.run(c, bench_dsn, args.race_clients, args.race_seconds), race.markdown),
+        "peers": (lambda c: peers.run(c, bench_dsn, args.peer_assets, args.peer_runs), peers.markdown),
     }
 
 

@@ -12,7 +12,7 @@ from pyflows.testing import ServerInfo
 TINY = ["--runs", "1", "--assets", "50", "--growth", "10,40", "--engagements", "20", "--flows", "200",
         "--list-calls", "10", "--clients", "3", "--contexts", "4", "--seconds", "1", "--purge-assets", "100",
         "--batch-rows", "60", "--batch-flows", "10", "--ids", "5,20", "--records", "300", "--ingest-assets", "40",
-        "--race-clients", "4", "--race-seconds", "0.5"]
+        "--race-clients", "4", "--race-seconds", "0.5", "--peer-assets", "20"]
 
 
 @pytest.fixture(scope="module")
@@ -89,3 +89,11 @@ def test_race_keeps_one_incomplete_flow_with_pyflows(reports: dict[str, dict]) -
     assert results["pyflows"]["incomplete_after"] == results["pyflows"]["started"] == 1
     assert results["pyflows"]["refused"] == results["pyflows"]["attempts"] - 1 > 0
     assert results["app-level check"]["incomplete_after"] == results["app-level check"]["started"] >= 1
+
+
+def test_peers_delete_the_same_flow_every_way(reports: dict[str, dict]) -> None:
+    report = reports["peers"]
+    assert report["rows"] == 20 + 2 * 19 + 20 + 4 + 1 + 1
+    assert list(report["results"]) == ["unaudited cascade", "leaf-first DELETEs", 'ORM, cascade="all, delete-orphan"',
+                                       "ORM, no edge collections", "ORM, passive_deletes=True", "delete_flow"]
+    assert all(r["min"] > 0 for r in report["results"].values())
