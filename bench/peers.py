@@ -70,8 +70,9 @@ def orm(edge_collections: bool, passive: bool) -> Any:
             "__tablename__": name, "__annotations__": {},
             "client_id": mapped_column(Uuid, primary_key=True), "engagement_id": mapped_column(Uuid, primary_key=True),
             "id": mapped_column(BigInteger, primary_key=True), column: mapped_column(Uuid),
-            "__table_args__": (ForeignKeyConstraint(["client_id", "engagement_id", column],
-                                                    [f"{parent}.client_id", f"{parent}.engagement_id", f"{parent}.id"]),)})
+            "__table_args__": (ForeignKeyConstraint(
+                ["client_id", "engagement_id", column],
+                [f"{parent}.client_id", f"{parent}.engagement_id", f"{parent}.id"]),)})
 
     Record = reg.mapped(child("raw_import_records", "data_imports", "import_id"))
     Mapping = reg.mapped(child("import_field_mappings", "data_imports", "import_id"))
