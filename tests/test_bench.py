@@ -32,9 +32,6 @@ def test_delete_suite_compares_every_variant_with_the_cascade(reports: dict[str,
     assert set(report["results"]) == {"unaudited", "delete_flow", "row_jsonb", "archive_write", "impact", "restore"}
     assert report["results"]["unaudited"]["ratio"] == pytest.approx(1.0)
     assert all(r["min"] > 0 for r in report["results"].values())
-    sent = report["statements"]  # the lazy ORM loads every collection and deletes row by row
-    assert sent['ORM, cascade="all, delete-orphan"'] > sent["ORM, no edge collections"] > \
-        sent["ORM, passive_deletes=True"] >= 1
 
 
 def test_growth_measures_each_size(reports: dict[str, dict]) -> None:
