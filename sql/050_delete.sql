@@ -244,15 +244,31 @@ begin
 end;
 $$;
 
+-- Bound the lock waits of the caller's work that follows to pyflows.lock_timeout (_lock_wait_ms) and
+-- return the lock_timeout it replaced, which the caller puts back when done; a wait that runs out is
+-- 55P03, which the caller turns into PF423 with _refuse_busy.
+create or replace function pyflows._bound_lock_waits()
+returns text
+language plpgsql
+set search_path = pg_catalog, pyflows, pg_temp
+as $$
+declare
+    v_was text := current_setting('lock_timeout');
+begin
+    perform set_config('lock_timeout', pyflows._lock_wait_ms(), true);
+    return v_was;
+end;
+$$;
+
 -- PF423 for a lock wait that ran out (55P03) or a deadlock (40P01) while doing p_done to the flow:
--- another transaction holds some of its rows. Retrying once it has finished succeeds.
+-- another transaction holds rows it needs. Retrying once it has finished succeeds.
 create or replace function pyflows._refuse_busy(p_flow_id uuid, p_done text, p_message text)
 returns void
 language plpgsql
 set search_path = pg_catalog, pyflows, pg_temp
 as $$
 begin
-    raise exception 'flow % cannot be % now: another transaction holds rows it owns', p_flow_id, p_done
+    raise exception 'flow % cannot be % now: another transaction holds rows it needs', p_flow_id, p_done
         using errcode = 'PF423',
               detail = jsonb_build_object('flow_id', p_flow_id, 'reason', p_message,
                                           'lock_timeout', current_setting('lock_timeout'))::text,
@@ -273,9 +289,8 @@ language plpgsql
 set search_path = pg_catalog, pyflows, pg_temp
 as $$
 declare
-    v_wait text := current_setting('lock_timeout');
+    v_wait text := pyflows._bound_lock_waits();
 begin
-    perform set_config('lock_timeout', pyflows._lock_wait_ms(), true);
     if p_guarded then
         begin
             delete from pyflows.discovery_flows as f
@@ -423,7 +438,7 @@ begin
                 get stacked diagnostics v_state = returned_sqlstate, v_text = message_text;
                 if v_state in ('55P03', '40P01') then
                     v_state := 'PF423';
-                    v_text := format('flow %s cannot be deleted now: another transaction holds rows it owns (%s)',
+                    v_text := format('flow %s cannot be deleted now: another transaction holds rows it needs (%s)',
                                      v_id, v_text);
                 end if;
                 return query select v_id, false, null::bigint, v_state, v_text;
@@ -484,7 +499,8 @@ end;
 $$;
 
 revoke all on function
-    pyflows._lock_wait_ms(), pyflows._refuse_busy(uuid, text, text), pyflows._delete_flow_row(uuid, text, boolean),
+    pyflows._lock_wait_ms(), pyflows._bound_lock_waits(), pyflows._refuse_busy(uuid, text, text),
+    pyflows._delete_flow_row(uuid, text, boolean),
     pyflows._delete_flow(uuid, text, boolean, boolean), pyflows._refuse_if_blocked(uuid, jsonb, text), pyflows._purge_threshold(), pyflows._deletion_counts(uuid), pyflows._deletion_verdict(jsonb, jsonb, boolean, boolean),
     pyflows._flow_for_deletion(uuid), pyflows.deletion_safety(uuid, boolean), pyflows.deletion_impact(uuid),
     pyflows.delete_flow(uuid, text, boolean), pyflows.delete_flows(uuid[], text, boolean, boolean),
@@ -492,7 +508,8 @@ revoke all on function
     from public;
 revoke all on function pyflows._deletion_result(bigint) from public;
 grant execute on function
-    pyflows._delete_flow(uuid, text, boolean, boolean), pyflows._refuse_busy(uuid, text, text),
+    pyflows._delete_flow(uuid, text, boolean, boolean), pyflows._lock_wait_ms(), pyflows._bound_lock_waits(),
+    pyflows._refuse_busy(uuid, text, text),
     pyflows._refuse_if_blocked(uuid, jsonb, text), pyflows._purge_threshold(), pyflows._deletion_counts(uuid), pyflows._deletion_verdict(jsonb, jsonb, boolean, boolean),
     pyflows._flow_for_deletion(uuid), pyflows.deletion_safety(uuid, boolean), pyflows.deletion_impact(uuid),
     pyflows.delete_flow(uuid, text, boolean), pyflows.delete_flows(uuid[], text, boolean, boolean),

@@ -46,6 +46,7 @@ declare
     v_kept       bigint;
     v_restore    bigint;
     v_constraint text;
+    v_wait       text;
 begin
     perform pyflows._require_context(true);
     if p_event_id is null then
@@ -106,45 +107,51 @@ begin
     -- Files first: nothing is written if a drain may be removing one of them right now.
     perform pyflows._claim_restored_files(p_event_id);
 
-    begin
+    v_wait := pyflows._bound_lock_waits();
+    begin  -- rows other transactions hold (another flow's asset an edge points at): PF423 after the bound
+        begin
+            execute format(
+                'insert into pyflows.discovery_flows (%1$s)
+                 select %1$s from (select (jsonb_populate_record(r, $4)).*
+                                     from pyflows_audit.discovery_flows_chunks as c cross join lateral unnest(c.rows) as r
+                                    where c.event_id = $1) as a
+                  where a.client_id = $2 and a.engagement_id = $3',
+                pyflows._column_list('discovery_flows'))
+              using p_event_id, c_client, c_engagement, v_override;
+        exception when unique_violation then
+            get stacked diagnostics v_constraint = constraint_name;
+            if v_constraint = 'discovery_flows_one_incomplete' then
+                perform pyflows._raise_incomplete_flow_exists(pyflows._blocking_flow());
+            end if;
+            raise exception 'flow % exists: there is nothing to restore', v_flow_id
+                using errcode = 'PF422', detail = json_build_object('flow_id', v_flow_id)::text;
+        end;
+        v_counts := jsonb_build_object('discovery_flows', 1);
+        foreach v_table in array c_children loop
+            execute format('insert into pyflows.%1$I (%2$s) select %2$s from pyflows_audit.%1$I
+                             where event_id = $1 and client_id = $2 and engagement_id = $3',
+                           v_table, pyflows._column_list(v_table))
+              using p_event_id, c_client, c_engagement;
+            get diagnostics v_n = row_count;
+            v_counts := v_counts || jsonb_build_object(v_table, v_n);
+        end loop;
         execute format(
-            'insert into pyflows.discovery_flows (%1$s)
-             select %1$s from (select (jsonb_populate_record(r, $4)).*
-                                 from pyflows_audit.discovery_flows_chunks as c cross join lateral unnest(c.rows) as r
-                                where c.event_id = $1) as a
-              where a.client_id = $2 and a.engagement_id = $3',
-            pyflows._column_list('discovery_flows'))
-          using p_event_id, c_client, c_engagement, v_override;
-    exception when unique_violation then
-        get stacked diagnostics v_constraint = constraint_name;
-        if v_constraint = 'discovery_flows_one_incomplete' then
-            perform pyflows._raise_incomplete_flow_exists(pyflows._blocking_flow());
-        end if;
-        raise exception 'flow % exists: there is nothing to restore', v_flow_id
-            using errcode = 'PF422', detail = json_build_object('flow_id', v_flow_id)::text;
-    end;
-    v_counts := jsonb_build_object('discovery_flows', 1);
-    foreach v_table in array c_children loop
-        execute format('insert into pyflows.%1$I (%2$s) select %2$s from pyflows_audit.%1$I
-                         where event_id = $1 and client_id = $2 and engagement_id = $3',
-                       v_table, pyflows._column_list(v_table))
+            'insert into pyflows.asset_dependencies (%1$s) select %1$s from pyflows_audit.asset_dependencies as d
+              where d.event_id = $1 and d.client_id = $2 and d.engagement_id = $3
+                and exists (select from pyflows.discovery_flows as f
+                             where f.client_id = d.client_id and f.engagement_id = d.engagement_id and f.id = d.flow_id)
+                and exists (select from pyflows.assets as a
+                             where a.client_id = d.client_id and a.engagement_id = d.engagement_id and a.id = d.source_asset_id)
+                and exists (select from pyflows.assets as a
+                             where a.client_id = d.client_id and a.engagement_id = d.engagement_id and a.id = d.target_asset_id)',
+            pyflows._column_list('asset_dependencies'))
           using p_event_id, c_client, c_engagement;
         get diagnostics v_n = row_count;
-        v_counts := v_counts || jsonb_build_object(v_table, v_n);
-    end loop;
-    execute format(
-        'insert into pyflows.asset_dependencies (%1$s) select %1$s from pyflows_audit.asset_dependencies as d
-          where d.event_id = $1 and d.client_id = $2 and d.engagement_id = $3
-            and exists (select from pyflows.discovery_flows as f
-                         where f.client_id = d.client_id and f.engagement_id = d.engagement_id and f.id = d.flow_id)
-            and exists (select from pyflows.assets as a
-                         where a.client_id = d.client_id and a.engagement_id = d.engagement_id and a.id = d.source_asset_id)
-            and exists (select from pyflows.assets as a
-                         where a.client_id = d.client_id and a.engagement_id = d.engagement_id and a.id = d.target_asset_id)',
-        pyflows._column_list('asset_dependencies'))
-      using p_event_id, c_client, c_engagement;
-    get diagnostics v_n = row_count;
-    v_counts := v_counts || jsonb_build_object('asset_dependencies', v_n);
+        v_counts := v_counts || jsonb_build_object('asset_dependencies', v_n);
+    exception when lock_not_available or deadlock_detected then
+        perform pyflows._refuse_busy(v_flow_id, 'restored', sqlerrm);
+    end;
+    perform set_config('lock_timeout', v_wait, true);
     select count(*) - v_n into v_skipped from pyflows_audit.asset_dependencies as d
      where d.event_id = p_event_id and d.client_id = c_client and d.engagement_id = c_engagement;
 

@@ -5,7 +5,9 @@
 -- with one INSERT ... SELECT, which the policies check like any insert. The functions run as the
 -- caller (SECURITY INVOKER): they read only a relation the caller may read, write only what the
 -- caller may write, in the caller's tenant context. Each locks the flow (NOWAIT), refuses a flow being
--- purged (PF404) or finished (PF422), and turns a bad row into PF422 with nothing written.
+-- purged (PF404) or finished (PF422), turns a bad row into PF422 with nothing written, and waits for
+-- rows other transactions hold (another flow's asset an edge points at) at most pyflows.lock_timeout,
+-- then PF423.
 --
 -- The staging tables' columns (names as listed; any order; extra columns are ignored):
 --   load_records       ord bigint, data jsonb
@@ -120,12 +122,14 @@ declare
     v_count      bigint;
     v_message    text;
     v_constraint text;
+    v_wait       text;
 begin
     perform pyflows._require_context();
     v_flow_id := pyflows._import_for_loading(p_import_id);
     v_stage := pyflows._stage(p_stage, array['ord bigint', 'data jsonb']);
     select coalesce(max(r.row_number), 0) into v_last from pyflows.raw_import_records as r
      where r.client_id = c_client and r.engagement_id = c_engagement and r.import_id = p_import_id;
+    v_wait := pyflows._bound_lock_waits();
     begin
         execute format('insert into pyflows.raw_import_records (client_id, engagement_id, import_id, row_number, data)
                         select $1, $2, $3, $4 + row_number() over (order by s.ord), s.data from %s as s', v_stage)
@@ -134,7 +138,10 @@ begin
     exception when not_null_violation or check_violation or unique_violation or numeric_value_out_of_range then
         get stacked diagnostics v_message = message_text, v_constraint = constraint_name;
         perform pyflows._refuse_rows('raw records', v_message, v_constraint);
+    when lock_not_available or deadlock_detected then
+        perform pyflows._refuse_busy(v_flow_id, 'loaded', sqlerrm);
     end;
+    perform set_config('lock_timeout', v_wait, true);
     update pyflows.data_imports as i
        set record_count = i.record_count + v_n, updated_at = now()
      where i.client_id = c_client and i.engagement_id = c_engagement and i.id = p_import_id
@@ -160,11 +167,13 @@ declare
     v_n          bigint;
     v_message    text;
     v_constraint text;
+    v_wait       text;
 begin
     perform pyflows._require_context();
     v_flow_id := pyflows._import_for_loading(p_import_id);
     v_stage := pyflows._stage(p_stage, array['source_field text', 'target_attribute text', 'confidence numeric',
                                              'status text']);
+    v_wait := pyflows._bound_lock_waits();
     begin
         execute format('insert into pyflows.import_field_mappings (client_id, engagement_id, import_id, source_field,
                                                                    target_attribute, confidence, status)
@@ -176,7 +185,10 @@ begin
     exception when not_null_violation or check_violation or unique_violation or numeric_value_out_of_range then
         get stacked diagnostics v_message = message_text, v_constraint = constraint_name;
         perform pyflows._refuse_rows('field mappings', v_message, v_constraint);
+    when lock_not_available or deadlock_detected then
+        perform pyflows._refuse_busy(v_flow_id, 'loaded', sqlerrm);
     end;
+    perform set_config('lock_timeout', v_wait, true);
     return jsonb_build_object('import_id', p_import_id, 'flow_id', v_flow_id, 'loaded', v_n);
 end;
 $$;
@@ -197,11 +209,13 @@ declare
     v_stage      regclass;
     v_message    text;
     v_constraint text;
+    v_wait       text;
 begin
     perform pyflows._require_context();
     perform pyflows._flow_for_loading(p_flow_id);
     v_stage := pyflows._stage(p_stage, array['ord bigint', 'name text', 'asset_type text', 'hostname text',
                                              'ip_address inet', 'operating_system text', 'attributes jsonb']);
+    v_wait := pyflows._bound_lock_waits();
     begin
         return query execute format(
             'with staged as materialized (
@@ -218,7 +232,10 @@ begin
     exception when not_null_violation or check_violation or unique_violation or numeric_value_out_of_range then
         get stacked diagnostics v_message = message_text, v_constraint = constraint_name;
         perform pyflows._refuse_rows('assets', v_message, v_constraint);
+    when lock_not_available or deadlock_detected then
+        perform pyflows._refuse_busy(p_flow_id, 'loaded', sqlerrm);
     end;
+    perform set_config('lock_timeout', v_wait, true);
     update pyflows.discovery_flows as f set last_activity_at = now()
      where f.client_id = c_client and f.engagement_id = c_engagement and f.id = p_flow_id;
 end;
@@ -238,11 +255,13 @@ declare
     v_n          bigint;
     v_message    text;
     v_constraint text;
+    v_wait       text;
 begin
     perform pyflows._require_context();
     perform pyflows._flow_for_loading(p_flow_id);
     v_stage := pyflows._stage(p_stage, array['source_asset_id bigint', 'target_asset_id bigint',
                                              'dependency_type text']);
+    v_wait := pyflows._bound_lock_waits();
     begin
         execute format('insert into pyflows.asset_dependencies (client_id, engagement_id, flow_id, source_asset_id,
                                                                 target_asset_id, dependency_type)
@@ -253,7 +272,10 @@ begin
     exception when not_null_violation or check_violation or unique_violation or foreign_key_violation then
         get stacked diagnostics v_message = message_text, v_constraint = constraint_name;
         perform pyflows._refuse_rows('dependency edges', v_message, v_constraint);
+    when lock_not_available or deadlock_detected then
+        perform pyflows._refuse_busy(p_flow_id, 'loaded', sqlerrm);
     end;
+    perform set_config('lock_timeout', v_wait, true);
     update pyflows.discovery_flows as f set last_activity_at = now()
      where f.client_id = c_client and f.engagement_id = c_engagement and f.id = p_flow_id;
     return jsonb_build_object('flow_id', p_flow_id, 'loaded', v_n);

@@ -163,6 +163,20 @@ def test_files_drain(run: Callable[..., Result], tenant_a: Tenant, owner: psycop
     assert_one_line_error(run("files", None, "drain", role="app"), Exit.FORBIDDEN, "pyflows_admin")
 
 
+def test_files_drain_refuses_bad_roots_before_claiming_anything(run: Callable[..., Result], tenant_a: Tenant,
+                                                                  owner: psycopg.Connection[Any]) -> None:
+    target = tree(owner, tenant_a, status="paused")
+    run("flows", tenant_a, "delete", str(target.flow_id), "--reason", "x", "--yes")
+    before = owner.execute("select attempts, done_at from pyflows.file_cleanup_queue").fetchall()
+    for root, why in (("relative/uploads", "not an absolute path"), ("/nonexistent/pyflows-uploads", "not a folder")):
+        refused = run("files", None, "drain", "--root", root, role="admin")
+        assert refused.exit_code == Exit.USAGE and why in refused.stderr, refused.stderr
+    assert owner.execute("select attempts, done_at from pyflows.file_cleanup_queue").fetchall() == before
+    # A root naming the tenant need not exist yet; its entries are refused (outside it), not removed.
+    templated = run("files", None, "drain", "--root", "/nonexistent/{client_id}", "--json", role="admin")
+    assert templated.exit_code == Exit.ERROR and "outside every storage root" in templated.stdout
+
+
 def test_purge_restore_and_prune_from_the_cli(run: Callable[..., Result], tenant_a: Tenant,
                                               owner: psycopg.Connection[Any]) -> None:
     target = tree(owner, tenant_a, status="paused", records=30)

@@ -26,7 +26,15 @@ from pyflows.errors import FlowBusy, InvalidRequest
 from pyflows.files import Storages, drain
 from pyflows.testing import Tenant, bind
 
-from .helpers import FLOW_TREE_TABLES, app_routines, call_routine, fingerprint, mark_deleting, write_flow_tree
+from .helpers import (
+    FLOW_TREE_TABLES,
+    app_routines,
+    call_routine,
+    fingerprint,
+    mark_deleting,
+    set_raw_context,
+    write_flow_tree,
+)
 from .test_isolation_matrix import World, admin_routines, argument, world  # noqa: F401  (world is a fixture)
 
 Connect = Callable[..., psycopg.Connection[Any]]
@@ -557,6 +565,43 @@ def test_writers_never_wait_for_a_locked_flow(owner: psycopg.Connection[Any], te
     with pytest.raises(psycopg.Error) as caught:
         conn.execute(call, {"f": target.flow_id})
     assert caught.value.sqlstate == "PF423", caught.value
+
+
+def test_loads_and_restores_do_not_queue_behind_a_row_another_flow_holds(
+        owner: psycopg.Connection[Any], tenant_a: Tenant, pyflows_connect: Connect, holder: Any) -> None:
+    # An edge may point at another flow's asset; a worker (or a delete) holding that asset's row makes
+    # the foreign-key check wait: at most pyflows.lock_timeout, then PF423, nothing written.
+    deleted, other = tree(owner, tenant_a, status="cancelled"), tree(owner, tenant_a, status="completed")
+    with owner.transaction():  # an edge of the deleted flow into the other flow's asset, for the restore
+        set_raw_context(owner, tenant_a)
+        owner.execute("insert into pyflows.asset_dependencies (client_id, engagement_id, flow_id, source_asset_id, "
+                      "target_asset_id, dependency_type) values (%s, %s, %s, %s, %s, 'cross')",
+                      (tenant_a.client_id, tenant_a.engagement_id, deleted.flow_id, deleted.asset_ids[0],
+                       other.asset_ids[0]))
+    flows = Flows(pyflows_connect("app", autocommit=True)).tenant(tenant_a.client_id, tenant_a.engagement_id, "x")
+    event = flows.delete(deleted.flow_id, "to restore", force=True).event_id
+    loading = flows.start("loading")
+    mine = flows.copy_assets(loading.flow_id, [{"name": "n", "asset_type": "server"}])
+    held = holder("select 1 from pyflows.assets where id = %s for update", other.asset_ids[0])
+    conn = bounded(pyflows_connect("app"))
+    conn.execute("create temp table stage_edges (source_asset_id bigint, target_asset_id bigint, "
+                 "dependency_type text)")
+    conn.execute("insert into stage_edges values (%s, %s, 'cross')", (mine[0], other.asset_ids[0]))
+    conn.commit()
+    before = fingerprint(owner)
+    for call, params, done in (("select pyflows.load_dependencies(%s, 'pg_temp.stage_edges')", loading.flow_id,
+                                "loaded"),
+                               ("select pyflows.restore_flow(%s)", event, "restored")):
+        bind(conn, acting(tenant_a, "x"))
+        with pytest.raises(psycopg.Error) as caught:
+            conn.execute(call, (params,))
+        assert caught.value.sqlstate == "PF423" and f"cannot be {done} now" in str(caught.value)
+        conn.rollback()
+    assert fingerprint(owner) == before
+    held.rollback()  # the worker is done: the load goes through
+    bind(conn, acting(tenant_a, "x"))
+    assert conn.execute("select pyflows.load_dependencies(%s, 'pg_temp.stage_edges') ->> 'loaded'",
+                        (loading.flow_id,)).fetchone() == ("1",)
 
 
 @pytest.mark.parametrize(("session", "setting", "waited"), [
