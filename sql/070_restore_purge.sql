@@ -316,15 +316,14 @@ as $$
 declare
     c_client     constant uuid := pyflows.current_client_id();
     c_engagement constant uuid := pyflows.current_engagement_id();
-    c_planner    constant text[] := array['enable_seqscan', 'enable_indexscan', 'enable_bitmapscan', 'jit',
-                                          'lock_timeout'];
+    c_planner    constant text[] := array['enable_seqscan', 'enable_indexscan', 'enable_bitmapscan', 'jit'];
     c_saved      constant text[] := array[current_setting('enable_seqscan'), current_setting('enable_indexscan'),
-                                          current_setting('enable_bitmapscan'), current_setting('jit'),
-                                          current_setting('lock_timeout')];
+                                          current_setting('enable_bitmapscan'), current_setting('jit')];
     v_imports  uuid[];
     v_rows     tid[];
     v_n        bigint;
     v_edges    bigint;
+    v_wait     text;
 begin
     perform pyflows._require_context(true);
     if p_step is null or p_step not between 1 and 5 then
@@ -364,7 +363,7 @@ begin
     end if;
     perform pyflows_audit._open_event(p_event);
     perform set_config(c_planner[i], 'off', true) from generate_series(1, 4) as i;
-    perform set_config('lock_timeout', pyflows._lock_wait_ms(), true);
+    v_wait := pyflows._bound_lock_waits();
     begin
         case p_step
         when 1 then
@@ -391,7 +390,8 @@ begin
     exception when lock_not_available or deadlock_detected then
         perform pyflows._refuse_busy(p_flow_id, 'purged', sqlerrm);
     end;
-    perform set_config(c_planner[i], c_saved[i], true) from generate_series(1, 5) as i;
+    perform set_config(c_planner[i], c_saved[i], true) from generate_series(1, 4) as i;
+    perform set_config('lock_timeout', v_wait, true);
     perform pyflows_audit._end_event();
     if p_step = 4 then  -- with the edges of other flows that went along through the cascade
         select v_n + coalesce((e.deleted ->> 'asset_dependencies')::bigint, 0) - v_edges into v_n

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,11 @@ class FlowTree:
     flow_id: uuid.UUID
     import_id: uuid.UUID
     asset_ids: tuple[int, ...]
+
+
+def acting(tenant: Tenant, actor: str) -> Tenant:
+    """The same tenant context with an actor (what destructive calls need)."""
+    return dataclasses.replace(tenant, actor=actor)
 
 
 def set_raw_context(conn: psycopg.Connection[Any], tenant: Tenant) -> None:

@@ -3,7 +3,6 @@ application login under row-level security, and the SQL staging pattern behind t
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
 from typing import Any
 
@@ -13,17 +12,13 @@ import pytest
 from pyflows.errors import FlowBusy, FlowNotFound, InvalidRequest
 from pyflows.testing import Tenant, bind
 
-from .helpers import fingerprint, mark_deleting, write_flow_tree
+from .helpers import acting, fingerprint, mark_deleting, write_flow_tree
 from .lifecycle_support import ApiFactory
-
-
-def acting(tenant: Tenant) -> Tenant:
-    return dataclasses.replace(tenant, actor="loader")
 
 
 def test_a_flow_is_loaded_in_bulk_with_ids_for_its_edges(api: ApiFactory, tenant_a: Tenant,
                                                          owner: psycopg.Connection[Any]) -> None:
-    flows = api(acting(tenant_a))
+    flows = api(acting(tenant_a, "loader"))
     started = flows.start_import("cmdb.csv", "file:///uploads/cmdb.csv", 10)
     records = [{"Host": f"h{n}", "IP": f"10.0.0.{n}"} for n in range(1, 301)] + [None, [1, 2], "text"]
     first = flows.copy_records(started.import_id, iter(records))  # any iterable, streamed
@@ -59,7 +54,7 @@ def test_a_flow_is_loaded_in_bulk_with_ids_for_its_edges(api: ApiFactory, tenant
 
 def test_a_bad_row_loads_nothing_and_says_why(api: ApiFactory, tenant_a: Tenant,
                                               owner: psycopg.Connection[Any]) -> None:
-    flows = api(acting(tenant_a))
+    flows = api(acting(tenant_a, "loader"))
     started = flows.start_import("cmdb.csv", "file:///uploads/cmdb.csv", 10)
     ids = flows.copy_assets(started.flow_id, [{"name": "a", "asset_type": "server"},
                                               {"name": "b", "asset_type": "server"}])
@@ -89,7 +84,7 @@ def test_loads_refuse_finished_purged_foreign_and_locked_flows(api: ApiFactory, 
         purged = write_flow_tree(owner, tenant_a, status="cancelled")
         mark_deleting(owner, tenant_a, purged.flow_id)
         theirs = write_flow_tree(owner, tenant_b, status="paused")
-    flows = api(acting(tenant_a))
+    flows = api(acting(tenant_a, "loader"))
     asset = [{"name": "n", "asset_type": "server"}]
     before = fingerprint(owner)
     with pytest.raises(InvalidRequest):
@@ -119,7 +114,7 @@ def test_the_staging_pattern_from_sql(owner: psycopg.Connection[Any], tenant_a: 
     with owner.transaction():
         target = write_flow_tree(owner, tenant_a, status="paused", assets=0, records=0)
     conn = pyflows_connect("app")
-    bind(conn, acting(tenant_a))
+    bind(conn, acting(tenant_a, "loader"))
     conn.execute("create temp table stage_assets (ord bigint, name text, asset_type text, hostname text, "
                  "ip_address inet, operating_system text, attributes jsonb) on commit drop")
     with conn.cursor().copy("copy stage_assets (ord, name, asset_type) from stdin") as copy:
@@ -129,10 +124,10 @@ def test_the_staging_pattern_from_sql(owner: psycopg.Connection[Any], tenant_a: 
                        (target.flow_id,)).fetchall()
     conn.commit()
     assert [o for o, _ in ids] == list(range(1, 51)) and len({i for _, i in ids}) == 50
-    bind(conn, acting(tenant_a))
+    bind(conn, acting(tenant_a, "loader"))
     for stage in ("stage_nope", "pg_temp.stage_assets; drop table x", "pyflows.assets", None):
         with pytest.raises(psycopg.Error) as caught:
             conn.execute("select pyflows.load_assets(%s, %s)", (target.flow_id, stage))
         assert caught.value.sqlstate == "PF422", stage
         conn.rollback()
-        bind(conn, acting(tenant_a))
+        bind(conn, acting(tenant_a, "loader"))

@@ -7,7 +7,6 @@ and relation the code names), so a new function or table is attacked without any
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 import threading
@@ -28,6 +27,7 @@ from pyflows.testing import Tenant, bind
 
 from .helpers import (
     FLOW_TREE_TABLES,
+    acting,
     app_routines,
     call_routine,
     fingerprint,
@@ -35,19 +35,11 @@ from .helpers import (
     set_raw_context,
     write_flow_tree,
 )
+from .test_delete import tree
 from .test_isolation_matrix import World, admin_routines, argument, world  # noqa: F401  (world is a fixture)
 
 Connect = Callable[..., psycopg.Connection[Any]]
 BINDERS = {"set_context", "set_session_context", "clear_context"}
-
-
-def acting(tenant: Tenant, actor: str) -> Tenant:
-    return dataclasses.replace(tenant, actor=actor)
-
-
-def tree(owner: psycopg.Connection[Any], tenant: Tenant, **kwargs: Any) -> Any:
-    with owner.transaction():
-        return write_flow_tree(owner, tenant, **kwargs)
 
 
 def sqlstate_of(conn: psycopg.Connection[Any], statement: str, *params: Any) -> str:
