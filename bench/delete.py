@@ -65,7 +65,7 @@ def variants(client: uuid.UUID, engagement: uuid.UUID, flow: uuid.UUID,
         # The statement the delete triggers run on their transition table, here on the flow's rows
         # (the engagement holds this flow only), with the trigger function's own work_mem.
         c.execute("select set_config('work_mem', split_part(s, '=', 2), true) from pg_proc, unnest(proconfig) s "
-                  "where oid = 'pyflows_audit._on_delete'::regproc and s like 'work_mem=%'")
+                  "where oid = 'pyflows_audit._on_delete_assets'::regproc and s like 'work_mem=%'")
         for name in TABLES:
             source = sql.SQL("(select * from {} where client_id = {} and engagement_id = {})").format(
                 sql.Identifier("pyflows", name), sql.Literal(str(client)), sql.Literal(str(engagement)))

@@ -333,15 +333,18 @@ $$;
 -- thousands of flows in one transaction grows both tables as it goes (a sequential scan planned while
 -- they were small would make the batch quadratic). Only the SECURITY DEFINER delete functions call it.
 create or replace function pyflows._deletion_result(p_event bigint, out deleted jsonb, out files bigint)
-language sql
+language plpgsql
 stable
 set search_path = pg_catalog, pyflows, pg_temp
 set enable_seqscan = off
 as $$
+begin
     select e.deleted,
            (select count(*) from pyflows.file_cleanup_queue as q where q.event_id = e.id)  -- its partial index
+      into deleted, files
       from pyflows_audit.events as e
-     where e.id = p_event
+     where e.id = p_event;
+end;
 $$;
 
 -- delete_flow's work; p_guarded as _delete_flow_row (false only for delete_flows, which maps a lock
@@ -372,9 +375,9 @@ begin
                                           v_impact || jsonb_build_object('safety', v_verdict),
                                           v_flow, coalesce(p_force, false));
     perform pyflows._delete_flow_row(p_flow_id, 'deleted', coalesce(p_guarded, true));
-    -- The statement-level triggers have run: the event holds the counts actually deleted.
-    select r.deleted, r.files into v_deleted, v_files from pyflows._deletion_result(v_event) as r;
+    -- The statement-level triggers have run; closing the event counts what they archived.
     perform pyflows_audit._end_event();
+    select r.deleted, r.files into v_deleted, v_files from pyflows._deletion_result(v_event) as r;
     return jsonb_build_object('event_id', v_event, 'flow_id', p_flow_id, 'deleted', v_deleted,
                               'files_enqueued', v_files, 'forced', coalesce(p_force, false),
                               'warnings', v_verdict -> 'warnings');

@@ -42,8 +42,12 @@ DEFINER: dict[str, tuple[frozenset[str], str]] = {
     "pyflows_audit._statement_event(text,bigint,bigint,uuid,uuid,bigint,uuid)": (
         frozenset(), "called by the triggers"),
     "pyflows_audit._own_event()": (frozenset(), "called by the triggers"),
-    "pyflows_audit._on_delete()": (frozenset(), "trigger: archives deleted rows, queues deleted imports' files"),
 }
+# The delete trigger of each audited table (migration 0012 generates one function per table).
+DEFINER |= {f"pyflows_audit._on_delete_{table}()": (
+    frozenset(), "trigger: archives deleted rows, queues deleted imports' files")
+    for table in ("clients", "engagements", "discovery_flows", "data_imports", "raw_import_records",
+                  "import_field_mappings", "assets", "asset_dependencies")}
 
 FUNCTIONS = """
     select p.oid::regprocedure::text as signature, n.nspname as schema, p.prosecdef as definer,

@@ -80,6 +80,9 @@ JUSTIFIED: dict[tuple[str, str], str] = {
         "the functions dropped (a trigger helper whose signature changes, two helpers whose work moves into "
         "others) are internal: no role but the owner may execute them"),
     ("0010_hardening.rollback.sql", "require-concurrent-index-deletion"): ROLLBACK,
+    ("0012_delete_trigger_per_table.sql", "ban-drop-function"): (
+        "the shared trigger function dropped is internal (no role but the owner may execute it); every "
+        "trigger that used it runs a function of its own table from the same migration on"),
 }
 # Migration 0011 rebuilds the keys and foreign-key indexes of the flow-owned tables in another column
 # order. Every one of these findings is what rebuilding a key in one transaction is: the tables are

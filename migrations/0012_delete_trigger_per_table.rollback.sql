@@ -1,0 +1,128 @@
+-- pyflows 0012 rollback: the shared delete trigger function of migration 0010 again.
+
+create or replace function pyflows_audit._on_delete()
+returns trigger
+language plpgsql
+security definer
+set search_path = pg_catalog, pyflows_audit, pg_temp
+set enable_seqscan = off
+set enable_sort = off
+set work_mem = '64MB'
+as $$
+declare
+    v_tenant text := case tg_table_name when 'clients' then 'id, null::uuid'
+                                        when 'engagements' then 'client_id, id'
+                                        else 'client_id, engagement_id' end;
+    v_flow   text := case tg_table_name when 'discovery_flows' then 'id'
+                                        when 'data_imports' then 'flow_id'
+                                        when 'assets' then 'flow_id'
+                                        when 'asset_dependencies' then 'flow_id'
+                                        else 'null::uuid' end;
+    v_rows       bigint;
+    v_clients    bigint;
+    v_tenants    bigint;
+    v_client     uuid;
+    v_engagement uuid;
+    v_flows      bigint;
+    v_flow_id    uuid;
+    v_event      bigint;
+begin
+    v_event := pyflows_audit._own_event();
+    if v_event is null then
+        -- No API event is open: look at the rows (tenant, flow) to find or open the statement's event.
+        execute format(
+            'select count(*), count(distinct t.c), count(distinct (t.c, t.e)), min(t.c::text)::uuid,
+                    min(t.e::text)::uuid, count(distinct t.f), min(t.f::text)::uuid
+               from (select %s, %s from old_rows) as t(c, e, f)', v_tenant, v_flow)
+           into v_rows, v_clients, v_tenants, v_client, v_engagement, v_flows, v_flow_id;
+        if v_rows = 0 then
+            return null;
+        end if;
+        v_event := pyflows_audit._statement_event(tg_table_name, v_clients, v_tenants, v_client, v_engagement,
+                                                  v_flows, v_flow_id);
+    end if;
+    execute pyflows_audit._archive_statement(tg_table_name, 'old_rows')
+      into v_rows
+      using v_event;
+    if v_rows = 0 then
+        return null;
+    end if;
+    update pyflows_audit.events
+       set deleted = jsonb_set(deleted, array[tg_table_name],
+                               to_jsonb(coalesce((deleted ->> tg_table_name)::bigint, 0) + v_rows))
+     where id = v_event;
+    if tg_table_name = 'data_imports' then  -- (built with format: plpgsql_check checks every table's branch)
+        execute format('insert into pyflows.file_cleanup_queue (client_id, engagement_id, storage_uri, flow_id,
+                                                                import_id, event_id)
+                        select o.client_id, o.engagement_id, o.storage_uri, o.flow_id, o.id, $1 from %I as o',
+                       'old_rows')
+          using v_event;
+    end if;
+    return null;
+end;
+$$;
+
+revoke all on function pyflows_audit._on_delete() from public;
+
+create or replace trigger audit_delete after delete on pyflows.clients
+    referencing old table as old_rows for each statement execute function pyflows_audit._on_delete();
+create or replace trigger audit_delete after delete on pyflows.engagements
+    referencing old table as old_rows for each statement execute function pyflows_audit._on_delete();
+create or replace trigger audit_delete after delete on pyflows.discovery_flows
+    referencing old table as old_rows for each statement execute function pyflows_audit._on_delete();
+create or replace trigger audit_delete after delete on pyflows.data_imports
+    referencing old table as old_rows for each statement execute function pyflows_audit._on_delete();
+create or replace trigger audit_delete after delete on pyflows.raw_import_records
+    referencing old table as old_rows for each statement execute function pyflows_audit._on_delete();
+create or replace trigger audit_delete after delete on pyflows.import_field_mappings
+    referencing old table as old_rows for each statement execute function pyflows_audit._on_delete();
+create or replace trigger audit_delete after delete on pyflows.assets
+    referencing old table as old_rows for each statement execute function pyflows_audit._on_delete();
+create or replace trigger audit_delete after delete on pyflows.asset_dependencies
+    referencing old table as old_rows for each statement execute function pyflows_audit._on_delete();
+
+drop function pyflows_audit._on_delete_clients();
+drop function pyflows_audit._on_delete_engagements();
+drop function pyflows_audit._on_delete_discovery_flows();
+drop function pyflows_audit._on_delete_data_imports();
+drop function pyflows_audit._on_delete_raw_import_records();
+drop function pyflows_audit._on_delete_import_field_mappings();
+drop function pyflows_audit._on_delete_assets();
+drop function pyflows_audit._on_delete_asset_dependencies();
+drop function pyflows_audit._create_delete_trigger(text);
+
+create or replace function pyflows_audit._end_event()
+returns void
+language plpgsql
+security definer
+set search_path = pg_catalog, pyflows_audit, pg_temp
+set enable_seqscan = off
+as $$
+begin
+    update pyflows_audit.events as e
+       set details = e.details - 'open_txid'
+     where e.id = nullif(current_setting('pyflows.audit_event', true), '')::bigint
+       and e.details ->> 'open_txid' = txid_current()::text;
+    perform set_config('pyflows.audit_event', '', true);
+    perform set_config('pyflows.audit_statement', '', true);
+end;
+$$;
+
+drop function pyflows_audit._archived_counts(bigint);
+
+create or replace function pyflows_audit._guard_event_update()
+returns trigger
+language plpgsql
+set search_path = pg_catalog, pyflows_audit, pg_temp
+as $$
+declare
+    v_open_purge boolean := old.action = 'flow.purge' and old.details ->> 'state' = 'running';
+begin
+    if (to_jsonb(new) - 'deleted' - 'details') <> (to_jsonb(old) - 'deleted' - 'details')
+       or (old.txid <> txid_current() and not v_open_purge) then
+        raise exception 'the pyflows audit trail is append-only: event % cannot be changed', old.id
+            using errcode = 'PF403';
+    end if;
+    return new;
+end;
+$$;
