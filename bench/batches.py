@@ -8,13 +8,19 @@ and 8 dependency edges (24 rows). Variants, each in a rolled-back transaction, i
 - ``raw DELETE, audited``: one set-based ``DELETE`` of every flow of the engagement; the triggers
   still archive every row, under one ``sql.delete`` event;
 - ``raw DELETE, unaudited``: the same statement with every user trigger disabled (the baseline).
+
+Then one small flow at a time, each in its own rolled-back transaction, every flow one way before
+the next: ``delete_flow`` (with the ``set_context`` call before it, as an application makes both),
+a bare ``DELETE`` of the flow row (audited by the triggers, under a ``sql.delete`` event), and the
+same ``DELETE`` with the triggers disabled. Their p50 and p99 are the latency of a single delete.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from .common import PHASES, Conn, disable_triggers, ensure_tenant, interleaved, set_context, table, tenant
+from .common import PHASES, Conn, Timings, disable_triggers, ensure_tenant, interleaved, ms, set_context, table, tenant
 
 ASSETS_PER_FLOW = 5
 
@@ -82,14 +88,49 @@ def run(conn: Conn, flows: int, runs: int) -> dict[str, Any]:
     results = interleaved(conn, {"raw DELETE, unaudited": raw(False), "raw DELETE, audited": raw(True),
                                  "delete_flows atomic": api(True), "delete_flows per flow": api(False)}, runs)
     base = results["raw DELETE, unaudited"].median
+    single = singles(conn, client, engagement, ids[:SINGLES])
     return {"flows": flows, "rows": rows, "runs": runs,
-            "results": {n: {**t.summary(), "ratio": t.median / base} for n, t in results.items()}}
+            "results": {n: {**t.summary(), "ratio": t.median / base} for n, t in results.items()},
+            "single": {n: t.summary() for n, t in single.items()}}
+
+
+SINGLES = 300
+
+
+def singles(conn: Conn, client: Any, engagement: Any, ids: list[Any]) -> dict[str, Timings]:
+    """Seconds for deleting one small flow, each rolled back: every flow one way, then the next way.
+    (Not interleaved: disabling the triggers is DDL, whose invalidations would make the next
+    transaction plan every statement again.)"""
+    results = {name: Timings(name) for name in ("delete_flow", "DELETE, audited", "DELETE, unaudited")}
+    for name, timings in results.items():
+        for flow in ids:
+            with conn.transaction(force_rollback=True):
+                if name == "DELETE, unaudited":
+                    disable_triggers(conn)
+                started = time.perf_counter()
+                if name == "delete_flow":
+                    set_context(conn, client, engagement)
+                    conn.execute("select pyflows.delete_flow(%s, 'bench', true)", (flow,))
+                else:
+                    conn.execute("delete from pyflows.discovery_flows where client_id = %s and engagement_id = %s "
+                                 "and id = %s", (client, engagement, flow))
+                timings.add(time.perf_counter() - started)
+    return results
 
 
 def markdown(report: dict[str, Any]) -> list[str]:
     n = report["flows"]
     rows = [[name, f"{r['median']:.3f}", f"{1000 * r['median'] / n:.3f}", f"{r['ratio']:.2f}×"]
             for name, r in report["results"].items()]
+    single = report["single"]
+    singles_rows = [[name, ms(r["p50"]), ms(r["p99"]), f"{r['p50'] / single['DELETE, unaudited']['p50']:.2f}×"]
+                    for name, r in single.items()]
+    atomic = 1000 * report["results"]["delete_flows atomic"]["median"] / n
     return [f"### Batches: {n:,} small flows ({report['rows']:,} rows) in one call", "",
             f"Medians of {report['runs']} runs, interleaved, rolled back.", "",
-            *table(["variant", "median s", "ms / flow", "/ unaudited"], rows)]
+            *table(["variant", "median s", "ms / flow", "/ unaudited"], rows), "",
+            f"One small flow at a time ({single['delete_flow']['n']:,} flows, each deleted each way in its own "
+            "rolled-back transaction; `delete_flow` includes its `set_context` call):", "",
+            *table(["variant", "p50 ms", "p99 ms", "p50 / unaudited"], singles_rows), "",
+            f"- `delete_flow` of a small flow: p50 **{ms(single['delete_flow']['p50'])} ms** (target < 1.5 ms).",
+            f"- `delete_flows`, atomic: **{atomic:.2f} ms** a flow (target < 0.5 ms)."]

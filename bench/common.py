@@ -152,6 +152,12 @@ def set_context(conn: Conn, client: uuid.UUID, engagement: uuid.UUID) -> None:
     conn.execute("select pyflows.set_context(%s, %s, 'bench')", (client, engagement))
 
 
+def enable_triggers(conn: Conn) -> None:
+    """Every user trigger of the tenant tables on again (after disable_triggers, before a commit)."""
+    for table in TABLES:
+        conn.execute(sql.SQL("alter table {} enable trigger user").format(sql.Identifier("pyflows", table)))
+
+
 def disable_triggers(conn: Conn) -> None:
     """Every user trigger of the tenant tables off (in the caller's transaction): the unaudited baseline."""
     for table in TABLES:

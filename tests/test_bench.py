@@ -32,6 +32,8 @@ def test_delete_suite_compares_every_variant_with_the_cascade(reports: dict[str,
     assert set(report["results"]) == {"unaudited", "delete_flow", "row_jsonb", "archive_write", "impact", "restore"}
     assert report["results"]["unaudited"]["ratio"] == pytest.approx(1.0)
     assert all(r["min"] > 0 for r in report["results"].values())
+    # Fresh copies: each run's delete_flow archived exactly the copy's rows (the suite checks), both timed.
+    assert {name: r["n"] for name, r in report["fresh"].items()} == {"unaudited": 1, "delete_flow": 1}
 
 
 def test_growth_measures_each_size(reports: dict[str, dict]) -> None:
@@ -62,6 +64,8 @@ def test_purge_measures_every_batch(reports: dict[str, dict]) -> None:
 
 def test_batches_and_memory_report_each_variant_and_size(reports: dict[str, dict]) -> None:
     assert reports["batches"]["rows"] == 10 * (1 + 1 + 5 + 4 + 5 + 8)
+    assert {name: r["n"] for name, r in reports["batches"]["single"].items()} == {
+        "delete_flow": 10, "DELETE, audited": 10, "DELETE, unaudited": 10}
     assert [p["ids"] for p in reports["memory"]["points"]] == [5, 20]
     assert all(p["delete_max_rss_mb"] > 10 for p in reports["memory"]["points"])
 

@@ -52,7 +52,8 @@ def strategy_for(type_: str, own: dict[str, Any]) -> st.SearchStrategy[Any]:
         "jsonb": st.one_of(st.none(), st.recursive(
             st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
             | text.filter(lambda t: t is not None),
-            lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(characters, max_size=5), inner, max_size=3),
+            lambda inner: st.lists(inner, max_size=3)
+            | st.dictionaries(st.text(characters, max_size=5), inner, max_size=3),
             max_leaves=8).map(Jsonb)),
         "timestamp with time zone": st.one_of(st.none(), st.datetimes(timezones=st.just(UTC)),
                                               st.just(datetime(1, 1, 1, tzinfo=UTC))),
