@@ -1,5 +1,21 @@
 -- pyflows 0012 rollback: the shared delete trigger function of migration 0010 again.
 
+-- The API event open for rows in this transaction, or NULL. The setting names which event to look at
+-- (one lookup by key); the event itself says whether it is open, and only the owner's code writes it.
+create function pyflows_audit._own_event()
+returns bigint
+language sql
+stable
+security definer
+set search_path = pg_catalog, pyflows_audit, pg_temp
+set enable_seqscan = off
+as $$
+    select e.id from pyflows_audit.events as e
+     where e.id = nullif(current_setting('pyflows.audit_event', true), '')::bigint
+       and e.details ->> 'open_txid' = txid_current()::text
+$$;
+revoke all on function pyflows_audit._own_event() from public;
+
 create or replace function pyflows_audit._on_delete()
 returns trigger
 language plpgsql
@@ -90,6 +106,8 @@ drop function pyflows_audit._on_delete_import_field_mappings();
 drop function pyflows_audit._on_delete_assets();
 drop function pyflows_audit._on_delete_asset_dependencies();
 drop function pyflows_audit._create_delete_trigger(text);
+drop function pyflows_audit._chunk_statement(text, text);
+drop function pyflows_audit._unowned_row(text);
 
 create or replace function pyflows_audit._end_event()
 returns void
@@ -108,7 +126,35 @@ begin
 end;
 $$;
 
-drop function pyflows_audit._archived_counts(bigint);
+drop index pyflows_audit.events_open;
+
+create or replace function pyflows_audit._begin_event(p_action text, p_flow_id uuid, p_reason text, p_impact jsonb,
+                                                      p_snapshot jsonb, p_forced boolean default false,
+                                                      p_details jsonb default '{}')
+returns bigint
+language plpgsql
+security definer
+set search_path = pg_catalog, pyflows_audit, pg_temp
+as $$
+declare
+    v_id bigint;
+begin
+    insert into pyflows_audit.events
+        (action, actor, client_id, engagement_id, flow_id, batch_id, reason, forced, impact, flow_snapshot,
+         statement, details)
+    values
+        (p_action, pyflows.current_actor(), pyflows.current_client_id(), pyflows.current_engagement_id(),
+         p_flow_id, nullif(current_setting('pyflows.audit_batch', true), '')::uuid, p_reason, p_forced,
+         p_impact, p_snapshot, current_query(),
+         coalesce(p_details, '{}')
+           || case when p_action = 'flow.delete' then jsonb_build_object('open_txid', txid_current()::text)
+                   else '{}'::jsonb end)
+    returning id into v_id;
+    perform set_config('pyflows.audit_event', case when p_action = 'flow.delete' then v_id::text else '' end, true);
+    return v_id;
+end;
+$$;
+drop function pyflows_audit._begin_events(text, uuid[], text, jsonb[], jsonb[], boolean, jsonb);
 
 create or replace function pyflows_audit._guard_event_update()
 returns trigger

@@ -58,6 +58,80 @@ begin
 end;
 $$;
 
+-- _deletion_counts for each flow of a batch that deletes p_ids in that order, as a jsonb object keyed by
+-- flow id: what each flow's delete removes when the flows before it are gone. A dependency edge counts
+-- for the first of the batch's flows it touches (its own flow, its source asset's, its target asset's),
+-- under which event delete_flows archives it; an edge it counts that another flow owns is one of its
+-- external_dependencies. For one flow, the same as _deletion_counts.
+create or replace function pyflows._batch_deletion_counts(p_ids uuid[])
+returns jsonb
+language plpgsql
+stable
+set search_path = pg_catalog, pyflows, pg_temp
+set enable_seqscan = off
+set jit = off
+as $$
+declare
+    c_client     constant uuid := pyflows.current_client_id();
+    c_engagement constant uuid := pyflows.current_engagement_id();
+    v_counts     jsonb;
+begin
+    with batch as (
+        select b.id, b.pos from unnest(p_ids) with ordinality as b(id, pos)),
+    imports as (
+        select i.flow_id, i.id, i.storage_uri, i.created_at from pyflows.data_imports as i
+         where i.client_id = c_client and i.engagement_id = c_engagement and i.flow_id = any(p_ids)),
+    per_import as (
+        select i.flow_id, i.id, i.storage_uri, i.created_at,
+               (select count(*) from pyflows.raw_import_records as r
+                 where r.client_id = c_client and r.engagement_id = c_engagement and r.import_id = i.id) as records,
+               (select count(*) from pyflows.import_field_mappings as m
+                 where m.client_id = c_client and m.engagement_id = c_engagement and m.import_id = i.id) as mappings
+          from imports as i),
+    touching as (  -- each edge with each flow of the batch it touches
+        select d.id, d.flow_id as own, d.flow_id as via from pyflows.asset_dependencies as d
+         where d.client_id = c_client and d.engagement_id = c_engagement and d.flow_id = any(p_ids)
+        union all
+        select d.id, d.flow_id, a.flow_id from pyflows.assets as a
+          join pyflows.asset_dependencies as d
+            on d.client_id = a.client_id and d.engagement_id = a.engagement_id and d.source_asset_id = a.id
+         where a.client_id = c_client and a.engagement_id = c_engagement and a.flow_id = any(p_ids)
+           and d.flow_id <> a.flow_id
+        union all
+        select d.id, d.flow_id, a.flow_id from pyflows.assets as a
+          join pyflows.asset_dependencies as d
+            on d.client_id = a.client_id and d.engagement_id = a.engagement_id and d.target_asset_id = a.id
+         where a.client_id = c_client and a.engagement_id = c_engagement and a.flow_id = any(p_ids)
+           and d.flow_id <> a.flow_id),
+    edges as (  -- each edge, owned by the first flow of the batch it touches
+        select t.id, min(t.own::text)::uuid as own, min(b.pos) as pos
+          from touching as t join batch as b on b.id = t.via group by t.id),
+    counted as (
+        select b.id, coalesce(ni.n, 0) as imports, coalesce(ni.records, 0) as records,
+               coalesce(ni.mappings, 0) as mappings, coalesce(na.n, 0) as assets, coalesce(ne.n, 0) as edges,
+               coalesce(ne.external, 0) as external, coalesce(to_jsonb(ni.sample), '[]') as sample
+          from batch as b
+          left join (select p.flow_id, count(*) as n, sum(p.records) as records, sum(p.mappings) as mappings,
+                            (array_agg(p.storage_uri order by p.created_at, p.id))[1:10] as sample
+                       from per_import as p group by p.flow_id) as ni on ni.flow_id = b.id
+          left join (select a.flow_id, count(*) as n from pyflows.assets as a
+                      where a.client_id = c_client and a.engagement_id = c_engagement and a.flow_id = any(p_ids)
+                      group by a.flow_id) as na on na.flow_id = b.id
+          left join (select e.pos, count(*) as n, count(*) filter (where e.own <> bb.id) as external
+                       from edges as e join batch as bb on bb.pos = e.pos group by e.pos) as ne on ne.pos = b.pos)
+    select jsonb_object_agg(c.id, jsonb_build_object(
+               'counts', jsonb_build_object('discovery_flows', 1, 'data_imports', c.imports,
+                                            'raw_import_records', c.records, 'import_field_mappings', c.mappings,
+                                            'assets', c.assets, 'asset_dependencies', c.edges),
+               'total_rows', 1 + c.imports + c.records + c.mappings + c.assets + c.edges,
+               'external_dependencies', c.external,
+               'files', jsonb_build_object('count', c.imports, 'sample', c.sample)))
+      into v_counts
+      from counted as c;
+    return coalesce(v_counts, '{}');
+end;
+$$;
+
 -- Above how many rows deletion_safety suggests purge_flow: setting pyflows.purge_threshold, default 100000.
 create or replace function pyflows._purge_threshold()
 returns bigint
@@ -394,6 +468,105 @@ language sql
 set search_path = pg_catalog, pyflows, pg_temp
 as $$ select pyflows._delete_flow(p_flow_id, p_reason, p_force, true) $$;
 
+-- The ids of a batch, checked (not empty, no NULL, at most 10,000; PF422), each once, in the order
+-- each first appears.
+create or replace function pyflows._batch_ids(p_flow_ids uuid[])
+returns uuid[]
+language plpgsql
+immutable
+set search_path = pg_catalog, pyflows, pg_temp
+as $$
+declare
+    v_ids uuid[];
+begin
+    if p_flow_ids is null or cardinality(p_flow_ids) = 0 then
+        raise exception 'no flow ids given' using errcode = 'PF422';
+    end if;
+    if cardinality(p_flow_ids) > 10000 then
+        raise exception 'at most 10000 flow ids a call (got %)', cardinality(p_flow_ids)
+            using errcode = 'PF422', hint = 'Split the batch; each call is one transaction.';
+    end if;
+    if array_position(p_flow_ids, null) is not null then
+        raise exception 'flow ids must not be NULL' using errcode = 'PF422';
+    end if;
+    select array_agg(u.id order by u.first) into v_ids
+      from (select x.id, min(x.n) as first from unnest(p_flow_ids) with ordinality as x(id, n) group by x.id) as u;
+    return v_ids;
+end;
+$$;
+
+-- The audited delete of a batch of flows, all or nothing, set-based: each flow locked and checked as
+-- delete_flow does (PF404, PF423 naming the first flow that fails), one flow.delete event per flow
+-- (in the batch's order, with its impact as _batch_deletion_counts counts it), then one DELETE per
+-- table for the whole batch: the dependency edges that touch it, while the assets they point at are
+-- still there; the imports' records and mappings, while the imports are; then the flows, whose cascade
+-- removes their imports and assets. The triggers archive each row under its flow's event (see
+-- migration 0012). A lock wait that runs out is 55P03, which delete_flows maps to PF423.
+create or replace function pyflows._delete_flow_batch(p_flow_ids uuid[], p_reason text, p_force boolean)
+returns table (flow_id uuid, event_id bigint)
+language plpgsql
+security definer
+set search_path = pg_catalog, pyflows, pg_temp
+set work_mem = '32MB'
+as $$
+declare
+    c_client     constant uuid := pyflows.current_client_id();
+    c_engagement constant uuid := pyflows.current_engagement_id();
+    v_reason     text;
+    v_ids        uuid[];
+    v_flows      jsonb[] := '{}';
+    v_impacts    jsonb[] := '{}';
+    v_counts     jsonb;
+    v_verdict    jsonb;
+    v_events     bigint[];
+    v_wait       text;
+begin
+    perform pyflows._require_context(true);
+    v_reason := pyflows._check_text(p_reason, 'reason', 1000);
+    v_ids := pyflows._batch_ids(p_flow_ids);
+    for i in 1 .. cardinality(v_ids) loop
+        v_flows := v_flows || pyflows._lock_flow(v_ids[i]);
+    end loop;
+    v_counts := pyflows._batch_deletion_counts(v_ids);
+    for i in 1 .. cardinality(v_ids) loop
+        v_verdict := pyflows._deletion_verdict(v_flows[i], v_counts -> v_ids[i]::text, coalesce(p_force, false), false);
+        perform pyflows._refuse_if_blocked(v_ids[i], v_verdict, 'deleted');
+        v_impacts := v_impacts || ((v_counts -> v_ids[i]::text) || jsonb_build_object('safety', v_verdict));
+    end loop;
+
+    v_events := pyflows_audit._begin_events('flow.delete', v_ids, v_reason, v_impacts, v_flows,
+                                            coalesce(p_force, false));
+    v_wait := pyflows._bound_lock_waits();
+    delete from pyflows.asset_dependencies as d
+     using (select e.id from pyflows.asset_dependencies as e
+             where e.client_id = c_client and e.engagement_id = c_engagement and e.flow_id = any(v_ids)
+            union
+            select e.id from pyflows.assets as a
+              join pyflows.asset_dependencies as e
+                on e.client_id = a.client_id and e.engagement_id = a.engagement_id and e.source_asset_id = a.id
+             where a.client_id = c_client and a.engagement_id = c_engagement and a.flow_id = any(v_ids)
+            union
+            select e.id from pyflows.assets as a
+              join pyflows.asset_dependencies as e
+                on e.client_id = a.client_id and e.engagement_id = a.engagement_id and e.target_asset_id = a.id
+             where a.client_id = c_client and a.engagement_id = c_engagement and a.flow_id = any(v_ids)) as t
+     where d.client_id = c_client and d.engagement_id = c_engagement and d.id = t.id;
+    delete from pyflows.raw_import_records as r
+     using pyflows.data_imports as i
+     where i.client_id = c_client and i.engagement_id = c_engagement and i.flow_id = any(v_ids)
+       and r.client_id = c_client and r.engagement_id = c_engagement and r.import_id = i.id;
+    delete from pyflows.import_field_mappings as m
+     using pyflows.data_imports as i
+     where i.client_id = c_client and i.engagement_id = c_engagement and i.flow_id = any(v_ids)
+       and m.client_id = c_client and m.engagement_id = c_engagement and m.import_id = i.id;
+    delete from pyflows.discovery_flows as f
+     where f.client_id = c_client and f.engagement_id = c_engagement and f.id = any(v_ids);
+    perform set_config('lock_timeout', v_wait, true);
+    perform pyflows_audit._end_event();
+    return query select b.id, b.event_id from unnest(v_ids, v_events) as b(id, event_id);
+end;
+$$;
+
 -- Many flows with one reason and one batch id on all their events. Atomic (the default): any
 -- failure raises and nothing is deleted. Per flow: each flow in its own subtransaction, and a
 -- result row says what happened to it. Duplicate ids are deleted once; at most 10,000 ids a call.
@@ -412,28 +585,15 @@ declare
 begin
     perform pyflows._require_context(true);
     perform pyflows._check_text(p_reason, 'reason', 1000);
-    if p_flow_ids is null or cardinality(p_flow_ids) = 0 then
-        raise exception 'no flow ids given' using errcode = 'PF422';
-    end if;
-    if cardinality(p_flow_ids) > 10000 then
-        raise exception 'at most 10000 flow ids a call (got %)', cardinality(p_flow_ids)
-            using errcode = 'PF422', hint = 'Split the batch; each call is one transaction.';
-    end if;
-    if array_position(p_flow_ids, null) is not null then
-        raise exception 'flow ids must not be NULL' using errcode = 'PF422';
-    end if;
-    select array_agg(u.id order by u.first) into v_ids
-      from (select x.id, min(x.n) as first from unnest(p_flow_ids) with ordinality as x(id, n) group by x.id) as u;
+    v_ids := pyflows._batch_ids(p_flow_ids);
 
     perform set_config('pyflows.audit_batch', gen_random_uuid()::text, true);
     if coalesce(p_atomic, true) then
-        begin  -- one handler for the whole batch: a lock wait that ran out is PF423, naming its flow
-            foreach v_id in array v_ids loop
-                v_result := pyflows._delete_flow(v_id, p_reason, p_force, false);
-                return query select v_id, true, (v_result ->> 'event_id')::bigint, null::text, null::text;
-            end loop;
+        begin  -- one handler for the whole batch: a lock wait that ran out is PF423
+            return query select b.flow_id, true, b.event_id, null::text, null::text
+                           from pyflows._delete_flow_batch(v_ids, p_reason, p_force) as b;
         exception when lock_not_available or deadlock_detected then
-            perform pyflows._refuse_busy(v_id, 'deleted', sqlerrm);
+            perform pyflows._refuse_busy(v_ids[1], 'deleted', sqlerrm);
         end;
     else
         foreach v_id in array v_ids loop
@@ -513,8 +673,10 @@ revoke all on function
     pyflows.delete_flow(uuid, text, boolean), pyflows.delete_flows(uuid[], text, boolean, boolean),
     pyflows.list_audit_events(uuid, timestamptz, integer), pyflows.audit_event(bigint)
     from public;
-revoke all on function pyflows._deletion_result(bigint) from public;
+revoke all on function pyflows._deletion_result(bigint), pyflows._batch_deletion_counts(uuid[]) from public;
+revoke all on function pyflows._batch_ids(uuid[]), pyflows._delete_flow_batch(uuid[], text, boolean) from public;
 grant execute on function
+    pyflows._batch_ids(uuid[]), pyflows._delete_flow_batch(uuid[], text, boolean),
     pyflows._delete_flow(uuid, text, boolean, boolean), pyflows._lock_wait_ms(), pyflows._bound_lock_waits(),
     pyflows._refuse_busy(uuid, text, text),
     pyflows._refuse_if_blocked(uuid, jsonb, text), pyflows._purge_threshold(), pyflows._deletion_counts(uuid), pyflows._deletion_verdict(jsonb, jsonb, boolean, boolean),

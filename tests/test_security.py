@@ -21,6 +21,8 @@ DEFINER: dict[str, tuple[frozenset[str], str]] = {
     "pyflows.resume_flow(uuid)": (frozenset({"pyflows_app"}), "writes the flow.resume audit event"),
     "pyflows._delete_flow(uuid,text,boolean,boolean)": (
         frozenset({"pyflows_app"}), "delete_flow's and delete_flows' work: opens and completes the flow.delete event"),
+    "pyflows._delete_flow_batch(uuid[],text,boolean)": (
+        frozenset({"pyflows_app"}), "delete_flows' atomic batch: opens and completes one flow.delete event per flow"),
     "pyflows.restore_flow(bigint)": (frozenset({"pyflows_app"}), "reads the archive, writes the flow.restore event"),
     "pyflows._purge_begin(uuid,text,boolean,integer)": (
         frozenset({"pyflows_app"}), "opens the flow.purge event (purge_flow commits, so it cannot be a definer)"),
@@ -38,10 +40,11 @@ DEFINER: dict[str, tuple[frozenset[str], str]] = {
         frozenset({"pyflows_app"}), "removes old audit rows; refuses non-members of pyflows_admin itself"),
     "pyflows_audit._begin_event(text,uuid,text,jsonb,jsonb,boolean,jsonb)": (frozenset(), "called by definers only"),
     "pyflows_audit._open_event(bigint)": (frozenset(), "called by definers only"),
+    "pyflows_audit._begin_events(text,uuid[],text,jsonb[],jsonb[],boolean,jsonb)": (
+        frozenset(), "called by definers only"),
     "pyflows_audit._end_event()": (frozenset(), "called by definers only"),
     "pyflows_audit._statement_event(text,bigint,bigint,uuid,uuid,bigint,uuid)": (
         frozenset(), "called by the triggers"),
-    "pyflows_audit._own_event()": (frozenset(), "called by the triggers"),
 }
 # The delete trigger of each audited table (migration 0012 generates one function per table).
 DEFINER |= {f"pyflows_audit._on_delete_{table}()": (
