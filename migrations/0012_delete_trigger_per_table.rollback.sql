@@ -126,7 +126,22 @@ begin
 end;
 $$;
 
-drop index pyflows_audit.events_open;
+
+-- Open an existing event for the rows this transaction deletes next (a purge batch, a purge's last
+-- step), until _end_event. Only the SECURITY DEFINER purge steps call it, after checking the event.
+create or replace function pyflows_audit._open_event(p_event bigint)
+returns void
+language plpgsql
+security definer
+set search_path = pg_catalog, pyflows_audit, pg_temp
+as $$
+begin
+    update pyflows_audit.events as e
+       set details = e.details || jsonb_build_object('open_txid', txid_current()::text)
+     where e.id = p_event;
+    perform set_config('pyflows.audit_event', p_event::text, true);
+end;
+$$;
 
 create or replace function pyflows_audit._begin_event(p_action text, p_flow_id uuid, p_reason text, p_impact jsonb,
                                                       p_snapshot jsonb, p_forced boolean default false,

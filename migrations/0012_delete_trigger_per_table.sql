@@ -15,8 +15,9 @@
 --   * the append-only guard compares the event's other columns as a row, not as jsonb;
 --   * several flow.delete events may be open in one transaction (delete_flows deletes a batch with
 --     one statement per table): the triggers then put each row under the event of its flow, and
---     _end_event closes every event the transaction opened. The open events are found through a small
---     partial index (events_open) instead of the pyflows.audit_event setting.
+--     _end_event closes every event the transaction opened. The setting pyflows.audit_open names the
+--     ids the open events may have ('<first>:<last>'); the events themselves say whether they are open
+--     (details.open_txid, written only by the owner's code), so a forged setting changes nothing.
 -- A later migration that changes a table's archive (its _row type) calls
 -- pyflows_audit._create_delete_trigger('<table>') again.
 -- depends: 0011_one_index_per_lookup
@@ -42,64 +43,68 @@ begin
 end;
 $$;
 
--- The events open for rows in this transaction: a handful at most (a batch's), whatever the table holds.
-create index events_open on pyflows_audit.events ((details ->> 'open_txid')) where details ? 'open_txid';
-
 -- Close every event this transaction opened for rows: later deletes are audited on their own, whatever
 -- the settings say. A flow.delete event's counts are what its chunks hold (per table, tables with no
--- rows left out), summed for all the closing events at once by one lookup per table.
+-- rows left out): one lookup by event in each table's chunks.
 create or replace function pyflows_audit._end_event()
 returns void
 language plpgsql
 security definer
 set search_path = pg_catalog, pyflows_audit, pg_temp
 set enable_seqscan = off
+set jit = off
 as $$
 declare
-    v_open bigint[];
+    v_range text := current_setting('pyflows.audit_open', true);
+    v_open  bigint[];
 begin
-    select array_agg(e.id) into v_open from pyflows_audit.events as e
-     where e.details ? 'open_txid' and e.details ->> 'open_txid' = txid_current()::text;
+    if v_range ~ '^[0-9]{1,18}:[0-9]{1,18}$' then
+        select array_agg(e.id) into v_open from pyflows_audit.events as e
+         where e.id between split_part(v_range, ':', 1)::bigint and split_part(v_range, ':', 2)::bigint
+           and e.details ->> 'open_txid' = txid_current()::text;
+    end if;
     if v_open is not null then
         update pyflows_audit.events as e
            set details = e.details - 'open_txid',
-               deleted = case when e.action = 'flow.delete' then coalesce(c.counts, '{}') else e.deleted end
-          from unnest(v_open) as o(id)
-          left join (select k.event_id, jsonb_object_agg(k.t, k.n) as counts
-                       from (select 'clients' as t, x.event_id, sum(x.row_count) as n
-                               from pyflows_audit.clients_chunks as x where x.event_id = any(v_open) group by x.event_id
-                             union all
-                             select 'engagements', x.event_id, sum(x.row_count)
-                               from pyflows_audit.engagements_chunks as x where x.event_id = any(v_open)
-                              group by x.event_id
-                             union all
-                             select 'discovery_flows', x.event_id, sum(x.row_count)
-                               from pyflows_audit.discovery_flows_chunks as x where x.event_id = any(v_open)
-                              group by x.event_id
-                             union all
-                             select 'data_imports', x.event_id, sum(x.row_count)
-                               from pyflows_audit.data_imports_chunks as x where x.event_id = any(v_open)
-                              group by x.event_id
-                             union all
-                             select 'raw_import_records', x.event_id, sum(x.row_count)
-                               from pyflows_audit.raw_import_records_chunks as x where x.event_id = any(v_open)
-                              group by x.event_id
-                             union all
-                             select 'import_field_mappings', x.event_id, sum(x.row_count)
-                               from pyflows_audit.import_field_mappings_chunks as x where x.event_id = any(v_open)
-                              group by x.event_id
-                             union all
-                             select 'assets', x.event_id, sum(x.row_count)
-                               from pyflows_audit.assets_chunks as x where x.event_id = any(v_open) group by x.event_id
-                             union all
-                             select 'asset_dependencies', x.event_id, sum(x.row_count)
-                               from pyflows_audit.asset_dependencies_chunks as x where x.event_id = any(v_open)
-                              group by x.event_id) as k
-                      group by k.event_id) as c on c.event_id = o.id
-         where e.id = o.id;
+               deleted = case when e.action <> 'flow.delete' then e.deleted
+                              else jsonb_strip_nulls(jsonb_build_object(
+                       'clients', (select sum(x.row_count) from pyflows_audit.clients_chunks as x
+                                       where x.event_id = e.id),
+                       'engagements', (select sum(x.row_count) from pyflows_audit.engagements_chunks as x
+                                           where x.event_id = e.id),
+                       'discovery_flows', (select sum(x.row_count) from pyflows_audit.discovery_flows_chunks as x
+                                               where x.event_id = e.id),
+                       'data_imports', (select sum(x.row_count) from pyflows_audit.data_imports_chunks as x
+                                            where x.event_id = e.id),
+                       'raw_import_records', (select sum(x.row_count) from pyflows_audit.raw_import_records_chunks as x
+                                                  where x.event_id = e.id),
+                       'import_field_mappings', (select sum(x.row_count) from pyflows_audit.import_field_mappings_chunks as x
+                                                     where x.event_id = e.id),
+                       'assets', (select sum(x.row_count) from pyflows_audit.assets_chunks as x
+                                      where x.event_id = e.id),
+                       'asset_dependencies', (select sum(x.row_count) from pyflows_audit.asset_dependencies_chunks as x
+                                                  where x.event_id = e.id))) end
+         where e.id = any(v_open);
     end if;
+    perform set_config('pyflows.audit_open', '', true);
     perform set_config('pyflows.audit_event', '', true);
     perform set_config('pyflows.audit_statement', '', true);
+end;
+$$;
+
+-- Open an existing event for the rows this transaction deletes next (a purge batch, a purge's last
+-- step), until _end_event. Only the SECURITY DEFINER purge steps call it, after checking the event.
+create or replace function pyflows_audit._open_event(p_event bigint)
+returns void
+language plpgsql
+security definer
+set search_path = pg_catalog, pyflows_audit, pg_temp
+as $$
+begin
+    update pyflows_audit.events as e
+       set details = e.details || jsonb_build_object('open_txid', txid_current()::text)
+     where e.id = p_event;
+    perform set_config('pyflows.audit_open', p_event::text || ':' || p_event::text, true);
 end;
 $$;
 
@@ -131,9 +136,10 @@ begin
          order by f.n
         returning id)
     select array_agg(opened.id order by opened.id) into v_ids from opened;
-    perform set_config('pyflows.audit_event',
-                       case when p_action = 'flow.delete' and cardinality(v_ids) = 1 then v_ids[1]::text else '' end,
-                       true);
+    if p_action = 'flow.delete' then
+        perform set_config('pyflows.audit_open', v_ids[1]::text || ':' || v_ids[cardinality(v_ids)]::text, true);
+    end if;
+    perform set_config('pyflows.audit_event', '', true);
     return v_ids;
 end;
 $$;
@@ -288,6 +294,7 @@ set jit = off
 set work_mem = '64MB'
 as $body$
 declare
+    v_open       text := current_setting('pyflows.audit_open', true);
     v_events     bigint[];
     v_flows      uuid[];
     v_event      bigint;
@@ -300,11 +307,15 @@ declare
     v_flow_count bigint;
     v_flow_id    uuid;
 begin
-    -- The API events open for rows in this transaction (only the owner's code opens and closes them).
-    select array_agg(e.id order by e.id), array_agg(e.flow_id order by e.id), bool_and(e.action = 'flow.delete')
-      into v_events, v_flows, v_counted
-      from pyflows_audit.events as e
-     where e.details ? 'open_txid' and e.details ->> 'open_txid' = txid_current()::text;
+    -- The API events open for rows in this transaction: the setting says where to look, the events
+    -- whether they are open (only the owner's code opens and closes them).
+    if v_open ~ '^[0-9]{1,18}:[0-9]{1,18}$' then
+        select array_agg(e.id order by e.id), array_agg(e.flow_id order by e.id), bool_and(e.action = 'flow.delete')
+          into v_events, v_flows, v_counted
+          from pyflows_audit.events as e
+         where e.id between split_part(v_open, ':', 1)::bigint and split_part(v_open, ':', 2)::bigint
+           and e.details ->> 'open_txid' = txid_current()::text;
+    end if;
     if v_events is null then
         select count(*), count(distinct t.c), count(distinct (t.c, t.e)), min(t.c::text)::uuid,
                min(t.e::text)::uuid, count(distinct t.f), min(t.f::text)::uuid

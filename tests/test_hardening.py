@@ -8,7 +8,6 @@ and relation the code names), so a new function or table is attacked without any
 from __future__ import annotations
 
 import json
-import re
 import threading
 import uuid
 from collections.abc import Callable
@@ -758,15 +757,19 @@ def test_admin_routines_refuse_intervals_out_of_range(owner: psycopg.Connection[
 
 
 def test_every_definer_reaches_the_audit_only_through_checked_paths(owner: psycopg.Connection[Any]) -> None:
-    # No function but the event writers sets pyflows.audit_event: the setting is a hint they leave for
-    # each other, never something the triggers trust.
-    setters = [r[0] for r in owner.execute(
-        "select p.oid::regprocedure::text from pg_proc p where p.pronamespace in "
-        "('pyflows'::regnamespace, 'pyflows_audit'::regnamespace) and p.prosrc ~ 'set_config\\(''pyflows.audit_event'''"
-    ).fetchall()]
-    assert sorted(setters) == sorted(["pyflows_audit._begin_events(text,uuid[],text,jsonb[],jsonb[],boolean,jsonb)",
-                                      "pyflows_audit._open_event(bigint)", "pyflows_audit._end_event()",
-                                      "pyflows_audit._statement_event(text,bigint,bigint,uuid,uuid,bigint,uuid)"])
+    # No function but the event writers sets pyflows.audit_event or pyflows.audit_open: the settings are
+    # hints they leave for each other, never something the triggers trust.
+    def setters(setting: str) -> list[str]:
+        return sorted(r[0] for r in owner.execute(
+            "select p.oid::regprocedure::text from pg_proc p where p.pronamespace in "
+            "('pyflows'::regnamespace, 'pyflows_audit'::regnamespace) and p.prosrc ~ %s",
+            (f"set_config\\('{setting}'",)).fetchall())
+
+    begin = "pyflows_audit._begin_events(text,uuid[],text,jsonb[],jsonb[],boolean,jsonb)"
+    statement = "pyflows_audit._statement_event(text,bigint,bigint,uuid,uuid,bigint,uuid)"
+    assert setters("pyflows.audit_event") == sorted([begin, "pyflows_audit._end_event()", statement])
+    assert setters("pyflows.audit_open") == sorted([begin, "pyflows_audit._open_event(bigint)",
+                                                     "pyflows_audit._end_event()"])
     # The delete triggers take the events that are open in this transaction by the events' own record.
     sources = owner.execute("select prosrc from pg_proc where proname like '\\_on\\_delete\\_%'").fetchall()
     assert len(sources) == 8

@@ -80,10 +80,6 @@ JUSTIFIED: dict[tuple[str, str], str] = {
         "the functions dropped (a trigger helper whose signature changes, two helpers whose work moves into "
         "others) are internal: no role but the owner may execute them"),
     ("0010_hardening.rollback.sql", "require-concurrent-index-deletion"): ROLLBACK,
-    ("0012_delete_trigger_per_table.sql", "require-concurrent-index-creation"): (
-        "CREATE INDEX CONCURRENTLY cannot run inside a migration's transaction; a partial index on the few "
-        "audit events open at any moment (none between transactions) builds in one pass over events"),
-    ("0012_delete_trigger_per_table.rollback.sql", "require-concurrent-index-deletion"): ROLLBACK,
     ("0012_delete_trigger_per_table.sql", "ban-drop-function"): (
         "the shared trigger function dropped is internal (no role but the owner may execute it); every "
         "trigger that used it runs a function of its own table from the same migration on"),
