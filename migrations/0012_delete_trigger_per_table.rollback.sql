@@ -106,8 +106,9 @@ drop function pyflows_audit._on_delete_import_field_mappings();
 drop function pyflows_audit._on_delete_assets();
 drop function pyflows_audit._on_delete_asset_dependencies();
 drop function pyflows_audit._create_delete_trigger(text);
-drop function pyflows_audit._chunk_statement(text, text);
+drop function pyflows_audit._chunk_statement(text, text, text);
 drop function pyflows_audit._unowned_row(text);
+drop function pyflows_audit._archived_counts(bigint);
 
 create or replace function pyflows_audit._end_event()
 returns void

@@ -43,9 +43,33 @@ begin
 end;
 $$;
 
+-- What an event archived, per table: {"assets": 5, ...}, tables with no rows left out. One lookup by
+-- event in each table's chunks, never a scan (a batch grows the chunks as it goes, and a scan planned
+-- while they were small would make it quadratic, see migration 0006). PL/pgSQL, so that the plan is
+-- made once per session: a SQL function called from a statement is planned on every execution.
+create function pyflows_audit._archived_counts(p_event bigint)
+returns jsonb
+language plpgsql
+stable
+set search_path = pg_catalog, pyflows_audit, pg_temp
+set enable_seqscan = off
+set jit = off
+as $$
+begin
+    return jsonb_strip_nulls(jsonb_build_object(
+               'clients', (select sum(x.row_count) from pyflows_audit.clients_chunks as x where x.event_id = p_event),
+               'engagements', (select sum(x.row_count) from pyflows_audit.engagements_chunks as x where x.event_id = p_event),
+               'discovery_flows', (select sum(x.row_count) from pyflows_audit.discovery_flows_chunks as x where x.event_id = p_event),
+               'data_imports', (select sum(x.row_count) from pyflows_audit.data_imports_chunks as x where x.event_id = p_event),
+               'raw_import_records', (select sum(x.row_count) from pyflows_audit.raw_import_records_chunks as x where x.event_id = p_event),
+               'import_field_mappings', (select sum(x.row_count) from pyflows_audit.import_field_mappings_chunks as x where x.event_id = p_event),
+               'assets', (select sum(x.row_count) from pyflows_audit.assets_chunks as x where x.event_id = p_event),
+               'asset_dependencies', (select sum(x.row_count) from pyflows_audit.asset_dependencies_chunks as x where x.event_id = p_event)));
+end;
+$$;
+
 -- Close every event this transaction opened for rows: later deletes are audited on their own, whatever
--- the settings say. A flow.delete event's counts are what its chunks hold (per table, tables with no
--- rows left out): one lookup by event in each table's chunks.
+-- the settings say. A flow.delete event's counts are what its chunks hold (_archived_counts).
 create or replace function pyflows_audit._end_event()
 returns void
 language plpgsql
@@ -66,24 +90,7 @@ begin
     if v_open is not null then
         update pyflows_audit.events as e
            set details = e.details - 'open_txid',
-               deleted = case when e.action <> 'flow.delete' then e.deleted
-                              else jsonb_strip_nulls(jsonb_build_object(
-                       'clients', (select sum(x.row_count) from pyflows_audit.clients_chunks as x
-                                       where x.event_id = e.id),
-                       'engagements', (select sum(x.row_count) from pyflows_audit.engagements_chunks as x
-                                           where x.event_id = e.id),
-                       'discovery_flows', (select sum(x.row_count) from pyflows_audit.discovery_flows_chunks as x
-                                               where x.event_id = e.id),
-                       'data_imports', (select sum(x.row_count) from pyflows_audit.data_imports_chunks as x
-                                            where x.event_id = e.id),
-                       'raw_import_records', (select sum(x.row_count) from pyflows_audit.raw_import_records_chunks as x
-                                                  where x.event_id = e.id),
-                       'import_field_mappings', (select sum(x.row_count) from pyflows_audit.import_field_mappings_chunks as x
-                                                     where x.event_id = e.id),
-                       'assets', (select sum(x.row_count) from pyflows_audit.assets_chunks as x
-                                      where x.event_id = e.id),
-                       'asset_dependencies', (select sum(x.row_count) from pyflows_audit.asset_dependencies_chunks as x
-                                                  where x.event_id = e.id))) end
+               deleted = case when e.action = 'flow.delete' then pyflows_audit._archived_counts(e.id) else e.deleted end
          where e.id = any(v_open);
     end if;
     perform set_config('pyflows.audit_open', '', true);
@@ -163,10 +170,11 @@ end;
 $$;
 
 -- The statement that archives rows under their events and returns how many it archived: p_rows is a
--- query of (event id, the row as pyflows_audit.<p_table>_row, its bigint id or NULL). Chunks as
+-- query of (event id, the row as pyflows_audit.<p_table>_row, its bigint id or NULL); p_events 'one'
+-- when every row has the same event, 'many' otherwise. Chunks as
 -- _archive_statement (migration 0009) makes them, per event: tables with a bigint id by blocks of
 -- 10,000 ids, a row over 16 kB alone; the others by about 8 MB of rows.
-create function pyflows_audit._chunk_statement(p_table text, p_rows text)
+create function pyflows_audit._chunk_statement(p_table text, p_rows text, p_events text)
 returns text
 language sql
 stable
@@ -186,9 +194,10 @@ as $$
                                  case when pg_catalog.pg_column_size(t.r) > 16384 then t.id else t.id / 10000 end as n
                             from (%s offset 0) as t(ev, r, id)', p_rows)
              else format('select t.ev, t.r, false as big,
-                                 sum(pg_catalog.pg_column_size(t.r)) over (partition by t.ev rows unbounded preceding)
+                                 sum(pg_catalog.pg_column_size(t.r)) over (%s rows unbounded preceding)
                                    / 8388608 as n
-                            from (%s) as t(ev, r, id)', p_rows)
+                            from (%s) as t(ev, r, id)',
+                         case when p_events = 'many' then 'partition by t.ev' else '' end, p_rows)
         end)
 $$;
 
@@ -310,7 +319,7 @@ begin
     -- The API events open for rows in this transaction: the setting says where to look, the events
     -- whether they are open (only the owner's code opens and closes them).
     if v_open ~ '^[0-9]{1,18}:[0-9]{1,18}$' then
-        select array_agg(e.id order by e.id), array_agg(e.flow_id order by e.id), bool_and(e.action = 'flow.delete')
+        select array_agg(e.id), array_agg(e.flow_id), bool_and(e.action = 'flow.delete')  -- in the same order
           into v_events, v_flows, v_counted
           from pyflows_audit.events as e
          where e.id between split_part(v_open, ':', 1)::bigint and split_part(v_open, ':', 2)::bigint
@@ -354,10 +363,11 @@ begin
 end;
 $body$
 $function$, v_function, v_tenant, v_flow, p_table,
-        pyflows_audit._chunk_statement(p_table, format('select v_event, %s, %s from old_rows as o', v_row, v_id)),
+        pyflows_audit._chunk_statement(p_table, format('select v_event, %s, %s from old_rows as o', v_row, v_id),
+                                       'one'),
         pyflows_audit._chunk_statement(p_table, format(
             'select coalesce(x.ev, pyflows_audit._unowned_row(%L)), x.r, x.id from (%s) as x(ev, r, id)',
-            p_table, format(v_owner, v_row, v_id))),
+            p_table, format(v_owner, v_row, v_id)), 'many'),
         v_queue);
     execute format('revoke all on function pyflows_audit.%I() from public', v_function);
     execute format('create or replace trigger audit_delete after delete on pyflows.%I
@@ -366,7 +376,8 @@ $function$, v_function, v_tenant, v_flow, p_table,
 end;
 $make$;
 
-revoke all on function pyflows_audit._chunk_statement(text, text), pyflows_audit._unowned_row(text),
+revoke all on function pyflows_audit._chunk_statement(text, text, text), pyflows_audit._unowned_row(text),
+    pyflows_audit._archived_counts(bigint),
     pyflows_audit._begin_events(text, uuid[], text, jsonb[], jsonb[], boolean, jsonb),
     pyflows_audit._create_delete_trigger(text) from public;
 
