@@ -29,7 +29,8 @@ BINDERS = {"set_context", "set_session_context", "clear_context"}
 NASTY = ["", " ", "'", "\"", "';--", "'); drop table pyflows.assets; --", "%s", "%(x)s", "$1", "\\", "\\x00",
          "NULL", "null", "∅", "ünïcødé", "🙂", "\u202e", "a" * 5000, "x" * 100_000, "\n\t\r", "<script>", "${x}"]
 
-# PostgreSQL's text and jsonb cannot hold NUL: a parameter with one is refused before any function runs.
+# PostgreSQL's text and jsonb cannot hold NUL, nor JSON an infinite number: a parameter with one is
+# refused before any function runs.
 characters = st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00")
 text = st.one_of(st.none(), st.sampled_from(NASTY), st.text(characters, max_size=300))
 
@@ -50,7 +51,7 @@ def strategy_for(type_: str, own: dict[str, Any]) -> st.SearchStrategy[Any]:
                                                        max_value=timedelta(days=10**6)),
                               st.sampled_from([timedelta.max, timedelta.min, timedelta(days=106_000_000)])),
         "jsonb": st.one_of(st.none(), st.recursive(
-            st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
+            st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
             | text.filter(lambda t: t is not None),
             lambda inner: st.lists(inner, max_size=3)
             | st.dictionaries(st.text(characters, max_size=5), inner, max_size=3),
