@@ -213,7 +213,8 @@ def test_forged_settings_cannot_archive_another_tenants_delete_under_an_event(
         e = owner.execute("select max(id) from pyflows_audit.events").fetchone()  # not yet visible: read below
         forged = conn.execute("select current_setting('pyflows.audit_event')").fetchone()[0]
         conn.execute("select set_config('pyflows.audit_event', %s, true), "
-                     "set_config('pyflows.audit_statement', 'api', true)", (forged,))
+                     "set_config('pyflows.audit_statement', 'api', true), "
+                     "set_config('pyflows.audit_open', '0:999999999999999999', true)", (forged,))
         bind(conn, tenant_b)
         conn.execute("delete from pyflows.discovery_flows where id = %s", (b_flow.flow_id,))
     assert e is not None
@@ -238,7 +239,8 @@ def test_forged_settings_cannot_hide_a_delete_under_a_lifecycle_event(
         resumed = conn.execute("select pyflows.resume_flow(%s)", (target.flow_id,)).fetchone()[0]
         resume_event = owner.execute("select coalesce(max(id), 0) + 1 from pyflows_audit.events").fetchone()[0]
         conn.execute("select set_config('pyflows.audit_event', %s, true), "
-                     "set_config('pyflows.audit_statement', 'api', true)", (str(resume_event),))
+                     "set_config('pyflows.audit_statement', 'api', true), "
+                     "set_config('pyflows.audit_open', '0:999999999999999999', true)", (str(resume_event),))
         conn.execute("delete from pyflows.raw_import_records where import_id = %s", (target.import_id,))
     assert resumed["resumed"]
     rows = events(owner)
@@ -254,7 +256,8 @@ def test_an_event_stays_closed_after_its_api_call(owner: psycopg.Connection[Any]
         bind(conn, acting(tenant_a, "dba"))
         deleted = conn.execute("select pyflows.delete_flow(%s, 'x')", (doomed.flow_id,)).fetchone()[0]
         conn.execute("select set_config('pyflows.audit_event', %s, true), "
-                     "set_config('pyflows.audit_statement', 'api', true)", (str(deleted["event_id"]),))
+                     "set_config('pyflows.audit_statement', 'api', true), "
+                     "set_config('pyflows.audit_open', '0:999999999999999999', true)", (str(deleted["event_id"]),))
         conn.execute("delete from pyflows.assets where flow_id = %s", (other.flow_id,))
     rows = events(owner)
     assert rows[0][1] == "flow.delete" and rows[0][4] == deleted["deleted"]
@@ -274,7 +277,8 @@ def test_restore_never_writes_into_another_tenant(owner: psycopg.Connection[Any]
         conn.execute("delete from pyflows.assets where id = %s", (a_flow.asset_ids[0],))
         forged = conn.execute("select current_setting('pyflows.audit_event')").fetchone()[0]
         conn.execute("select set_config('pyflows.audit_event', %s, true), "
-                     "set_config('pyflows.audit_statement', 'api', true)", (forged,))
+                     "set_config('pyflows.audit_statement', 'api', true), "
+                     "set_config('pyflows.audit_open', '0:999999999999999999', true)", (forged,))
         bind(conn, tenant_b)
         conn.execute("delete from pyflows.discovery_flows where id = %s", (b_flow.flow_id,))
     before = fingerprint(owner, tenant_b.client_id)
