@@ -106,6 +106,33 @@ drop function pyflows_audit._on_delete_import_field_mappings();
 drop function pyflows_audit._on_delete_assets();
 drop function pyflows_audit._on_delete_asset_dependencies();
 drop function pyflows_audit._create_delete_trigger(text);
+-- migration 0009's statement, standing alone again
+create or replace function pyflows_audit._archive_statement(p_table text, p_source text)
+returns text
+language sql
+stable
+set search_path = pg_catalog, pyflows_audit, pg_temp
+as $$
+    select format(
+        'with chunk as (
+             insert into pyflows_audit.%1$I (event_id, row_count, rows)
+             select $1, count(*), array_agg(s.r) from (%2$s) as s group by s.big, s.n
+             returning row_count)
+         select coalesce(sum(chunk.row_count), 0) from chunk',
+        p_table || '_chunks',
+        case when exists (select from pg_catalog.pg_attribute as a
+                           where a.attrelid = pg_catalog.to_regclass('pyflows.' || quote_ident(p_table))
+                             and a.attname = 'id' and a.atttypid = 'bigint'::regtype)
+             then format('select t.r, pg_catalog.pg_column_size(t.r) > 16384 as big,
+                                 case when pg_catalog.pg_column_size(t.r) > 16384 then t.id else t.id / 10000 end as n
+                            from (select row(o.*)::pyflows_audit.%I as r, o.id from %s as o offset 0) as t',
+                         p_table || '_row', p_source)
+             else format('select t.r, false as big,
+                                 sum(pg_catalog.pg_column_size(t.r)) over (rows unbounded preceding) / 8388608 as n
+                            from (select row(o.*)::pyflows_audit.%I as r from %s as o) as t',
+                         p_table || '_row', p_source)
+        end)
+$$;
 drop function pyflows_audit._chunk_statement(text, text, text);
 drop function pyflows_audit._unowned_row(text);
 drop function pyflows_audit._archived_counts(bigint);

@@ -170,9 +170,8 @@ end;
 $$;
 
 -- The statement that archives rows under their events and returns how many it archived: p_rows is a
--- query of (event id, the row as pyflows_audit.<p_table>_row, its bigint id or NULL); p_events 'one'
--- when every row has the same event, 'many' otherwise. Chunks as
--- _archive_statement (migration 0009) makes them, per event: tables with a bigint id by blocks of
+-- query of (event id, the row as pyflows_audit.<p_table>_row, its id); p_events 'one' when every row
+-- has the same event, 'many' otherwise. Chunks as migration 0009 made them, per event: tables with a bigint id by blocks of
 -- 10,000 ids, a row over 16 kB alone; the others by about 8 MB of rows.
 create function pyflows_audit._chunk_statement(p_table text, p_rows text, p_events text)
 returns text
@@ -199,6 +198,19 @@ as $$
                             from (%s) as t(ev, r, id)',
                          case when p_events = 'many' then 'partition by t.ev' else '' end, p_rows)
         end)
+$$;
+
+-- Migration 0009's statement that archives the rows of p_source (a relation or a parenthesized query
+-- with the columns of pyflows.<p_table>) under the event $1: now _chunk_statement's, with one event.
+create or replace function pyflows_audit._archive_statement(p_table text, p_source text)
+returns text
+language sql
+stable
+set search_path = pg_catalog, pyflows_audit, pg_temp
+as $$
+    select pyflows_audit._chunk_statement(
+        p_table, format('select $1::bigint, row(o.*)::pyflows_audit.%I, o.id from %s as o', p_table || '_row', p_source),
+        'one')
 $$;
 
 -- PF423 for a deleted row that belongs to none of the flows a batch is deleting: another transaction
@@ -234,7 +246,6 @@ as $make$
 declare
     v_function text := '_on_delete_' || p_table;
     v_row      text := format('row(o.*)::pyflows_audit.%I', p_table || '_row');
-    v_id       text;
     v_tenant   text := case p_table when 'clients' then 't.id, null::uuid'
                                     when 'engagements' then 't.client_id, t.id'
                                     else 't.client_id, t.engagement_id' end;
@@ -255,32 +266,29 @@ begin
     if p_table is null or pg_catalog.to_regclass('pyflows_audit.' || quote_ident(p_table || '_chunks')) is null then
         raise exception 'no archive for table %', p_table using errcode = 'PF422';
     end if;
-    v_id := case when exists (select from pg_catalog.pg_attribute as a
-                               where a.attrelid = pg_catalog.to_regclass('pyflows.' || quote_ident(p_table))
-                                 and a.attname = 'id' and a.atttypid = 'bigint'::regtype)
-                 then 'o.id' else 'null::bigint' end;
+    -- Every audited table has an id; _chunk_statement uses it where it is a bigint.
     v_owner := case p_table
         when 'discovery_flows' then
-            'select m.event_id, %1$s, %2$s from old_rows as o
+            'select m.event_id, %1$s, o.id from old_rows as o
                left join unnest(v_flows, v_events) as m(flow_id, event_id) on m.flow_id = o.id'
         when 'data_imports' then
-            'select m.event_id, %1$s, %2$s from old_rows as o
+            'select m.event_id, %1$s, o.id from old_rows as o
                left join unnest(v_flows, v_events) as m(flow_id, event_id) on m.flow_id = o.flow_id'
         when 'assets' then
-            'select m.event_id, %1$s, %2$s from old_rows as o
+            'select m.event_id, %1$s, o.id from old_rows as o
                left join unnest(v_flows, v_events) as m(flow_id, event_id) on m.flow_id = o.flow_id'
         when 'raw_import_records' then
-            'select m.event_id, %1$s, %2$s from old_rows as o
+            'select m.event_id, %1$s, o.id from old_rows as o
                left join pyflows.data_imports as i
                  on i.id = o.import_id and i.client_id = o.client_id and i.engagement_id = o.engagement_id
                left join unnest(v_flows, v_events) as m(flow_id, event_id) on m.flow_id = i.flow_id'
         when 'import_field_mappings' then
-            'select m.event_id, %1$s, %2$s from old_rows as o
+            'select m.event_id, %1$s, o.id from old_rows as o
                left join pyflows.data_imports as i
                  on i.id = o.import_id and i.client_id = o.client_id and i.engagement_id = o.engagement_id
                left join unnest(v_flows, v_events) as m(flow_id, event_id) on m.flow_id = i.flow_id'
         when 'asset_dependencies' then
-            'select least(m.event_id, ms.event_id, mt.event_id), %1$s, %2$s from old_rows as o
+            'select least(m.event_id, ms.event_id, mt.event_id), %1$s, o.id from old_rows as o
                left join pyflows.assets as s
                  on s.id = o.source_asset_id and s.client_id = o.client_id and s.engagement_id = o.engagement_id
                left join pyflows.assets as t
@@ -289,7 +297,7 @@ begin
                left join unnest(v_flows, v_events) as ms(flow_id, event_id) on ms.flow_id = s.flow_id
                left join unnest(v_flows, v_events) as mt(flow_id, event_id) on mt.flow_id = t.flow_id'
         else  -- clients and engagements are never part of a flow's batch
-            'select null::bigint, %1$s, %2$s from old_rows as o'
+            'select null::bigint, %1$s, o.id from old_rows as o'
         end;
     execute format($function$
 create or replace function pyflows_audit.%1$I()
@@ -363,11 +371,10 @@ begin
 end;
 $body$
 $function$, v_function, v_tenant, v_flow, p_table,
-        pyflows_audit._chunk_statement(p_table, format('select v_event, %s, %s from old_rows as o', v_row, v_id),
-                                       'one'),
+        pyflows_audit._chunk_statement(p_table, format('select v_event, %s, o.id from old_rows as o', v_row), 'one'),
         pyflows_audit._chunk_statement(p_table, format(
             'select coalesce(x.ev, pyflows_audit._unowned_row(%L)), x.r, x.id from (%s) as x(ev, r, id)',
-            p_table, format(v_owner, v_row, v_id)), 'many'),
+            p_table, format(v_owner, v_row)), 'many'),
         v_queue);
     execute format('revoke all on function pyflows_audit.%I() from public', v_function);
     execute format('create or replace trigger audit_delete after delete on pyflows.%I

@@ -58,6 +58,35 @@ begin
 end;
 $$;
 
+-- The dependency edges of the context that touch the flows p_flow_ids, each with its own flow (own)
+-- and each of those flows it touches (via): its own flow when listed, and the flows of its source and
+-- target assets when they are listed and not its own. What a batch delete removes and counts as edges.
+-- Read through the flow, source and target indexes only, whatever the statistics say.
+create or replace function pyflows._edges_touching(p_flow_ids uuid[])
+returns table (id bigint, own uuid, via uuid)
+language sql
+stable
+set search_path = pg_catalog, pyflows, pg_temp
+set enable_seqscan = off
+set jit = off
+as $$
+    select d.id, d.flow_id, d.flow_id from pyflows.asset_dependencies as d
+     where d.client_id = pyflows.current_client_id() and d.engagement_id = pyflows.current_engagement_id()
+       and d.flow_id = any(p_flow_ids)
+    union all
+    select d.id, d.flow_id, a.flow_id from pyflows.assets as a
+      join pyflows.asset_dependencies as d
+        on d.client_id = a.client_id and d.engagement_id = a.engagement_id and d.source_asset_id = a.id
+     where a.client_id = pyflows.current_client_id() and a.engagement_id = pyflows.current_engagement_id()
+       and a.flow_id = any(p_flow_ids) and d.flow_id <> a.flow_id
+    union all
+    select d.id, d.flow_id, a.flow_id from pyflows.assets as a
+      join pyflows.asset_dependencies as d
+        on d.client_id = a.client_id and d.engagement_id = a.engagement_id and d.target_asset_id = a.id
+     where a.client_id = pyflows.current_client_id() and a.engagement_id = pyflows.current_engagement_id()
+       and a.flow_id = any(p_flow_ids) and d.flow_id <> a.flow_id
+$$;
+
 -- _deletion_counts for each flow of a batch that deletes p_ids in that order, as a jsonb object keyed by
 -- flow id: what each flow's delete removes when the flows before it are gone. A dependency edge counts
 -- for the first of the batch's flows it touches (its own flow, its source asset's, its target asset's),
@@ -88,24 +117,9 @@ begin
                (select count(*) from pyflows.import_field_mappings as m
                  where m.client_id = c_client and m.engagement_id = c_engagement and m.import_id = i.id) as mappings
           from imports as i),
-    touching as (  -- each edge with each flow of the batch it touches
-        select d.id, d.flow_id as own, d.flow_id as via from pyflows.asset_dependencies as d
-         where d.client_id = c_client and d.engagement_id = c_engagement and d.flow_id = any(p_ids)
-        union all
-        select d.id, d.flow_id, a.flow_id from pyflows.assets as a
-          join pyflows.asset_dependencies as d
-            on d.client_id = a.client_id and d.engagement_id = a.engagement_id and d.source_asset_id = a.id
-         where a.client_id = c_client and a.engagement_id = c_engagement and a.flow_id = any(p_ids)
-           and d.flow_id <> a.flow_id
-        union all
-        select d.id, d.flow_id, a.flow_id from pyflows.assets as a
-          join pyflows.asset_dependencies as d
-            on d.client_id = a.client_id and d.engagement_id = a.engagement_id and d.target_asset_id = a.id
-         where a.client_id = c_client and a.engagement_id = c_engagement and a.flow_id = any(p_ids)
-           and d.flow_id <> a.flow_id),
     edges as (  -- each edge, owned by the first flow of the batch it touches
-        select t.id, min(t.own::text)::uuid as own, min(b.pos) as pos
-          from touching as t join batch as b on b.id = t.via group by t.id),
+        select t.id, t.own, min(b.pos) as pos
+          from pyflows._edges_touching(p_ids) as t join batch as b on b.id = t.via group by t.id, t.own),
     counted as (
         select b.id, coalesce(ni.n, 0) as imports, coalesce(ni.records, 0) as records,
                coalesce(ni.mappings, 0) as mappings, coalesce(na.n, 0) as assets, coalesce(ne.n, 0) as edges,
@@ -538,18 +552,7 @@ begin
                                             coalesce(p_force, false));
     v_wait := pyflows._bound_lock_waits();
     delete from pyflows.asset_dependencies as d
-     using (select e.id from pyflows.asset_dependencies as e
-             where e.client_id = c_client and e.engagement_id = c_engagement and e.flow_id = any(v_ids)
-            union
-            select e.id from pyflows.assets as a
-              join pyflows.asset_dependencies as e
-                on e.client_id = a.client_id and e.engagement_id = a.engagement_id and e.source_asset_id = a.id
-             where a.client_id = c_client and a.engagement_id = c_engagement and a.flow_id = any(v_ids)
-            union
-            select e.id from pyflows.assets as a
-              join pyflows.asset_dependencies as e
-                on e.client_id = a.client_id and e.engagement_id = a.engagement_id and e.target_asset_id = a.id
-             where a.client_id = c_client and a.engagement_id = c_engagement and a.flow_id = any(v_ids)) as t
+     using (select distinct t.id from pyflows._edges_touching(v_ids) as t) as t
      where d.client_id = c_client and d.engagement_id = c_engagement and d.id = t.id;
     delete from pyflows.raw_import_records as r
      using pyflows.data_imports as i
@@ -673,7 +676,8 @@ revoke all on function
     pyflows.delete_flow(uuid, text, boolean), pyflows.delete_flows(uuid[], text, boolean, boolean),
     pyflows.list_audit_events(uuid, timestamptz, integer), pyflows.audit_event(bigint)
     from public;
-revoke all on function pyflows._deletion_result(bigint), pyflows._batch_deletion_counts(uuid[]) from public;
+revoke all on function pyflows._deletion_result(bigint), pyflows._batch_deletion_counts(uuid[]),
+    pyflows._edges_touching(uuid[]) from public;
 revoke all on function pyflows._batch_ids(uuid[]), pyflows._delete_flow_batch(uuid[], text, boolean) from public;
 grant execute on function
     pyflows._batch_ids(uuid[]), pyflows._delete_flow_batch(uuid[], text, boolean),
