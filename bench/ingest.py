@@ -13,6 +13,10 @@ Each table's rows are loaded five ways, interleaved, each into a flow (and impor
 Every round runs twice: on a database migrated for the suite whose tables have no statistics
 (autovacuum off: a new install, or rows loaded inside one transaction), then after ANALYZE. The
 result is each table's time per variant and the ratios bulk / keys (copy) and insert / keys (insert).
+
+Side by side with loading, restoring: each flow the bulk path loaded is deleted (``delete_flow``,
+not timed) and put back by ``restore_flow`` (timed, as the app login), and the restore's time is
+set beside the time the bulk path took to load that very flow; the restore must give back every row.
 """
 
 from __future__ import annotations
@@ -122,6 +126,17 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - started, value
 
 
+def restore_once(app: Conn, client: uuid.UUID, engagement: uuid.UUID, flow: uuid.UUID,
+                 loaded: dict[str, int]) -> float:
+    """Delete the flow, then time restoring it; every loaded row must come back."""
+    flows = Flows(app).tenant(client, engagement, "ingest")
+    event = flows.delete(flow, "bench: restore beside loading", force=True).event_id
+    seconds, restored = timed(lambda: flows.restore(event))
+    if {t: restored.restored.get(t) for t in loaded} != loaded:
+        raise AssertionError(f"restore gave back {restored.restored}, the bulk path loaded {loaded}")
+    return float(seconds)
+
+
 def load_once(owner: Conn, app: Conn, variant: str, client: uuid.UUID, engagement: uuid.UUID,
               n_records: int, n_assets: int) -> dict[str, float]:
     schema = {"bulk": "pyflows", "insert": "pyflows", "plain copy": "bench_plain"}.get(variant, "bench_keys")
@@ -135,6 +150,8 @@ def load_once(owner: Conn, app: Conn, variant: str, client: uuid.UUID, engagemen
         out["assets"], asset_ids = timed(lambda: flows.copy_assets(flow, items))
         graph = edges(asset_ids)
         out["asset_dependencies"], _ = timed(lambda: flows.copy_dependencies(flow, graph))
+        out["restore"] = restore_once(app, client, engagement, flow, {
+            "raw_import_records": len(recs), "assets": len(items), "asset_dependencies": len(graph)})
         return out
     conn = app if variant == "insert" else owner
 
@@ -191,6 +208,7 @@ def run(dsn: str, n_records: int, n_assets: int, runs: int) -> dict[str, Any]:
 
 def markdown(report: dict[str, Any]) -> list[str]:
     names = ("raw_import_records", "assets", "asset_dependencies")
+    restores = []
     lines = [f"### Loading a flow as the app login: {report['records']:,} raw records, {report['assets']:,} assets, "
              f"{report['edges']:,} edges", "",
              f"Medians of {report['runs']} run(s) per variant, each into a flow of its own, interleaved; seconds.", ""]
@@ -200,10 +218,15 @@ def markdown(report: dict[str, Any]) -> list[str]:
         for variant, times in variants.items():
             base = keys_copy if variant in ("bulk", "keys (copy)", "plain copy") else keys_insert
             rows.append([variant, *(f"{times[t]:.2f} ({times[t] / base[t]:.2f}×)" for t in names),
-                         f"{sum(times.values()):.2f}"])
+                         f"{sum(times[t] for t in names):.2f}"])
+        bulk = variants["bulk"]
+        restores.append(f"{round_}: {bulk['restore']:.2f} s against {sum(bulk[t] for t in names):.2f} s to load it "
+                        f"(**{bulk['restore'] / sum(bulk[t] for t in names):.2f}×**)")
         lines += [f"**{round_}** (ratios against the keys-and-foreign-keys copies loaded the same way)", "",
                   *table(["variant", *names, "all"], rows), ""]
     fresh, analyzed = report["medians"]["no statistics"]["bulk"], report["medians"]["analyzed"]["bulk"]
     lines.append(f"- Bulk path without statistics / analyzed: "
-                 f"**{sum(fresh.values()) / sum(analyzed.values()):.2f}×** (1.00× would be equal).")
+                 f"**{sum(fresh[t] for t in names) / sum(analyzed[t] for t in names):.2f}×** (1.00× would be equal).")
+    lines.append("- `restore_flow` of the flow the bulk path loaded (after `delete_flow`), beside that load: "
+                 + "; ".join(restores) + ".")
     return lines
