@@ -10,6 +10,7 @@ only run those calls.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
@@ -27,6 +28,7 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from .errors import InvalidRequest, wrap_errors
 from .models import (
+    AdminAuditEvent,
     AdminFlowRow,
     AuditEvent,
     BatchItem,
@@ -40,6 +42,8 @@ from .models import (
     Heartbeat,
     Impact,
     LoadResult,
+    NewClient,
+    NewEngagement,
     PruneResult,
     RestoreResult,
     ResumeResult,
@@ -47,6 +51,7 @@ from .models import (
     StartedImport,
     StatusChange,
     Tenant,
+    TenantListing,
     from_json,
 )
 from .queries import query
@@ -169,14 +174,23 @@ def _safety(flow_id: uuid.UUID, force: bool) -> _Call[Safety]:
 
 def _delete(flow_id: uuid.UUID, reason: str, force: bool, dry_run: bool) -> _Call[DeleteResult]:
     params = {"flow_id": flow_id, "reason": reason, "force": force}
-    return _Call("delete_flow", params, _one(DeleteResult, dry_run=dry_run), rollback=dry_run)
+    # A dry run's event was rolled back: no id of it is handed out.
+    extra: dict[str, Any] = {"dry_run": True, "event_id": None} if dry_run else {}
+    return _Call("delete_flow", params, _one(DeleteResult, **extra), rollback=dry_run)
 
 
 def _delete_many(flow_ids: Iterable[uuid.UUID], reason: str, force: bool, atomic: bool,
                  dry_run: bool) -> _Call[list[BatchItem]]:
     params = {"flow_ids": None if flow_ids is None else list(flow_ids), "reason": reason, "force": force,
               "atomic": atomic}
-    return _Call("delete_flows", params, _each(BatchItem), rollback=dry_run)
+    items = _each(BatchItem)
+    build = (lambda rows: rolled_back(items(rows))) if dry_run else items
+    return _Call("delete_flows", params, build, rollback=dry_run)
+
+
+def rolled_back(items: list[BatchItem]) -> list[BatchItem]:
+    """A dry run's batch outcomes, without the ids of the events it rolled back."""
+    return [dataclasses.replace(item, event_id=None) for item in items]
 
 
 def _audit_events(flow_id: uuid.UUID | None, since: datetime | None, limit: int) -> _Call[list[AuditEvent]]:
@@ -199,8 +213,25 @@ def _restore(event_id: int) -> _Call[RestoreResult]:
     return _Call("restore_flow", {"event_id": event_id}, _one(RestoreResult))
 
 
-def _prune(older_than: timedelta, dry_run: bool) -> _Call[PruneResult]:
-    return _Call("prune_audit", {"older_than": older_than},
+def _add_client(name: str, client_id: uuid.UUID | None) -> _Call[NewClient]:
+    return _Call("add_client", {"name": name, "client_id": client_id}, _one(NewClient))
+
+
+def _add_engagement(client_id: uuid.UUID, name: str, engagement_id: uuid.UUID | None) -> _Call[NewEngagement]:
+    return _Call("add_engagement", {"client_id": client_id, "name": name, "engagement_id": engagement_id},
+                 _one(NewEngagement))
+
+
+def _list_tenants() -> _Call[list[TenantListing]]:
+    return _Call("list_tenants", {}, _each(TenantListing))
+
+
+def _admin_audit_events(since: datetime | None, action: str | None, limit: int) -> _Call[list[AdminAuditEvent]]:
+    return _Call("admin_list_audit_events", {"since": since, "action": action, "limit": limit}, _each(AdminAuditEvent))
+
+
+def _prune(older_than: timedelta, dry_run: bool, actor: str | None) -> _Call[PruneResult]:
+    return _Call("prune_audit", {"older_than": older_than, "actor": actor},
                  lambda rows: PruneResult(int(rows[0]["events"]), dry_run), rollback=dry_run)
 
 
@@ -264,10 +295,16 @@ def _require_autocommit(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[
         raise InvalidRequest("purge commits as it goes: it needs an autocommit connection outside a transaction")
 
 
-def _notice_handler(on_progress: Callable[[str], None] | None) -> Callable[[psycopg.errors.Diagnostic], None]:
+def _notice_handler(on_progress: Callable[[str], None] | None,
+                    on_rows: Callable[[int], None] | None = None) -> Callable[[psycopg.errors.Diagnostic], None]:
+    """A purge's notices: each message to on_progress, and each batch's rows (its DETAIL) to on_rows."""
     def handle(diag: psycopg.errors.Diagnostic) -> None:
         if on_progress is not None and diag.message_primary:
             on_progress(diag.message_primary)
+        if on_rows is not None and diag.message_detail:
+            rows = json.loads(diag.message_detail).get("rows")
+            if rows is not None:
+                on_rows(int(rows))
     return handle
 
 
@@ -311,8 +348,8 @@ class Flows:
         """Incomplete flows of every tenant (members of pyflows_admin only, Forbidden otherwise)."""
         return self._run(_admin_list_incomplete(idle_for), None)
 
-    def _purge(self, tenant: Tenant, params: dict[str, Any], on_progress: Callable[[str], None] | None) -> AuditEvent:
-        handler = _notice_handler(on_progress)
+    def _purge(self, tenant: Tenant, params: dict[str, Any],
+               handler: Callable[[psycopg.errors.Diagnostic], None]) -> AuditEvent:
         with self._connection() as conn, wrap_errors():
             _require_autocommit(conn)
             conn.add_notice_handler(handler)
@@ -327,9 +364,27 @@ class Flows:
         event_id = self._run(_Call("last_purge_event", params, lambda rows: int(rows[0]["id"])), tenant)
         return self._run(_audit_event(event_id), tenant)
 
-    def prune_audit(self, older_than: timedelta, dry_run: bool = False) -> PruneResult:
-        """Remove audit events older than ``older_than`` with their archived rows (pyflows_admin)."""
-        return self._run(_prune(older_than, dry_run), None)
+    def prune_audit(self, older_than: timedelta, dry_run: bool = False, actor: str | None = None) -> PruneResult:
+        """Remove audit events older than ``older_than`` with their archived rows (pyflows_admin); the
+        audit.prune event records ``actor`` (default: the login role)."""
+        return self._run(_prune(older_than, dry_run, actor), None)
+
+    def admin_audit_events(self, since: datetime | None = None, action: str | None = None,
+                           limit: int = 100) -> list[AdminAuditEvent]:
+        """Audit events of every tenant, and of none (audit.prune), newest first (pyflows_admin)."""
+        return self._run(_admin_audit_events(since, action, limit), None)
+
+    def add_client(self, name: str, client_id: uuid.UUID | None = None) -> NewClient:
+        """A new client (pyflows_admin or the schema owner); InvalidRequest for an id that exists."""
+        return self._run(_add_client(name, client_id), None)
+
+    def add_engagement(self, client_id: uuid.UUID, name: str, engagement_id: uuid.UUID | None = None) -> NewEngagement:
+        """A new engagement of a client (pyflows_admin or the schema owner)."""
+        return self._run(_add_engagement(client_id, name, engagement_id), None)
+
+    def list_tenants(self) -> list[TenantListing]:
+        """Every client and engagement with its flow counts (pyflows_admin or the schema owner)."""
+        return self._run(_list_tenants(), None)
 
     def claim_file_cleanups(self, limit: int = 100, lease: timedelta = DEFAULT_LEASE) -> list[FileCleanup]:
         """Lease up to ``limit`` queued storage objects for removal (pyflows_admin)."""
@@ -429,12 +484,15 @@ class TenantFlows:
         return self._run(_load_dependencies(flow_id, edges))
 
     def purge(self, flow_id: uuid.UUID, reason: str, batch_rows: int = 10000, force: bool = False,
-              on_progress: Callable[[str], None] | None = None) -> AuditEvent:
+              on_progress: Callable[[str], None] | None = None,
+              on_rows: Callable[[int], None] | None = None) -> AuditEvent:
         """Delete a very large flow in committed batches (CALL pyflows.purge_flow); returns its event.
 
-        Needs an autocommit connection outside a transaction; ``on_progress`` receives each batch's notice.
+        Needs an autocommit connection outside a transaction; ``on_progress`` receives each batch's notice,
+        ``on_rows`` the rows each batch removed (for a progress bar over the impact's total).
         """
-        return self._flows._purge(self.context, _purge_params(flow_id, reason, batch_rows, force), on_progress)
+        return self._flows._purge(self.context, _purge_params(flow_id, reason, batch_rows, force),
+                                  _notice_handler(on_progress, on_rows))
 
 
 class AsyncFlows:
@@ -475,8 +533,7 @@ class AsyncFlows:
         return await self._run(_admin_list_incomplete(idle_for), None)
 
     async def _purge(self, tenant: Tenant, params: dict[str, Any],
-                     on_progress: Callable[[str], None] | None) -> AuditEvent:
-        handler = _notice_handler(on_progress)
+                     handler: Callable[[psycopg.errors.Diagnostic], None]) -> AuditEvent:
         async with self._connection() as conn:
             with wrap_errors():
                 _require_autocommit(conn)
@@ -492,8 +549,28 @@ class AsyncFlows:
         event_id = await self._run(_Call("last_purge_event", params, lambda rows: int(rows[0]["id"])), tenant)
         return await self._run(_audit_event(event_id), tenant)
 
-    async def prune_audit(self, older_than: timedelta, dry_run: bool = False) -> PruneResult:
-        return await self._run(_prune(older_than, dry_run), None)
+    async def prune_audit(self, older_than: timedelta, dry_run: bool = False,
+                          actor: str | None = None) -> PruneResult:
+        """Remove audit events older than ``older_than`` with their archived rows (pyflows_admin)."""
+        return await self._run(_prune(older_than, dry_run, actor), None)
+
+    async def admin_audit_events(self, since: datetime | None = None, action: str | None = None,
+                                 limit: int = 100) -> list[AdminAuditEvent]:
+        """Audit events of every tenant, and of none (audit.prune), newest first (pyflows_admin)."""
+        return await self._run(_admin_audit_events(since, action, limit), None)
+
+    async def add_client(self, name: str, client_id: uuid.UUID | None = None) -> NewClient:
+        """A new client (pyflows_admin or the schema owner)."""
+        return await self._run(_add_client(name, client_id), None)
+
+    async def add_engagement(self, client_id: uuid.UUID, name: str,
+                             engagement_id: uuid.UUID | None = None) -> NewEngagement:
+        """A new engagement of a client (pyflows_admin or the schema owner)."""
+        return await self._run(_add_engagement(client_id, name, engagement_id), None)
+
+    async def list_tenants(self) -> list[TenantListing]:
+        """Every client and engagement with its flow counts (pyflows_admin or the schema owner)."""
+        return await self._run(_list_tenants(), None)
 
     async def claim_file_cleanups(self, limit: int = 100, lease: timedelta = DEFAULT_LEASE) -> list[FileCleanup]:
         return await self._run(_claim_file_cleanups(limit, lease), None)
@@ -585,6 +662,8 @@ class AsyncTenantFlows:
         return await self._run(_load_dependencies(flow_id, edges))
 
     async def purge(self, flow_id: uuid.UUID, reason: str, batch_rows: int = 10000, force: bool = False,
-                    on_progress: Callable[[str], None] | None = None) -> AuditEvent:
+                    on_progress: Callable[[str], None] | None = None,
+                    on_rows: Callable[[int], None] | None = None) -> AuditEvent:
+        """Delete a very large flow in committed batches (CALL pyflows.purge_flow); see TenantFlows.purge."""
         return await self._flows._purge(self.context, _purge_params(flow_id, reason, batch_rows, force),
-                                        on_progress)
+                                        _notice_handler(on_progress, on_rows))

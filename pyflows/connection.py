@@ -10,11 +10,15 @@ import os
 from collections.abc import Mapping
 
 import psycopg
+from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from .errors import ConnectionFailed, connection_failed
 
-__all__ = ["resolve_dsn", "connect", "describe_dsn"]
+__all__ = ["resolve_dsn", "connect", "describe_dsn", "target_summary", "LIBPQ_SERVER_VARIABLES"]
+
+# The libpq variables that choose a server or database: any of them set names a target.
+LIBPQ_SERVER_VARIABLES = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE")
 
 DEFAULT_APPLICATION_NAME = "pyflows"
 
@@ -40,6 +44,18 @@ def describe_dsn(dsn: str) -> str:
     return make_conninfo(**shown) if shown else "<libpq defaults>"
 
 
+def target_summary(dsn: str) -> str:
+    """The host, port, database and user that dsn reaches, libpq's variables and defaults filled in."""
+    try:
+        params = {k: str(v) for k, v in conninfo_to_dict(dsn).items() if v is not None} if dsn else {}
+    except psycopg.ProgrammingError:
+        return describe_dsn(dsn)
+    defaults = {o.keyword.decode(): (o.val or o.compiled or b"").decode() for o in pq.Conninfo.get_defaults()}
+    value = {key: params.get(key) or defaults.get(key, "") for key in ("host", "port", "dbname", "user")}
+    return (f"host={value['host'] or 'the local socket'} port={value['port'] or '5432'} "
+            f"dbname={value['dbname'] or value['user']} user={value['user']}")
+
+
 def connect(
     dsn: str,
     *,
@@ -58,4 +74,10 @@ def connect(
     try:
         return psycopg.connect(conninfo, autocommit=autocommit)
     except psycopg.OperationalError as exc:
-        raise connection_failed(exc) from exc
+        failed = connection_failed(exc)
+        host = str(params.get("host") or "")
+        if failed.reason == "unreachable" and os.path.isabs(host) and os.path.isfile(os.path.join(host, "PG_VERSION")):
+            # The embedded server listens in its own data directory: this one is there, and stopped.
+            failed.hint = (f"{host} is an embedded PostgreSQL's data directory and it is not running: "
+                           f"start it with `pyflows --data-dir {host} embedded start`")
+        raise failed from exc

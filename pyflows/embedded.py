@@ -27,7 +27,8 @@ from .connection import connect
 from .errors import PyflowsError
 from .queries import query
 
-__all__ = ["EmbeddedServer", "EmbeddedUnavailable", "default_data_dir", "start", "stop", "temporary", "DATABASE"]
+__all__ = ["EmbeddedServer", "EmbeddedUnavailable", "default_data_dir", "running", "start", "stop", "temporary",
+           "DATABASE"]
 
 DATABASE = "pyflows"
 
@@ -107,6 +108,22 @@ def _ensure_database(server: EmbeddedServer) -> None:
         row = conn.execute(query("database_exists"), {"dbname": DATABASE}).fetchone()
         if row is None or not row[0]:
             conn.execute(sql.SQL("create database {}").format(sql.Identifier(DATABASE)))
+
+
+def running(data_dir: Path | None = None) -> EmbeddedServer | None:
+    """The embedded server running in ``data_dir`` (default: pyflows' own), or None: none is running there,
+    or pgserver is not installed. Starts nothing."""
+    try:
+        _pgserver()
+    except EmbeddedUnavailable:
+        return None
+    from pgserver.utils import PostmasterInfo
+
+    path = (data_dir or default_data_dir()).expanduser().resolve()
+    info = PostmasterInfo.read_from_pgdata(path) if path.is_dir() else None
+    if info is None or not info.is_running() or info.socket_dir is None or info.port is None:
+        return None
+    return EmbeddedServer(data_dir=path, socket_dir=str(info.socket_dir), port=int(info.port))
 
 
 def stop(data_dir: Path | None = None) -> bool:

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import psycopg
 
@@ -31,6 +31,8 @@ __all__ = [
     "from_psycopg",
     "wrap_errors",
     "describe",
+    "in_words",
+    "reworded",
 ]
 
 
@@ -163,14 +165,49 @@ def _parse_detail(text: str | None) -> dict[str, Any]:
     return value if isinstance(value, dict) else {"value": value}
 
 
+# The SQL API's messages name SQL parameters and functions; Python and CLI users get their own words.
+# (the SQL text, the Python API's words, the command line's words)
+WORDS: tuple[tuple[str, str, str], ...] = (
+    ("Pass p_force => true to override", "Pass force=True to override", "Add --force to override"),
+    ("run pyflows.purge_flow again", "run TenantFlows.purge() again", "run `pyflows flows purge` again"),
+    ("pyflows.purge_flow deletes them", "TenantFlows.purge() deletes them", "`pyflows flows purge` deletes them"),
+    ("Pass p_actor to pyflows.set_context.", "Pass actor= to Flows.tenant().", "Give --actor."),
+    ("A flow completes through record_progress and is deleted through delete_flow.",
+     "A flow completes through TenantFlows.record_progress() and is deleted through TenantFlows.delete().",
+     "A flow completes through `pyflows flows progress` and is deleted through `pyflows flows delete`."),
+    ("Call pyflows.set_context(client_id, engagement_id, actor) in this transaction first.",
+     "Use Flows.tenant(client_id, engagement_id, actor).", "Give --client and --engagement."),
+)
+Audience = Literal["python", "cli"]
+
+
+def in_words(text: str, audience: Audience) -> str:
+    """text with the SQL API's words (and, for the CLI, the Python API's) replaced by the audience's."""
+    for sql_words, python_words, cli_words in WORDS:
+        if audience == "python":
+            text = text.replace(sql_words, python_words)
+        else:
+            text = text.replace(sql_words, cli_words).replace(python_words, cli_words)
+    return text
+
+
+def reworded(error: PyflowsError, audience: Audience) -> PyflowsError:
+    """error with its message and hint in the audience's words (the same object, changed)."""
+    error.message = in_words(error.message, audience)
+    error.hint = None if error.hint is None else in_words(error.hint, audience)
+    error.args = (error.message,)
+    return error
+
+
 def from_psycopg(exc: psycopg.Error) -> PyflowsError | None:
-    """The pyflows exception for a database error, or None when it is not one of ours."""
+    """The pyflows exception for a database error (in the Python API's words), or None when it is not one of
+    ours."""
     sqlstate = exc.sqlstate or ""
     diag = exc.diag
     cls = _BY_SQLSTATE.get(sqlstate)
     if cls is not None:
-        return cls(diag.message_primary or str(exc), detail=_parse_detail(diag.message_detail),
-                   hint=diag.message_hint)
+        return reworded(cls(diag.message_primary or str(exc), detail=_parse_detail(diag.message_detail),
+                            hint=diag.message_hint), "python")
     if sqlstate in SCHEMA_MISSING_SQLSTATES:
         return SchemaMissing(
             f"the pyflows schema is missing or out of date ({diag.message_primary}): run `pyflows migrate`"

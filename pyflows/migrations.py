@@ -11,6 +11,7 @@ import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -128,7 +129,7 @@ def apply_sql(dsn: str) -> list[str]:
                     except psycopg.Error as exc:
                         raise MigrationError(f"sql/{path.name} failed to apply: {describe(exc)}") from exc
                 conn.execute(query("record_sql_definitions"),
-                             {"digest": sql_digest(), "version": __version__})
+                             {"digest": sql_digest(), "version": __version__, "migrations": _applied_ids(conn)})
         except psycopg.Error as exc:
             raise MigrationError(f"sql/ failed to apply: {describe(exc)}") from exc
     return [path.name for path in files]
@@ -174,7 +175,22 @@ def rollback(dsn: str, *, to: str | None = None, all_: bool = False) -> list[str
             except psycopg.Error as exc:
                 raise MigrationError(f"rollback of {migration.id} failed: {describe(exc)}") from exc
             done.append(migration.id)
+    if done:
+        _record_migrations(dsn)
     return done
+
+
+def _applied_ids(conn: psycopg.Connection[Any]) -> list[str]:
+    """The migrations applied, read from the migration table (the owner's)."""
+    return sorted(str(r[0]) for r in conn.execute(query("applied_migrations")))
+
+
+def _record_migrations(dsn: str) -> None:
+    """Keep installed_sql's list of applied migrations current after a rollback (when it has one)."""
+    with connect(dsn, application_name="pyflows-migrate") as conn, conn.transaction():
+        row = conn.execute(query("schema_state"), {"migration_table": MIGRATION_TABLE}).fetchone()
+        if row is not None and row[2]:
+            conn.execute(query("record_migrations"), {"migrations": _applied_ids(conn)})
 
 
 def status(dsn: str) -> Status:
@@ -183,14 +199,24 @@ def status(dsn: str) -> Status:
     with connect(dsn, application_name="pyflows-check") as conn:
         row = conn.execute(query("schema_state"), {"migration_table": MIGRATION_TABLE}).fetchone()
         assert row is not None
-        schema_present, has_installed_sql, has_migration_table = (bool(v) for v in row)
+        schema_present, reads_installed, lists_migrations, reads_migration_table = (bool(v) for v in row)
         digest = None
-        if has_installed_sql:
+        if reads_installed:
             found = conn.execute(query("installed_sql_digest")).fetchone()
             digest = found[0] if found else None
-        applied_ids: set[str] = set()
-        if has_migration_table:
-            applied_ids = {str(r[0]) for r in conn.execute(query("applied_migrations"))}
+        applied_ids: set[str] | None = set()
+        if reads_migration_table:
+            applied_ids = set(_applied_ids(conn))
+        elif reads_installed and lists_migrations:
+            listed = conn.execute(query("installed_migrations")).fetchone()
+            names = None if listed is None else cast("list[str] | None", listed[0])
+            applied_ids = None if names is None else set(names)
+        elif schema_present:
+            applied_ids = None  # there, but this role may read neither list (a schema older than 0013)
+    if applied_ids is None:
+        return Status([], [], schema_present, False, [
+            "this role may not read which migrations are applied (a schema before migration 0013): "
+            "run `pyflows check` as the schema owner, or `pyflows migrate` as the owner to upgrade"])
     applied = [m.id for m in migrations if m.id in applied_ids]
     pending = [m.id for m in migrations if m.id not in applied_ids]
     unknown = sorted(applied_ids - {m.id for m in migrations})

@@ -22,6 +22,9 @@ __all__ = [
 T = TypeVar("T")
 
 # The tables a flow owns, parents first: the keys of every "counts" object, in display order.
+# The phases of a flow, in order: the rows migration 0002 puts in pyflows.phases (a test keeps them equal).
+PHASES = ("data_import", "data_validation", "field_mapping", "data_cleansing", "asset_inventory",
+          "dependency_analysis", "tech_debt_analysis")
 FLOW_TABLES = ("data_imports", "raw_import_records", "import_field_mappings", "assets", "asset_dependencies")
 
 
@@ -200,13 +203,13 @@ class Impact:
 
 @dataclass(frozen=True)
 class DeleteResult:
-    event_id: int
+    event_id: int | None  # None for a dry run: its event was rolled back with everything else
     flow_id: uuid.UUID
     deleted: dict[str, int]
     files_enqueued: int
     forced: bool
     warnings: list[SafetyItem]
-    dry_run: bool = False  # True: the delete ran and was rolled back; event_id names no stored event
+    dry_run: bool = False  # True: the delete ran and was rolled back
 
 
 @dataclass(frozen=True)
@@ -215,7 +218,7 @@ class BatchItem:
 
     flow_id: uuid.UUID
     ok: bool
-    event_id: int | None
+    event_id: int | None  # None for a failed flow, and in a dry run (rolled back)
     error_code: str | None
     message: str | None
 
@@ -236,12 +239,59 @@ class AuditEvent:
     impact: dict[str, Any] | None
     deleted: dict[str, int]
     statement: str | None
-    # Only in audit_event (one event in full):
+    # Only in audit_event (one event in full), but details:
     txid: int | None = None
     client_id: uuid.UUID | None = None
     engagement_id: uuid.UUID | None = None
     flow_snapshot: dict[str, Any] | None = None
-    details: dict[str, Any] | None = None
+    details: dict[str, Any] | None = None  # also in the listing
+    restored_by_event_id: int | None = None  # the flow.restore event that put this event's flow back
+
+
+@dataclass(frozen=True)
+class NewClient:
+    client_id: uuid.UUID
+    name: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class NewEngagement:
+    client_id: uuid.UUID
+    engagement_id: uuid.UUID
+    name: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class TenantListing:
+    """One row of list_tenants: a client's engagement (None for a client without one) and its flows."""
+
+    client_id: uuid.UUID
+    client_name: str
+    engagement_id: uuid.UUID | None
+    engagement_name: str | None
+    flows: int
+    incomplete_flows: int
+
+
+@dataclass(frozen=True)
+class AdminAuditEvent:
+    """One row of admin_list_audit_events: an event of any tenant, or of none (audit.prune)."""
+
+    event_id: int
+    occurred_at: datetime
+    action: str
+    actor: str | None
+    db_user: str
+    application_name: str | None
+    client_id: uuid.UUID | None
+    engagement_id: uuid.UUID | None
+    flow_id: uuid.UUID | None
+    reason: str | None
+    forced: bool
+    deleted: dict[str, int]
+    details: dict[str, Any]
 
 
 @dataclass(frozen=True)

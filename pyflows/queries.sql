@@ -6,18 +6,31 @@
 select pg_advisory_xact_lock(hashtext('pyflows: sql definitions'))
 
 -- name: record_sql_definitions
-insert into pyflows.installed_sql (singleton, digest, pyflows_version, applied_at)
-values (true, %(digest)s, %(version)s, now())
+insert into pyflows.installed_sql (singleton, digest, pyflows_version, applied_at, migrations)
+values (true, %(digest)s, %(version)s, now(), %(migrations)s)
 on conflict (singleton) do update
-   set digest = excluded.digest, pyflows_version = excluded.pyflows_version, applied_at = excluded.applied_at
+   set digest = excluded.digest, pyflows_version = excluded.pyflows_version, applied_at = excluded.applied_at,
+       migrations = excluded.migrations
+
+-- name: record_migrations
+-- After a rollback: the migrations still applied (none of this when 0013, which adds the column, is gone).
+update pyflows.installed_sql set migrations = %(migrations)s
 
 -- name: schema_state
+-- Whether the schema is there; whether installed_sql is, and this role may read it; whether it lists the
+-- migrations (0013 on); whether this role may read the migration table.
 select exists (select from pg_catalog.pg_namespace where nspname = 'pyflows'),
-       to_regclass('pyflows.installed_sql') is not null,
-       to_regclass(%(migration_table)s) is not null
+       coalesce(pg_catalog.has_table_privilege(pg_catalog.to_regclass('pyflows.installed_sql'), 'select'), false),
+       exists (select from pg_catalog.pg_attribute
+                where attrelid = pg_catalog.to_regclass('pyflows.installed_sql') and attname = 'migrations'
+                  and not attisdropped),
+       coalesce(pg_catalog.has_table_privilege(pg_catalog.to_regclass(%(migration_table)s), 'select'), false)
 
 -- name: installed_sql_digest
 select digest from pyflows.installed_sql
+
+-- name: installed_migrations
+select migrations from pyflows.installed_sql
 
 -- name: applied_migrations
 select migration_id from _yoyo_migration
@@ -153,7 +166,10 @@ select id from pyflows_audit.events
  order by id desc limit 1
 
 -- name: prune_audit
-select pyflows.prune_audit(p_older_than => %(older_than)s) as events
+select pyflows.prune_audit(p_older_than => %(older_than)s, p_actor => %(actor)s) as events
+
+-- name: admin_list_audit_events
+select * from pyflows.admin_list_audit_events(p_since => %(since)s, p_action => %(action)s, p_limit => %(limit)s)
 
 -- name: load_records
 select pyflows.load_records(p_import_id => %(import_id)s, p_stage => %(stage)s)
@@ -166,3 +182,12 @@ select ord, asset_id from pyflows.load_assets(p_flow_id => %(flow_id)s, p_stage 
 
 -- name: load_dependencies
 select pyflows.load_dependencies(p_flow_id => %(flow_id)s, p_stage => %(stage)s)
+
+-- name: add_client
+select pyflows.add_client(p_name => %(name)s, p_client_id => %(client_id)s)
+
+-- name: add_engagement
+select pyflows.add_engagement(p_client_id => %(client_id)s, p_name => %(name)s, p_engagement_id => %(engagement_id)s)
+
+-- name: list_tenants
+select * from pyflows.list_tenants()

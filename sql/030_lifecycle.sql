@@ -428,7 +428,9 @@ begin
     perform pyflows._require_context();
     if p_phase is null or not exists (select from pyflows.phases where phase = p_phase) then
         raise exception 'unknown phase %', coalesce(quote_literal(p_phase), 'NULL')
-            using errcode = 'PF422', hint = 'The phases are listed in pyflows.phases.';
+            using errcode = 'PF422',
+                  hint = format('The phases, in order: %s.',
+                                (select string_agg(ph.phase, ', ' order by ph.position) from pyflows.phases as ph));
     end if;
     v_flow := pyflows._lock_flow(p_flow_id);
     perform pyflows._require_status(v_flow, pyflows._incomplete_statuses(),

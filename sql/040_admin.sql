@@ -6,6 +6,24 @@
 -- subset when it is not. The caller is checked by session_user: inside a SECURITY DEFINER function
 -- current_user is the owner.
 
+-- PF403 unless the owner of the functions (current_user in a SECURITY DEFINER function) may read and
+-- write across tenants: row-level security is forced on the tenant tables, so it needs BYPASSRLS.
+create or replace function pyflows._require_owner_across_tenants()
+returns void
+language plpgsql
+stable
+security definer
+set search_path = pg_catalog, pyflows, pg_temp
+as $$
+begin
+    if not exists (select from pg_catalog.pg_roles where rolname = current_user and (rolsuper or rolbypassrls)) then
+        raise exception 'the pyflows schema owner % cannot read across tenants', current_user
+            using errcode = 'PF403',
+                  hint = 'Give the role that runs pyflows migrate BYPASSRLS (ALTER ROLE ... BYPASSRLS).';
+    end if;
+end;
+$$;
+
 -- PF403 unless the logged-in role is a member of pyflows_admin and the owner can read across tenants.
 create or replace function pyflows._require_admin()
 returns void
@@ -21,11 +39,7 @@ begin
                   detail = json_build_object('role', session_user)::text,
                   hint = 'Ask a DBA to grant pyflows_admin to your login role.';
     end if;
-    if not exists (select from pg_catalog.pg_roles where rolname = current_user and (rolsuper or rolbypassrls)) then
-        raise exception 'the pyflows schema owner % cannot read across tenants', current_user
-            using errcode = 'PF403',
-                  hint = 'Give the role that runs pyflows migrate BYPASSRLS (ALTER ROLE ... BYPASSRLS).';
-    end if;
+    perform pyflows._require_owner_across_tenants();
 end;
 $$;
 
@@ -58,6 +72,151 @@ begin
 end;
 $$;
 
-revoke all on function pyflows._require_admin(), pyflows.admin_list_incomplete_flows(interval) from public;
+revoke all on function pyflows._require_owner_across_tenants(), pyflows._require_admin(),
+    pyflows.admin_list_incomplete_flows(interval) from public;
 -- Granted to applications on purpose: a non-admin caller gets PF403 from the function, not 42501.
 grant execute on function pyflows._require_admin(), pyflows.admin_list_incomplete_flows(interval) to pyflows_app;
+
+-- Audit events of every tenant, newest first, including those of no tenant (audit.prune): what a DBA
+-- reads to see who pruned the audit, and what else happened across tenants. p_action narrows to one
+-- action.
+create or replace function pyflows.admin_list_audit_events(p_since timestamptz default null,
+                                                           p_action text default null,
+                                                           p_limit integer default 100)
+returns table (
+    event_id bigint, occurred_at timestamptz, action text, actor text, db_user text, application_name text,
+    client_id uuid, engagement_id uuid, flow_id uuid, reason text, forced boolean, deleted jsonb,
+    details jsonb)
+language plpgsql
+stable
+security definer
+set search_path = pg_catalog, pyflows, pg_temp
+as $$
+begin
+    perform pyflows._require_admin();
+    perform pyflows._check_page(p_limit, 0);
+    if p_action is not null and p_action not in ('flow.start', 'flow.resume', 'flow.delete', 'flow.purge',
+                                                 'flow.restore', 'sql.delete', 'audit.prune') then
+        raise exception 'action must be flow.start, flow.resume, flow.delete, flow.purge, flow.restore, sql.delete or audit.prune (got %)',
+            quote_literal(left(p_action, 100))
+            using errcode = 'PF422';
+    end if;
+    return query
+        select e.id, e.occurred_at, e.action, e.actor, e.db_user, e.application_name, e.client_id,
+               e.engagement_id, e.flow_id, e.reason, e.forced, e.deleted, e.details
+          from pyflows_audit.events as e
+         where (p_since is null or e.occurred_at >= p_since)
+           and (p_action is null or e.action = p_action)
+         order by e.occurred_at desc, e.id desc
+         limit p_limit;
+end;
+$$;
+
+revoke all on function pyflows.admin_list_audit_events(timestamptz, text, integer) from public;
+grant execute on function pyflows.admin_list_audit_events(timestamptz, text, integer) to pyflows_app;
+
+-- PF403 unless the logged-in role may create tenants: a member of pyflows_admin, or the role that owns
+-- the pyflows schema (the one that runs pyflows migrate).
+create or replace function pyflows._require_tenant_admin()
+returns void
+language plpgsql
+stable
+security definer
+set search_path = pg_catalog, pyflows, pg_temp
+as $$
+begin
+    if not (pg_catalog.pg_has_role(session_user, 'pyflows_admin', 'member')
+            or exists (select from pg_catalog.pg_namespace as n
+                        where n.nspname = 'pyflows' and n.nspowner = (select r.oid from pg_catalog.pg_roles as r
+                                                                       where r.rolname = session_user))) then
+        raise exception 'only members of pyflows_admin or the schema owner may add tenants'
+            using errcode = 'PF403',
+                  detail = json_build_object('role', session_user)::text,
+                  hint = 'Ask a DBA to grant pyflows_admin to your login role.';
+    end if;
+    perform pyflows._require_owner_across_tenants();
+end;
+$$;
+
+-- A new client (p_client_id, or a new id). Result: {client_id, name, created_at}. PF422 when that id
+-- exists or the name is empty.
+create or replace function pyflows.add_client(p_name text, p_client_id uuid default null)
+returns jsonb
+language plpgsql
+security definer
+set search_path = pg_catalog, pyflows, pg_temp
+as $$
+declare
+    v_row pyflows.clients;
+begin
+    perform pyflows._require_tenant_admin();
+    insert into pyflows.clients (id, name)
+    values (coalesce(p_client_id, pg_catalog.gen_random_uuid()), pyflows._check_text(p_name, 'client name'))
+    on conflict (id) do nothing
+    returning * into v_row;
+    if v_row.id is null then
+        raise exception 'client % exists', p_client_id
+            using errcode = 'PF422', detail = json_build_object('client_id', p_client_id)::text;
+    end if;
+    return jsonb_build_object('client_id', v_row.id, 'name', v_row.name, 'created_at', v_row.created_at);
+end;
+$$;
+
+-- A new engagement of client p_client_id. Result: {client_id, engagement_id, name, created_at}. PF404
+-- for a client that does not exist, PF422 when that engagement id exists or the name is empty.
+create or replace function pyflows.add_engagement(p_client_id uuid, p_name text, p_engagement_id uuid default null)
+returns jsonb
+language plpgsql
+security definer
+set search_path = pg_catalog, pyflows, pg_temp
+as $$
+declare
+    v_row pyflows.engagements;
+begin
+    perform pyflows._require_tenant_admin();
+    if not exists (select from pyflows.clients as c where c.id = p_client_id) then
+        raise exception 'client % not found', p_client_id
+            using errcode = 'PF404', detail = json_build_object('client_id', p_client_id)::text;
+    end if;
+    insert into pyflows.engagements (client_id, id, name)
+    values (p_client_id, coalesce(p_engagement_id, pg_catalog.gen_random_uuid()),
+            pyflows._check_text(p_name, 'engagement name'))
+    on conflict (client_id, id) do nothing
+    returning * into v_row;
+    if v_row.id is null then
+        raise exception 'engagement % of client % exists', p_engagement_id, p_client_id
+            using errcode = 'PF422',
+                  detail = json_build_object('client_id', p_client_id, 'engagement_id', p_engagement_id)::text;
+    end if;
+    return jsonb_build_object('client_id', v_row.client_id, 'engagement_id', v_row.id, 'name', v_row.name,
+                              'created_at', v_row.created_at);
+end;
+$$;
+
+-- Every client and engagement, with how many flows each has and how many are incomplete.
+create or replace function pyflows.list_tenants()
+returns table (client_id uuid, client_name text, engagement_id uuid, engagement_name text, flows bigint,
+               incomplete_flows bigint)
+language plpgsql
+stable
+security definer
+set search_path = pg_catalog, pyflows, pg_temp
+as $$
+begin
+    perform pyflows._require_tenant_admin();
+    return query
+        select c.id, c.name, e.id, e.name, count(f.id),
+               count(f.id) filter (where f.status = any (pyflows._incomplete_statuses()))
+          from pyflows.clients as c
+          left join pyflows.engagements as e on e.client_id = c.id
+          left join pyflows.discovery_flows as f on f.client_id = e.client_id and f.engagement_id = e.id
+         group by c.id, c.name, e.id, e.name
+         order by c.name, c.id, e.name, e.id;
+end;
+$$;
+
+revoke all on function pyflows._require_tenant_admin(), pyflows.add_client(text, uuid),
+    pyflows.add_engagement(uuid, text, uuid), pyflows.list_tenants() from public;
+-- Granted to applications on purpose: a caller who may not gets PF403 from the function, not 42501.
+grant execute on function pyflows._require_tenant_admin(), pyflows.add_client(text, uuid),
+    pyflows.add_engagement(uuid, text, uuid), pyflows.list_tenants() to pyflows_app;

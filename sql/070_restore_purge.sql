@@ -468,7 +468,9 @@ begin
             v_total := v_total + v_n;
             v_batches := v_batches + 1;
             raise notice 'pyflows purge of flow %: batch % removed % rows (% so far)', p_flow_id, v_batches, v_n,
-                v_total;
+                v_total
+                using detail = json_build_object('flow_id', p_flow_id, 'batch', v_batches, 'rows', v_n,
+                                                 'so_far', v_total)::text;
             commit;
         end if;
     end loop;
@@ -483,7 +485,8 @@ $$;
 -- Remove audit events older than p_older_than, with their archived rows (members of pyflows_admin).
 -- Kept: audit.prune events themselves, and purge events still running. Leaves one 'audit.prune' event
 -- with the counts. Returns the number of events removed.
-create or replace function pyflows.prune_audit(p_older_than interval)
+drop function if exists pyflows.prune_audit(interval);
+create or replace function pyflows.prune_audit(p_older_than interval, p_actor text default null)
 returns bigint
 language plpgsql
 security definer
@@ -504,6 +507,9 @@ declare
 begin
     perform pyflows._require_admin();
     perform pyflows._check_interval(p_older_than, 'older_than', interval '0', interval '100 years');
+    if p_actor is not null and (btrim(p_actor) = '' or char_length(p_actor) > 200) then
+        raise exception 'actor must be a non-empty name of at most 200 characters' using errcode = 'PF422';
+    end if;
     v_cutoff := now() - p_older_than;
     select coalesce(array_agg(e.id), '{}'), min(e.id), max(e.id) into v_ids, v_min, v_max
       from pyflows_audit.events as e
@@ -511,7 +517,7 @@ begin
        and not (e.action = 'flow.purge' and e.details ->> 'state' = 'running');
     -- This transaction's audit.prune event is what lets the append-only triggers allow its deletes.
     insert into pyflows_audit.events (action, actor, reason, details)
-    values ('audit.prune', coalesce(pyflows.current_actor(), session_user::text),
+    values ('audit.prune', coalesce(p_actor, pyflows.current_actor(), session_user::text),
             format('events older than %s', p_older_than),
             jsonb_build_object('older_than', p_older_than::text, 'cutoff', v_cutoff, 'pruned_through_event_id', v_max))
     returning id into v_prune;
@@ -535,9 +541,9 @@ $$;
 revoke all on function pyflows._column_list(text), pyflows.restore_flow(bigint), pyflows._claim_restored_files(bigint),
     pyflows._purge_begin(uuid, text, boolean, integer), pyflows._require_running_purge(uuid, bigint),
     pyflows._purge_batch(uuid, bigint, integer, integer),
-    pyflows._purge_finish(uuid, bigint, integer), pyflows.prune_audit(interval) from public;
+    pyflows._purge_finish(uuid, bigint, integer), pyflows.prune_audit(interval, text) from public;
 revoke all on procedure pyflows.purge_flow(uuid, text, integer, boolean) from public;
 grant execute on function pyflows._column_list(text), pyflows.restore_flow(bigint),
     pyflows._purge_begin(uuid, text, boolean, integer), pyflows._purge_batch(uuid, bigint, integer, integer),
-    pyflows._purge_finish(uuid, bigint, integer), pyflows.prune_audit(interval) to pyflows_app;
+    pyflows._purge_finish(uuid, bigint, integer), pyflows.prune_audit(interval, text) to pyflows_app;
 grant execute on procedure pyflows.purge_flow(uuid, text, integer, boolean) to pyflows_app;

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 from click.testing import CliRunner, Result
+from psycopg.conninfo import conninfo_to_dict
 
-from pyflows import embedded
+from pyflows import embedded, migrations
 from pyflows.cli import Exit, cli
-from pyflows.connection import resolve_dsn
+from pyflows.connection import LIBPQ_SERVER_VARIABLES, resolve_dsn
 from pyflows.demo import DEMO_TENANTS, example_sql, psql_example
 
 from .helpers import FLOW_TREE_TABLES, count_rows
@@ -23,8 +25,9 @@ def run(*args: str, env: dict[str, str] | None = None) -> Result:
 
 
 def assert_one_line_error(result: Result, code: Exit, *fragments: str) -> None:
+    """One error line on stderr (after the line naming the database, for the schema commands)."""
     assert result.exit_code == code, (result.exit_code, result.output)
-    lines = result.stderr.strip().splitlines()
+    lines = [line for line in result.stderr.strip().splitlines() if not line.startswith("pyflows: database ")]
     assert len(lines) == 1 and lines[0].startswith("pyflows: "), result.stderr
     assert "Traceback" not in result.output
     for fragment in fragments:
@@ -73,10 +76,81 @@ def test_migrate_check_and_dry_run(blank_dsn: str) -> None:
     assert check.exit_code == 0 and "up to date" in check.stdout
 
 
+@pytest.mark.parametrize("role", ["app", "admin"])
+def test_check_works_for_every_role_that_uses_pyflows(pyflows_role_dsn: Callable[[str], str], role: str) -> None:
+    text = run("--dsn", pyflows_role_dsn(role), "check")
+    assert text.exit_code == 0 and "pyflows schema is up to date" in text.stdout, text.output
+    assert "applied  0013_check_for_every_role" in text.stdout
+    data = json.loads(run("--dsn", pyflows_role_dsn(role), "check", "--json").stdout)
+    assert set(data) == {"ok", "applied", "pending", "sql_current", "problems", "database"}
+    assert data["database"]["from"] == "--dsn" and "dbname=" in data["database"]["target"]
+    assert data["ok"] is True and data["pending"] == [] and data["problems"] == [] and data["sql_current"] is True
+    assert data["applied"] == [m.id for m in migrations._migrations()]
+
+
+def test_check_as_another_role_follows_rollbacks(pyflows_dsn: str, pyflows_role_dsn: Callable[[str], str]) -> None:
+    app = pyflows_role_dsn("app")
+    with psycopg.connect(pyflows_dsn, autocommit=True) as conn:
+        # What another role reads is installed_sql's list; a rollback rewrites it from the migration table.
+        conn.execute("update pyflows.installed_sql set migrations = migrations[1:12]")
+        stale = json.loads(run("--dsn", app, "check", "--json").stdout)
+        assert stale["ok"] is False and stale["pending"] == ["0013_check_for_every_role"]
+        migrations._record_migrations(pyflows_dsn)
+        assert json.loads(run("--dsn", app, "check", "--json").stdout)["ok"] is True
+    # Without 0013 another role may read neither list: it says so, and who can tell.
+    assert migrations.rollback(pyflows_dsn) == ["0013_check_for_every_role"]
+    before = run("--dsn", app, "check")
+    assert before.exit_code == Exit.SCHEMA and "run `pyflows check` as the schema owner" in before.stderr
+    assert run("--dsn", pyflows_dsn, "check").exit_code == Exit.SCHEMA  # the owner sees 0013 pending
+    assert run("--dsn", pyflows_dsn, "migrate").exit_code == 0
+    assert run("--dsn", app, "check").exit_code == 0
+
+
 def test_dsn_comes_from_the_environment(blank_dsn: str) -> None:
     run("--dsn", blank_dsn, "migrate")
     assert run("check", env={"PYFLOWS_DSN": blank_dsn, "DATABASE_URL": "host=/nonexistent"}).exit_code == 0
     assert run("check", env={"PYFLOWS_DSN": "", "DATABASE_URL": blank_dsn}).exit_code == 0
+
+
+# Nothing names a database: no --dsn, no PYFLOWS_DSN or DATABASE_URL, no libpq variable; and no embedded server
+# running in the (empty) data directory PYFLOWS_DATA_DIR names.
+def nothing_named(data_dir: Path) -> dict[str, str | None]:
+    return {"PYFLOWS_DSN": None, "DATABASE_URL": None, "PYFLOWS_DATA_DIR": str(data_dir),
+            **{name: None for name in LIBPQ_SERVER_VARIABLES}}
+
+
+def test_every_schema_command_names_its_database(blank_dsn: str, tmp_path: Path) -> None:
+    migrated = run("migrate", env={"PYFLOWS_DSN": blank_dsn})
+    dbname = conninfo_to_dict(blank_dsn)["dbname"]
+    assert "pyflows: database host=" in migrated.stderr and f"dbname={dbname}" in migrated.stderr
+    assert "(PYFLOWS_DSN)" in migrated.stderr
+    checked = run("--dsn", blank_dsn, "check")
+    assert f"dbname={dbname}" in checked.stderr and "(--dsn)" in checked.stderr
+    assert "(DATABASE_URL)" in run("check", env={"PYFLOWS_DSN": "", "DATABASE_URL": blank_dsn}).stderr
+    refused = run("rollback", env={"PYFLOWS_DSN": blank_dsn})
+    assert refused.exit_code == Exit.USAGE and "(PYFLOWS_DSN)" in refused.stderr
+
+
+def test_with_nothing_named_schema_changes_do_not_proceed_silently(tmp_path: Path) -> None:
+    env = nothing_named(tmp_path / "no-server")
+    refused = run("migrate", env=env)
+    assert refused.exit_code == Exit.USAGE, refused.output
+    assert "nothing named: libpq's defaults" in refused.stderr
+    assert "refusing to migrate libpq's default one without --yes" in refused.stderr
+    assert refused.stdout == ""  # nothing was applied or said to be
+    dry = run("migrate", "--dry-run", env=env)  # changes nothing: goes on, and says where
+    assert "nothing named: libpq's defaults" in dry.stderr
+
+
+def test_data_dir_goes_with_embedded(blank_dsn: str, tmp_path: Path) -> None:
+    refused = run("--data-dir", str(tmp_path), "check")
+    assert refused.exit_code == Exit.USAGE and "give --embedded with it" in refused.stderr
+
+
+def test_a_stopped_embedded_server_suggests_starting_it(tmp_path: Path) -> None:
+    (tmp_path / "PG_VERSION").write_text("16\n")  # a data directory whose server is not running
+    result = run("--dsn", f"host={tmp_path} dbname=pyflows", "check")
+    assert_one_line_error(result, Exit.CONNECTION, f"start it with `pyflows --data-dir {tmp_path} embedded start`")
 
 
 def test_dsn_resolution_order() -> None:
@@ -160,10 +234,23 @@ def test_demo_on_the_embedded_server(embedded_dir: Path) -> None:
     result = run("--data-dir", str(embedded_dir), "demo", env={"PYFLOWS_DSN": "", "DATABASE_URL": ""})
     assert result.exit_code == 0, result.output
     assert f"Embedded PostgreSQL in {embedded_dir}" in result.stdout
+    assert f"pyflows: started the embedded PostgreSQL in {embedded_dir}" in result.stderr  # it says when it starts one
     assert "Acme Logistics" in result.stdout and "Globex Retail" in result.stdout
     # The server keeps running and the data directory is reused: --embedded reaches the same database.
     check = run("--embedded", "--data-dir", str(embedded_dir), "check")
     assert check.exit_code == 0 and "up to date" in check.stdout
+    assert f"(the embedded PostgreSQL in {embedded_dir} (--embedded)" in check.stderr
+    assert "started" not in check.stderr  # it was running: nothing was started
+    # With nothing else named, the commands after the demo reach the server it left running.
+    found = run("check", env=nothing_named(embedded_dir))
+    assert found.exit_code == 0 and "up to date" in found.stdout, found.output
+    assert f"the embedded PostgreSQL in {embedded_dir}, running (nothing else named" in found.stderr
+    gate = run("flows", "--client", str(DEMO_TENANTS[0][0]), "--engagement", str(DEMO_TENANTS[0][1]), "gate",
+               env=nothing_named(embedded_dir))
+    assert gate.exit_code in (0, Exit.CONFLICT) and "flow" in gate.stdout, gate.output
+    assert "is already running" in run("--data-dir", str(embedded_dir), "embedded", "start").stderr
     stop = run("--data-dir", str(embedded_dir), "embedded", "stop")
     assert stop.exit_code == 0 and "stopped" in stop.stdout
+    down = run("--dsn", embedded.EmbeddedServer(embedded_dir, str(embedded_dir), 5432).dsn(), "check")
+    assert_one_line_error(down, Exit.CONNECTION, "embedded start")
     assert "no embedded PostgreSQL is running" in run("--data-dir", str(embedded_dir), "embedded", "stop").stdout

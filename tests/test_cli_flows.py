@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from pyflows.cli import Exit, cli, parse_duration
-from pyflows.models import Tenant
+from pyflows.models import PHASES, Tenant
 
 from .test_cli import assert_one_line_error
 
@@ -142,6 +142,45 @@ def test_all_tenants_listing_is_for_admins(flows_cli: Callable[..., Result], ten
     assert isinstance(rows[0]["idle_for"], float)
     assert as_json(flows_cli(None, "list", "--all-tenants", "--idle-for", "7d", "--json", role="admin")) == []
     assert_one_line_error(flows_cli(None, "list", "--all-tenants", role="app"), Exit.FORBIDDEN, "pyflows_admin")
+    # Paging options belong to one tenant's listing: with --all-tenants they are refused, not ignored.
+    for args, named in ((("--limit", "1"), "--limit"), (("--offset", "1"), "--offset"),
+                        (("--filter", "terminal"), "--filter"),
+                        (("--limit", "50", "--offset", "0"), "--limit and --offset")):
+        refused = flows_cli(None, "list", "--all-tenants", *args, role="admin")
+        assert refused.exit_code == Exit.USAGE and refused.stdout == "", refused.output
+        assert f"{named} page one tenant's flows" in refused.stderr
+
+
+def test_phases_are_listed_by_help_and_by_the_unknown_phase_error(flows_cli: Callable[..., Result],
+                                                                  tenant_a: Tenant,
+                                                                  owner: psycopg.Connection[Any]) -> None:
+    in_order = ", ".join(r[0] for r in owner.execute("select phase from pyflows.phases order by position"))
+    assert ", ".join(PHASES) == in_order
+    help_text = " ".join(CliRunner().invoke(cli, ["flows", "progress", "--help"]).stdout.split())
+    assert f"PHASE, in order: {in_order}." in help_text
+    flow = as_json(flows_cli(tenant_a, "start", "f", "--json"))["flow_id"]
+    assert_one_line_error(flows_cli(tenant_a, "progress", flow, "mapping"), Exit.INVALID,
+                          f"unknown phase 'mapping' (The phases, in order: {in_order}.)")
+
+
+def test_status_and_heartbeat_from_the_cli(flows_cli: Callable[..., Result], tenant_a: Tenant) -> None:
+    flow = as_json(flows_cli(tenant_a, "start", "f", "--json"))["flow_id"]
+    paused = flows_cli(tenant_a, "status", flow, "paused")
+    assert paused.exit_code == 0 and f"flow {flow}: initialized -> paused" in paused.stdout
+    assert f"flow {flow} is already paused" in flows_cli(tenant_a, "status", flow, "paused").stdout
+    running = as_json(flows_cli(tenant_a, "status", flow, "running", "--json"))
+    assert running == {"flow_id": flow, "status": "running", "changed": True, "previous_status": "paused"}
+    beat = as_json(flows_cli(tenant_a, "heartbeat", flow, "--json"))
+    assert set(beat) == {"flow_id", "heartbeat_at", "lease_until"} and beat["lease_until"] > beat["heartbeat_at"]
+    assert as_json(flows_cli(tenant_a, "show", flow, "--json"))["flow"]["heartbeat_at"] == beat["heartbeat_at"]
+    failed = flows_cli(tenant_a, "status", flow, "failed", "--error", "disk full")
+    assert failed.exit_code == 0, failed.output
+    assert as_json(flows_cli(tenant_a, "show", flow, "--json"))["errors"] == [{"message": "disk full"}]
+    assert flows_cli(tenant_a, "status", flow, "paused", "--error", "x").exit_code == Exit.USAGE
+    assert flows_cli(tenant_a, "status", flow, "completed").exit_code == Exit.USAGE  # progress completes a flow
+    assert_one_line_error(flows_cli(tenant_a, "status", str(uuid.uuid4()), "paused"), Exit.NOT_FOUND, "not found")
+    assert flows_cli(tenant_a, "status", flow, "cancelled").exit_code == 0
+    assert_one_line_error(flows_cli(tenant_a, "heartbeat", flow), Exit.INVALID)
 
 
 def test_parse_duration() -> None:

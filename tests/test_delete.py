@@ -149,6 +149,9 @@ def test_dry_run_deletes_nothing(api: ApiFactory, tenant_a: Tenant, owner: psyco
     before = everything(owner)
     result = api(tenant_a).delete(target.flow_id, "checking", dry_run=True)
     assert result.dry_run and result.deleted["assets"] == 3
+    assert result.event_id is None  # the event was rolled back with the rest: no id of it is handed out
+    batch = api(tenant_a).delete_many([target.flow_id], "checking", dry_run=True)
+    assert [(item.ok, item.event_id) for item in batch] == [(True, None)]
     assert everything(owner) == before
 
 
@@ -171,7 +174,10 @@ def test_every_refusal_leaves_every_row_in_place(api: ApiFactory, tenant_a: Tena
         flows.delete(flow_id, reason)
     if case in ("terminal", "active"):
         assert [b["code"] for b in caught.value.detail["blockers"]] == [case]
-        assert caught.value.hint and "p_force" in caught.value.hint
+        # In the Python API's words, not the SQL function's.
+        assert caught.value.hint == "Pass force=True to override; the override is recorded in the audit."
+    if case == "no actor":
+        assert caught.value.hint == "Pass actor= to Flows.tenant()."
     assert everything(owner) == before
 
 

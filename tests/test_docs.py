@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
 
-from pyflows.cli import Exit
+import click
+
+from pyflows.cli import Exit, cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,3 +29,19 @@ def test_cli_doc_lists_every_exit_code() -> None:
     text = (ROOT / "docs" / "cli.md").read_text()
     documented = {int(code) for code in re.findall(r"^\| (\d+) \|", text, re.M)}
     assert documented == {int(code) for code in Exit}
+
+
+def test_every_pyflows_command_in_the_readme_exists() -> None:
+    """Each `pyflows …` line of the README's shell blocks names a command the CLI has (not a group)."""
+    lines = [line.split("#", 1)[0].strip() for block in _shell_blocks((ROOT / "README.md").read_text())
+             for line in block.splitlines()]
+    commands = [shlex.split(line.replace("<", "'<").replace(">", ">'"))
+                for line in lines if line.startswith(("pyflows ", ".venv/bin/pyflows "))]
+    assert len(commands) > 10
+    for words in commands:
+        command: click.Command = cli
+        for word in words[1:]:
+            if isinstance(command, click.Group) and word in command.commands:
+                command = command.commands[word]
+        assert not isinstance(command, click.Group), words
+        assert command is not cli, words

@@ -376,7 +376,7 @@ def test_no_context_maps_to_no_context(pyflows_connect: Callable[..., psycopg.Co
     conn = pyflows_connect("app")
     with pytest.raises(NoContext) as caught, wrap_errors():
         conn.execute("select pyflows.flow_gate()")
-    assert caught.value.hint and "set_context" in caught.value.hint
+    assert caught.value.hint == "Use Flows.tenant(client_id, engagement_id, actor)."  # the Python API's words
 
 
 # ---- admin ----------------------------------------------------------------------------------------------

@@ -223,7 +223,8 @@ def _archive(dsn: str) -> dict[str, list[str]]:
 def test_the_archive_keeps_every_row_through_0009_and_its_rollback(blank_dsn: str) -> None:
     migrations.migrate(blank_dsn)
     assert migrations.rollback(blank_dsn, to="0008_refuse_truncate") == [
-        "0012_delete_trigger_per_table", "0011_one_index_per_lookup", "0010_hardening", "0009_compressed_archive"]
+        "0013_check_for_every_role", "0012_delete_trigger_per_table", "0011_one_index_per_lookup", "0010_hardening",
+        "0009_compressed_archive"]
     before = _snapshot(blank_dsn)
     with psycopg.connect(blank_dsn) as conn:  # rows archived by the typed tables of 0004
         client, engagement = uuid.uuid4(), uuid.uuid4()

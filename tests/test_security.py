@@ -30,14 +30,25 @@ DEFINER: dict[str, tuple[frozenset[str], str]] = {
         frozenset({"pyflows_app"}), "opens the running flow.purge event for the rows of its own batch"),
     "pyflows._purge_finish(uuid,bigint,integer)": (frozenset({"pyflows_app"}), "completes the flow.purge event"),
     "pyflows._require_admin()": (frozenset({"pyflows_app"}), "reads the owner's attributes; checks session_user"),
+    "pyflows._require_owner_across_tenants()": (frozenset(), "reads the owner's attributes; called by definers only"),
+    "pyflows._require_tenant_admin()": (
+        frozenset({"pyflows_app"}), "reads the owner's attributes and the schema's owner; checks session_user"),
+    "pyflows.add_client(text,uuid)": (
+        frozenset({"pyflows_app"}), "writes reference data; refuses all but pyflows_admin and the schema owner"),
+    "pyflows.add_engagement(uuid,text,uuid)": (
+        frozenset({"pyflows_app"}), "writes reference data; refuses all but pyflows_admin and the schema owner"),
+    "pyflows.list_tenants()": (
+        frozenset({"pyflows_app"}), "reads every tenant; refuses all but pyflows_admin and the schema owner"),
     "pyflows.admin_list_incomplete_flows(interval)": (
         frozenset({"pyflows_app"}), "reads every tenant; refuses non-members of pyflows_admin itself"),
     "pyflows.claim_file_cleanups(integer,interval)": (
         frozenset({"pyflows_app"}), "reads every tenant's queue; refuses non-members of pyflows_admin itself"),
     "pyflows.finish_file_cleanup(bigint,text)": (
         frozenset({"pyflows_app"}), "updates every tenant's queue; refuses non-members of pyflows_admin itself"),
-    "pyflows.prune_audit(interval)": (
+    "pyflows.prune_audit(interval,text)": (
         frozenset({"pyflows_app"}), "removes old audit rows; refuses non-members of pyflows_admin itself"),
+    "pyflows.admin_list_audit_events(timestamp with time zone,text,integer)": (
+        frozenset({"pyflows_app"}), "reads every tenant's events; refuses non-members of pyflows_admin itself"),
     "pyflows_audit._begin_event(text,uuid,text,jsonb,jsonb,boolean,jsonb)": (frozenset(), "called by definers only"),
     "pyflows_audit._open_event(bigint)": (frozenset(), "called by definers only"),
     "pyflows_audit._begin_events(text,uuid[],text,jsonb[],jsonb[],boolean,jsonb)": (

@@ -1,0 +1,88 @@
+"""``pyflows migrate``, ``rollback`` and ``check``: the schema."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .. import migrations
+from ..connection import target_summary
+from ..render import to_json
+from .base import Exit, Refused, Target, fail, interactive, json_option
+
+
+@click.command()
+@click.option("--dry-run", is_flag=True, help="Say what would be applied, and apply nothing.")
+@click.option("-y", "--yes", is_flag=True,
+              help="Go on when nothing names the database (libpq's defaults) without asking.")
+@click.pass_obj
+def migrate(target: Target, dry_run: bool, yes: bool) -> None:
+    """Apply pending migrations, then the sql/ definitions (always). Says which database first."""
+    dsn = target.resolve()
+    target.announce()
+    if target.nothing_named and not (yes or dry_run):
+        question = f"Nothing names a database: migrate {target_summary(dsn)}, libpq's default?"
+        if not interactive():
+            raise Refused("nothing names a database (--dsn, PYFLOWS_DSN, DATABASE_URL or PG* variables): refusing to "
+                          "migrate libpq's default one without --yes (no terminal to ask)")
+        click.confirm(question, abort=True, err=True)
+    result = migrations.migrate(dsn, dry_run=dry_run)
+    verb = "would apply" if dry_run else "applied"
+    if result.applied:
+        for migration_id in result.applied:
+            click.echo(f"{verb} migration {migration_id}")
+    else:
+        click.echo("no migration pending")
+    click.echo(f"{verb} sql/ definitions: {', '.join(result.sql_files)}")
+
+
+@click.command()
+@click.option("--to", "to", metavar="ID", help="Roll back every migration applied after ID (ID stays).")
+@click.option("--all", "all_", is_flag=True, help="Roll back every migration: drops the pyflows schemas.")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_obj
+def rollback(target: Target, to: str | None, all_: bool, yes: bool) -> None:
+    """Roll back the newest migration (or --to ID, or --all). Destroys the data those migrations hold."""
+    if to and all_:
+        raise click.UsageError("--to and --all contradict each other; give one")
+    what = "every pyflows migration" if all_ else (f"every migration after {to}" if to else "the newest migration")
+    dsn = target.resolve()
+    target.announce()
+    if not yes:
+        if not interactive():
+            fail(f"refusing to roll back {what} without --yes (no terminal to ask)", Exit.USAGE)
+        click.confirm(f"Roll back {what} on {target.describe()}? Data in the dropped tables is lost",
+                      abort=True, err=True)
+    done = migrations.rollback(dsn, to=to, all_=all_)
+    if not done:
+        click.echo("nothing to roll back")
+    for migration_id in done:
+        click.echo(f"rolled back migration {migration_id}")
+
+
+@click.command()
+@json_option
+@click.pass_obj
+def check(target: Target) -> None:
+    """Exit non-zero unless the schema is fully migrated and sql/ is current. Any role that may use pyflows may
+    run it."""
+    dsn = target.resolve()
+    target.announce()
+    state = migrations.status(dsn)
+    if target.json:
+        click.echo(to_json({"ok": state.ok, "applied": state.applied, "pending": state.pending,
+                            "sql_current": state.sql_current, "problems": state.problems,
+                            "database": {"target": target_summary(dsn), "from": target.origin}}))
+        if not state.ok:
+            sys.exit(int(Exit.SCHEMA))
+        return
+    for migration_id in state.applied:
+        click.echo(f"applied  {migration_id}")
+    for migration_id in state.pending:
+        click.echo(f"pending  {migration_id}")
+    if not state.ok:
+        for problem in state.problems:
+            click.echo(f"pyflows: {problem}", err=True)
+        sys.exit(int(Exit.SCHEMA))
+    click.echo("pyflows schema is up to date")

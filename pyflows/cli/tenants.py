@@ -1,0 +1,61 @@
+"""``pyflows tenants``: clients and their engagements (members of pyflows_admin, or the schema owner)."""
+
+from __future__ import annotations
+
+import uuid
+
+import click
+
+from ..api import Flows
+from ..connection import connect
+from ..render import table
+from .base import Group, Target, json_option
+from .output import emit
+
+
+@click.group(cls=Group)
+def tenants() -> None:
+    """Clients and their engagements: add them, list them (pyflows_admin or the schema owner)."""
+
+
+def _api(target: Target) -> Flows:
+    conn = connect(target.resolve(), autocommit=True, application_name="pyflows-cli")
+    click.get_current_context().call_on_close(conn.close)
+    return Flows(conn)
+
+
+@tenants.command(name="add-client")
+@click.argument("name")
+@click.option("--id", "client_id", type=click.UUID, help="The client's id (default: a new one).")
+@json_option
+@click.pass_obj
+def add_client(target: Target, name: str, client_id: uuid.UUID | None) -> None:
+    """Add a client called NAME; prints its id."""
+    client = _api(target).add_client(name, client_id)
+    emit(target, client, f"client {client.client_id} {client.name!r}")
+
+
+@tenants.command(name="add-engagement")
+@click.argument("client_id", type=click.UUID)
+@click.argument("name")
+@click.option("--id", "engagement_id", type=click.UUID, help="The engagement's id (default: a new one).")
+@json_option
+@click.pass_obj
+def add_engagement(target: Target, client_id: uuid.UUID, name: str, engagement_id: uuid.UUID | None) -> None:
+    """Add an engagement called NAME to client CLIENT_ID; prints its id, and the options that name the tenant."""
+    engagement = _api(target).add_engagement(client_id, name, engagement_id)
+    emit(target, engagement, f"engagement {engagement.engagement_id} {engagement.name!r} of client "
+                             f"{engagement.client_id}\n  use it: pyflows flows --client {engagement.client_id} "
+                             f"--engagement {engagement.engagement_id} gate")
+
+
+@tenants.command(name="list")
+@json_option
+@click.pass_obj
+def list_(target: Target) -> None:
+    """Every client and engagement, with its flows and how many are incomplete."""
+    rows = _api(target).list_tenants()
+    human = "no clients" if not rows else table(
+        ("client", "name", "engagement", "name", "flows", "incomplete"),
+        [(r.client_id, r.client_name, r.engagement_id, r.engagement_name, r.flows, r.incomplete_flows) for r in rows])
+    emit(target, rows, human)
