@@ -62,7 +62,9 @@ T = TypeVar("T")
 DEFAULT_LEASE = timedelta(minutes=5)
 Rows = list[dict[str, Any]]
 SyncSource = psycopg.Connection[Any] | ConnectionPool[Any]
+_SYNC: tuple[type, ...] = (psycopg.Connection, ConnectionPool)
 AsyncSource = psycopg.AsyncConnection[Any] | AsyncConnectionPool[Any]
+_ASYNC: tuple[type, ...] = (psycopg.AsyncConnection, AsyncConnectionPool)
 
 
 @dataclass(frozen=True)
@@ -308,6 +310,29 @@ def _notice_handler(on_progress: Callable[[str], None] | None,
     return handle
 
 
+def _check_source(source: object, accepted: tuple[type, ...], name: str, twin: tuple[type, ...],
+                  twin_name: str) -> None:
+    """A clear TypeError for a source of the wrong kind (an async pool given to Flows, say)."""
+    if not isinstance(source, accepted):
+        hint = f"; for a {type(source).__name__} use {twin_name}" if isinstance(source, twin) else ""
+        raise TypeError(f"{name} needs a {' or '.join(t.__name__ for t in accepted)}, "
+                        f"not {type(source).__name__}{hint}")
+
+
+def _uuid(value: uuid.UUID | str, what: str) -> uuid.UUID:
+    """value as a UUID; InvalidRequest (PF422, as the SQL API would say) for anything else."""
+    if isinstance(value, uuid.UUID):
+        return value
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        raise InvalidRequest(f"{what} must be a UUID (got {str(value)[:100]!r})") from None
+
+
+def _tenant(client_id: uuid.UUID | str, engagement_id: uuid.UUID | str, actor: str | None) -> Tenant:
+    return Tenant(_uuid(client_id, "client_id"), _uuid(engagement_id, "engagement_id"), actor)
+
+
 def _context_params(tenant: Tenant) -> dict[str, Any]:
     return {"client_id": tenant.client_id, "engagement_id": tenant.engagement_id, "actor": tenant.actor}
 
@@ -316,6 +341,7 @@ class Flows:
     """The SQL API over a psycopg connection or connection pool."""
 
     def __init__(self, source: SyncSource) -> None:
+        _check_source(source, _SYNC, "Flows", _ASYNC, "AsyncFlows")
         self._source = source
 
     @contextlib.contextmanager
@@ -341,8 +367,11 @@ class Flows:
             rows = cur.fetchall()
         return call.build(rows)
 
-    def tenant(self, client_id: uuid.UUID, engagement_id: uuid.UUID, actor: str | None = None) -> TenantFlows:
-        return TenantFlows(self, Tenant(client_id, engagement_id, actor))
+    def tenant(self, client_id: uuid.UUID | str, engagement_id: uuid.UUID | str,
+               actor: str | None = None) -> TenantFlows:
+        """The calls of one tenant (client and engagement), each in a transaction bound to it; ``actor`` is
+        who acts, as the audit records it. Ids are UUIDs or their text (InvalidRequest otherwise)."""
+        return TenantFlows(self, _tenant(client_id, engagement_id, actor))
 
     def admin_list_incomplete(self, idle_for: timedelta | None = None) -> list[AdminFlowRow]:
         """Incomplete flows of every tenant (members of pyflows_admin only, Forbidden otherwise)."""
@@ -406,43 +435,56 @@ class TenantFlows:
         return self._flows._run(call, self.context)
 
     def gate(self) -> Gate:
+        """Can a new flow start here? If not, which flow blocks it and the next steps (flow_gate)."""
         return self._run(_gate())
 
     def start(self, name: str, created_by: str | None = None) -> FlowSummary:
+        """Start a flow called ``name``; IncompleteFlowExists while another flow is incomplete (start_flow)."""
         return self._run(_start(name, created_by))
 
     def start_import(self, filename: str, storage_uri: str, byte_size: int,
                      flow_name: str | None = None) -> StartedImport:
+        """Record an uploaded file as a new flow with its first import (start_import)."""
         return self._run(_start_import(filename, storage_uri, byte_size, flow_name))
 
     def add_import(self, flow_id: uuid.UUID, filename: str, storage_uri: str, byte_size: int) -> StartedImport:
+        """Record another uploaded file in an incomplete flow (add_import)."""
         return self._run(_add_import(flow_id, filename, storage_uri, byte_size))
 
     def list_flows(self, filter: str = "all", limit: int = 50, offset: int = 0) -> list[FlowRow]:
+        """The context's flows, most recently active first: ``filter`` incomplete, terminal or all (list_flows)."""
         return self._run(_list(filter, limit, offset))
 
     def list_incomplete(self, limit: int = 50, offset: int = 0) -> list[FlowRow]:
+        """The context's incomplete flows, most recently active first (list_incomplete_flows)."""
         return self._run(_list_incomplete(limit, offset))
 
     def details(self, flow_id: uuid.UUID) -> FlowDetails:
+        """Everything about one flow: phases, counts, errors, insights, next steps (flow_details)."""
         return self._run(_details(flow_id))
 
     def record_progress(self, flow_id: uuid.UUID, phase: str, insight: Any = None) -> FlowSummary:
+        """Mark ``phase`` complete, with an optional agent insight; the flow completes after its last phase."""
         return self._run(_record_progress(flow_id, phase, insight))
 
     def heartbeat(self, flow_id: uuid.UUID) -> Heartbeat:
+        """A worker's liveness signal for a running flow; it counts as active until ``lease_until``."""
         return self._run(_heartbeat(flow_id))
 
     def set_status(self, flow_id: uuid.UUID, status: str, error: Any = None) -> StatusChange:
+        """Move a flow to ``status`` (running, paused, waiting_for_user, failed with ``error``, cancelled)."""
         return self._run(_set_status(flow_id, status, error))
 
     def resume(self, flow_id: uuid.UUID) -> ResumeResult:
+        """Resume a paused, failed, waiting or new flow; a running flow is left as it is (resume_flow)."""
         return self._run(_resume(flow_id))
 
     def deletion_impact(self, flow_id: uuid.UUID) -> Impact:
+        """What deleting the flow would remove, the files it would queue, and the safety verdict."""
         return self._run(_impact(flow_id))
 
     def deletion_safety(self, flow_id: uuid.UUID, force: bool = False) -> Safety:
+        """Whether the flow may be deleted: blockers and warnings; ``force`` overrides what may be overridden."""
         return self._run(_safety(flow_id, force))
 
     def delete(self, flow_id: uuid.UUID, reason: str, force: bool = False, dry_run: bool = False) -> DeleteResult:
@@ -451,13 +493,16 @@ class TenantFlows:
 
     def delete_many(self, flow_ids: Iterable[uuid.UUID], reason: str, force: bool = False, atomic: bool = True,
                     dry_run: bool = False) -> list[BatchItem]:
+        """Delete several flows, all or nothing (``atomic``) or each on its own; one outcome per flow."""
         return self._run(_delete_many(flow_ids, reason, force, atomic, dry_run))
 
     def audit_events(self, flow_id: uuid.UUID | None = None, since: datetime | None = None,
                      limit: int = 100) -> list[AuditEvent]:
+        """The context's audit events, newest first (list_audit_events)."""
         return self._run(_audit_events(flow_id, since, limit))
 
     def audit_event(self, event_id: int) -> AuditEvent:
+        """One audit event in full, with the event that restored its flow, if any (audit_event)."""
         return self._run(_audit_event(event_id))
 
     def restore(self, event_id: int) -> RestoreResult:
@@ -499,6 +544,7 @@ class AsyncFlows:
     """The async twin of :class:`Flows`, over an async connection or pool."""
 
     def __init__(self, source: AsyncSource) -> None:
+        _check_source(source, _ASYNC, "AsyncFlows", _SYNC, "Flows")
         self._source = source
 
     @contextlib.asynccontextmanager
@@ -526,8 +572,10 @@ class AsyncFlows:
                     rows = await cur.fetchall()
         return call.build(rows)
 
-    def tenant(self, client_id: uuid.UUID, engagement_id: uuid.UUID, actor: str | None = None) -> AsyncTenantFlows:
-        return AsyncTenantFlows(self, Tenant(client_id, engagement_id, actor))
+    def tenant(self, client_id: uuid.UUID | str, engagement_id: uuid.UUID | str,
+               actor: str | None = None) -> AsyncTenantFlows:
+        """The calls of one tenant, as :meth:`Flows.tenant`."""
+        return AsyncTenantFlows(self, _tenant(client_id, engagement_id, actor))
 
     async def admin_list_incomplete(self, idle_for: timedelta | None = None) -> list[AdminFlowRow]:
         return await self._run(_admin_list_incomplete(idle_for), None)
@@ -667,3 +715,15 @@ class AsyncTenantFlows:
         """Delete a very large flow in committed batches (CALL pyflows.purge_flow); see TenantFlows.purge."""
         return await self._flows._purge(self.context, _purge_params(flow_id, reason, batch_rows, force),
                                         _notice_handler(on_progress, on_rows))
+
+
+def _share_docstrings(sync: type, twin: type) -> None:
+    """The async twins say what their sync twins say: each public method without a docstring of its own gets its
+    twin's."""
+    for name, method in vars(twin).items():
+        if not name.startswith("_") and callable(method) and not method.__doc__ and getattr(sync, name, None):
+            method.__doc__ = getattr(sync, name).__doc__
+
+
+_share_docstrings(Flows, AsyncFlows)
+_share_docstrings(TenantFlows, AsyncTenantFlows)

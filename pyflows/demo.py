@@ -12,7 +12,7 @@ from psycopg.rows import class_row
 from .connection import connect
 from .queries import query
 
-__all__ = ["DEMO_TENANTS", "DemoFlow", "DemoTenant", "seed", "describe", "psql_example", "example_sql"]
+__all__ = ["DEMO_TENANTS", "DemoFlow", "DemoTenant", "seed", "reset", "describe", "psql_example", "example_sql"]
 
 # The same ids are written by demo.sql.
 DEMO_TENANTS: tuple[tuple[uuid.UUID, uuid.UUID], ...] = (
@@ -63,6 +63,17 @@ def seed(dsn: str) -> None:
     script = resources.files(__package__).joinpath("demo.sql").read_text(encoding="utf-8")
     with connect(dsn, application_name="pyflows-demo") as conn:
         conn.execute(script.encode())
+
+
+def reset(dsn: str) -> None:
+    """Remove the demo tenants and everything they hold (as any delete: archived, audited as sql.delete),
+    so that :func:`seed` writes them anew. Other tenants are not touched."""
+    with connect(dsn, application_name="pyflows-demo") as conn:
+        for client_id, engagement_id in DEMO_TENANTS:
+            with conn.transaction():
+                params = {"client_id": client_id, "engagement_id": engagement_id}
+                conn.execute(query("demo_bind"), params)
+                conn.execute(query("demo_remove"), params)
 
 
 def describe(dsn: str) -> list[DemoTenant]:

@@ -41,7 +41,9 @@ begin
         (c_acme, c_acme_eng, 'Q4 CMDB export', 'paused', 'dependency_analysis',
          array['data_import', 'data_validation', 'field_mapping', 'data_cleansing', 'asset_inventory'],
          'maria.lopez', now() - interval '3 days', now() - interval '2 hours',
-         '[{"phase": "asset_inventory", "insight": "4 assets; 1 host has no operating system"}]')
+         jsonb_build_array(jsonb_build_object(
+             'phase', 'asset_inventory', 'recorded_at', now() - interval '2 hours',
+             'insight', '4 assets; 1 host has no operating system')))
     returning id into v_flow;
 
     insert into pyflows.data_imports

@@ -133,6 +133,10 @@ _BY_SQLSTATE: dict[str, type[PyflowsError]] = {
     if cls.sqlstate
 }
 
+# What PostgreSQL says of a value it cannot take as its type (not a UUID, a date, a number in range...):
+# bad input, as PF422 is.
+BAD_VALUE_SQLSTATES = frozenset({"22P02", "22007", "22008", "22003", "22001", "22021", "22P05", "22023"})
+
 # What PostgreSQL says when an object pyflows installs is not there: the schema was never migrated.
 SCHEMA_MISSING_SQLSTATES = frozenset({"3F000", "42P01", "42883"})
 
@@ -208,6 +212,8 @@ def from_psycopg(exc: psycopg.Error) -> PyflowsError | None:
     if cls is not None:
         return reworded(cls(diag.message_primary or str(exc), detail=_parse_detail(diag.message_detail),
                             hint=diag.message_hint), "python")
+    if sqlstate in BAD_VALUE_SQLSTATES:
+        return InvalidRequest(f"invalid value: {diag.message_primary or exc}")
     if sqlstate in SCHEMA_MISSING_SQLSTATES:
         return SchemaMissing(
             f"the pyflows schema is missing or out of date ({diag.message_primary}): run `pyflows migrate`"

@@ -47,6 +47,15 @@ select c.name, e.name
   join pyflows.clients as c on c.id = e.client_id
  where e.client_id = %(client_id)s and e.id = %(engagement_id)s
 
+-- name: demo_bind
+-- The demo tenant's settings for this transaction (set_context would refuse a tenant already removed).
+select set_config('pyflows.client_id', %(client_id)s::text, true),
+       set_config('pyflows.engagement_id', %(engagement_id)s::text, true)
+
+-- name: demo_remove
+-- A demo client with everything it holds (the cascade; archived and audited as a sql.delete).
+delete from pyflows.clients where id = %(client_id)s
+
 -- name: demo_flow_summary
 -- The current context's flows with what each owns; the demo prints it. The tenant filter is
 -- spelled out because the demo usually runs as a superuser, whom RLS does not restrict.

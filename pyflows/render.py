@@ -41,7 +41,9 @@ def _cell(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, datetime):
-        return value.strftime("%Y-%m-%d %H:%M")
+        # With its time zone: the session's (TimeZone), so that nobody reads a UTC time as local.
+        zone = value.strftime("%Z") or value.strftime("%z")
+        return value.strftime("%Y-%m-%d %H:%M") + (f" {zone}" if zone else "")
     if isinstance(value, timedelta):
         days, seconds = value.days, value.seconds
         return f"{days}d {seconds // 3600}h" if days else f"{seconds // 3600}h {seconds % 3600 // 60}m"

@@ -620,12 +620,15 @@ end;
 $$;
 
 -- The context's audit trail, newest first.
+-- (details joined the columns with the restored counts of flow.restore events: an added output column
+-- needs the function dropped first.)
+drop function if exists pyflows.list_audit_events(uuid, timestamptz, integer);
 create or replace function pyflows.list_audit_events(p_flow_id uuid default null, p_since timestamptz default null,
                                                      p_limit integer default 100)
 returns table (
     event_id bigint, occurred_at timestamptz, action text, actor text, db_user text, application_name text,
     client_addr inet, flow_id uuid, batch_id uuid, reason text, forced boolean, impact jsonb, deleted jsonb,
-    statement text)
+    statement text, details jsonb)
 language plpgsql
 stable
 set search_path = pg_catalog, pyflows, pg_temp
@@ -635,7 +638,7 @@ begin
     perform pyflows._check_page(p_limit, 0);
     return query
         select e.id, e.occurred_at, e.action, e.actor, e.db_user, e.application_name, e.client_addr, e.flow_id,
-               e.batch_id, e.reason, e.forced, e.impact, e.deleted, e.statement
+               e.batch_id, e.reason, e.forced, e.impact, e.deleted, e.statement, e.details
           from pyflows_audit.events as e
          where e.client_id = pyflows.current_client_id() and e.engagement_id = pyflows.current_engagement_id()
            and (p_flow_id is null or e.flow_id = p_flow_id)
@@ -645,7 +648,8 @@ begin
 end;
 $$;
 
--- One event of the context in full, with the flow snapshot it kept.
+-- One event of the context in full, with the flow snapshot it kept, and the flow.restore event that
+-- put its flow back (restored_by_event_id; NULL when none did).
 create or replace function pyflows.audit_event(p_event_id bigint)
 returns jsonb
 language plpgsql
@@ -656,7 +660,13 @@ declare
     v_event jsonb;
 begin
     perform pyflows._require_context();
-    select to_jsonb(e) - 'id' || jsonb_build_object('event_id', e.id) into v_event
+    select to_jsonb(e) - 'id' || jsonb_build_object(
+               'event_id', e.id,
+               'restored_by_event_id', (select r.id from pyflows_audit.events as r
+                                         where r.action = 'flow.restore' and r.client_id = e.client_id
+                                           and r.engagement_id = e.engagement_id
+                                           and (r.details ->> 'restored_event_id')::bigint = e.id))
+      into v_event
       from pyflows_audit.events as e
      where e.id = p_event_id
        and e.client_id = pyflows.current_client_id() and e.engagement_id = pyflows.current_engagement_id();

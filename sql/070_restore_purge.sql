@@ -47,6 +47,8 @@ declare
     v_restore    bigint;
     v_constraint text;
     v_wait       text;
+    v_message    text;
+    v_detail     text;
 begin
     perform pyflows._require_context(true);
     if p_event_id is null then
@@ -72,11 +74,13 @@ begin
         raise exception 'audit event % not found', p_event_id
             using errcode = 'PF404', detail = json_build_object('event_id', p_event_id)::text;
     end if;
-    if exists (select from pyflows_audit.events as r
-                where r.action = 'flow.restore' and r.client_id = c_client and r.engagement_id = c_engagement
-                  and (r.details ->> 'restored_event_id')::bigint = p_event_id) then
-        raise exception 'audit event % was already restored', p_event_id
-            using errcode = 'PF422', detail = json_build_object('event_id', p_event_id)::text;
+    select r.id into v_restore from pyflows_audit.events as r
+     where r.action = 'flow.restore' and r.client_id = c_client and r.engagement_id = c_engagement
+       and (r.details ->> 'restored_event_id')::bigint = p_event_id;
+    if v_restore is not null then
+        raise exception 'audit event % was already restored, by audit event %', p_event_id, v_restore
+            using errcode = 'PF422',
+                  detail = json_build_object('event_id', p_event_id, 'restored_by_event_id', v_restore)::text;
     end if;
     if v_event.action = 'flow.purge' and v_event.details ->> 'state' = 'running' then
         raise exception 'the purge of event % has not finished; run pyflows.purge_flow again to finish it',
@@ -121,7 +125,14 @@ begin
         exception when unique_violation then
             get stacked diagnostics v_constraint = constraint_name;
             if v_constraint = 'discovery_flows_one_incomplete' then
-                perform pyflows._raise_incomplete_flow_exists(pyflows._blocking_flow());
+                begin
+                    perform pyflows._raise_incomplete_flow_exists(pyflows._blocking_flow());
+                exception when sqlstate 'PF409' then  -- the same error, with what to do for a restore
+                    get stacked diagnostics v_message = message_text, v_detail = pg_exception_detail;
+                    raise exception using errcode = 'PF409', message = v_message, detail = v_detail,
+                        hint = 'The restored flow would be a second incomplete flow here: finish that flow '
+                               '(or cancel it, or delete it), then restore this one.';
+                end;
             end if;
             raise exception 'flow % exists: there is nothing to restore', v_flow_id
                 using errcode = 'PF422', detail = json_build_object('flow_id', v_flow_id)::text;

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import pytest
 from click.testing import CliRunner, Result
 from psycopg.conninfo import conninfo_to_dict
 
+import pyflows.cli.base as cli_base
 from pyflows import embedded, migrations
 from pyflows.cli import Exit, cli
 from pyflows.connection import LIBPQ_SERVER_VARIABLES, resolve_dsn
@@ -218,8 +221,40 @@ def test_demo_seeds_two_tenants_once(pyflows_dsn: str) -> None:
 
     second = run("--dsn", pyflows_dsn, "demo")
     assert second.exit_code == 0
+    with psycopg.connect(pyflows_dsn, autocommit=True) as conn:
+        assert {t: count_rows(conn, t) for t in FLOW_TREE_TABLES} == counts
+        # --reset writes the demo anew: a flow a user changed is back as the demo has it; other tenants stay.
+        conn.execute("select pyflows.set_context(%s, %s, 'x')", DEMO_TENANTS[0])
+        conn.execute("update pyflows.discovery_flows set name = 'changed' where name = 'Q4 CMDB export'")
+        other = conn.execute("insert into pyflows.clients (name) values ('not a demo') returning id").fetchone()[0]
+    reset = run("--dsn", pyflows_dsn, "demo", "--reset")
+    assert reset.exit_code == 0 and "Removed the demo tenants" in reset.stdout, reset.output
+    assert "Q4 CMDB export" in reset.stdout and "changed" not in reset.stdout
     with psycopg.connect(pyflows_dsn) as conn:
         assert {t: count_rows(conn, t) for t in FLOW_TREE_TABLES} == counts
+        assert conn.execute("select count(*) from pyflows.clients where id = %s", (other,)).fetchone() == (1,)
+        assert conn.execute("select count(*) from pyflows_audit.events where action = 'sql.delete'").fetchone()[0] > 0
+
+
+def test_python_dash_m_runs_the_command_line() -> None:
+    done = subprocess.run([sys.executable, "-m", "pyflows", "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "Usage: pyflows" in done.stdout and "tenants" in done.stdout, done.stderr
+
+
+def test_suggested_commands_run_from_where_pyflows_was_started(monkeypatch: pytest.MonkeyPatch,
+                                                               tmp_path: Path) -> None:
+    script = tmp_path / ".venv" / "bin" / "pyflows"  # a virtual environment's script, not on PATH
+    monkeypatch.setattr(sys, "argv", [str(script)])
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert cli_base.invocation() == str(script)
+    monkeypatch.setattr(sys, "argv", [str(Path(cli_base.__file__).parent.parent / "__main__.py")])
+    assert cli_base.invocation() == f"{sys.executable} -m pyflows"
+    script.parent.mkdir(parents=True)
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", str(script.parent))
+    monkeypatch.setattr(sys, "argv", [str(script)])
+    assert cli_base.invocation() == "pyflows"  # on PATH: the short name
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -262,7 +263,14 @@ def test_purge_restore_and_prune_from_the_cli(run: Callable[..., Result], tenant
     event_id = json.loads(run("audit", tenant_a, "list", "--json").stdout)[0]["event_id"]
     restored = run("flows", tenant_a, "restore", str(event_id))
     assert restored.exit_code == 0 and f"restored flow {target.flow_id} (paused)" in restored.stdout
-    assert_one_line_error(run("flows", tenant_a, "restore", str(event_id)), Exit.INVALID, "already restored")
+    assert_one_line_error(run("flows", tenant_a, "restore", str(event_id)), Exit.INVALID, "already restored, by audit")
+    restore_event = json.loads(restored_json := run("audit", tenant_a, "list", "--json").stdout)[0]
+    assert restore_event["action"] == "flow.restore", restored_json
+    listing = run("audit", tenant_a, "list").stdout
+    restore_line = next(line for line in listing.splitlines() if "flow.restore" in line)
+    assert f" {sum(restore_event['details']['restored'].values())} " in restore_line  # its counts, not 0
+    shown = run("audit", tenant_a, "show", str(event_id)).stdout
+    assert re.search(rf"^restored by +audit event {restore_event['event_id']}$", shown, re.M), shown
 
     dry = run("audit", None, "prune", "--older-than", "0s", "--dry-run", role="admin")
     assert dry.exit_code == 0 and "would remove 2 audit event(s)" in dry.stdout
@@ -317,14 +325,14 @@ def test_progress_on_a_terminal_only_and_never_with_json_or_quiet(
     assert "batch 1 removed" not in purged.stderr  # the bar replaces the batch lines on a terminal
     event = json.loads(run("audit", tenant_a, "list", "--json").stdout)[0]["event_id"]
     restored = run("flows", tenant_a, "restore", str(event))
-    assert restored.exit_code == 0 and f"restoring audit event {event}..." in restored.stderr
+    assert restored.exit_code == 0 and f"restoring audit event {event}" in restored.stderr
     dry = run("flows", tenant_a, "delete", str(big.flow_id), "--reason", "x", "--dry-run")
-    assert f"rehearsing the delete of flow {big.flow_id}..." in dry.stderr
+    assert f"rehearsing the delete of flow {big.flow_id}" in dry.stderr
     batch = run("flows", tenant_a, "delete", str(big.flow_id), str(uuid.uuid4()), "--reason", "x", "--dry-run",
                 "--per-flow")
     assert "rehearsing" in batch.stderr
     deleted = run("flows", tenant_a, "delete", str(big.flow_id), "--reason", "x", "--yes")
-    assert f"deleting flow {big.flow_id}..." in deleted.stderr
+    assert f"deleting flow {big.flow_id}" in deleted.stderr
     drained = run("files", None, "drain", "--root", "/nonexistent-root-{client_id}", role="admin")
     assert "removing files" in drained.stderr
     # Never with --json or --quiet, and never off a terminal.

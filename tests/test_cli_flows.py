@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -92,6 +93,12 @@ def test_upload_show_progress_resume(flows_cli: Callable[..., Result], tenant_a:
 
     resumed = flows_cli(tenant_a, "resume", flow_id)
     assert resumed.exit_code == 0 and "already running; nothing to do" in resumed.stdout
+
+
+def test_times_in_tables_carry_their_time_zone(flows_cli: Callable[..., Result], tenant_a: Tenant) -> None:
+    flows_cli(tenant_a, "start", "f")
+    listed = flows_cli(tenant_a, "list").stdout
+    assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d (UTC|[A-Z]{2,5}|[+-]\d{4})\b", listed), listed
 
 
 def test_flows_list_filters_and_json_keys(flows_cli: Callable[..., Result], tenant_a: Tenant) -> None:

@@ -98,8 +98,11 @@ def test_restore_refusals_write_nothing(api: ApiFactory, tenant_a: Tenant, tenan
     cases = [(uuid.uuid4().int % 10**9 + 10**6, FlowNotFound), (b_event, FlowNotFound),
              (first, IncompleteFlowExists), (assets_only, InvalidRequest)]
     for event_id, error in cases:
-        with pytest.raises(error):
+        with pytest.raises(error) as caught:
             flows.restore(event_id)
+        if error is IncompleteFlowExists:  # what to do about the flow that blocks it, for a restore
+            assert caught.value.hint is not None and "then restore this one" in caught.value.hint
+            assert caught.value.flow_id is not None and caught.value.actions == ["resume", "delete"]
     assert everything(owner) == before
 
 
@@ -107,10 +110,15 @@ def test_restore_twice_and_after_prune_is_pf422(api: ApiFactory, admin_api: ApiF
                                                 owner: psycopg.Connection[Any]) -> None:
     flows = api(tenant_a)
     event = flows.delete(tree(owner, tenant_a, status="cancelled").flow_id, "x", force=True).event_id
-    flows.restore(event)
+    restored = flows.restore(event)
     flows.delete(tree(owner, tenant_a, status="cancelled", name="gone").flow_id, "y", force=True)
-    with pytest.raises(InvalidRequest, match="already restored"):
+    with pytest.raises(InvalidRequest, match=f"already restored, by audit event {restored.event_id}") as caught:
         flows.restore(event)
+    assert caught.value.detail == {"event_id": event, "restored_by_event_id": restored.event_id}
+    assert flows.audit_event(event).restored_by_event_id == restored.event_id
+    assert flows.audit_event(restored.event_id).restored_by_event_id is None
+    listed = {e.event_id: e for e in flows.audit_events()}
+    assert listed[restored.event_id].details["restored"]["assets"] == 3  # a restore's counts are in the listing
     pruned = flows.delete(tree(owner, tenant_a, status="cancelled", name="old").flow_id, "z", force=True).event_id
     assert admin_api.root.prune_audit(timedelta(0)).events >= 3
     with pytest.raises(InvalidRequest, match="was pruned"):

@@ -7,6 +7,8 @@ import functools
 import getpass
 import os
 import re
+import shlex
+import shutil
 import sys
 import uuid
 from collections.abc import Callable
@@ -244,6 +246,21 @@ def tenant_options(group: Callable[..., None]) -> Callable[..., None]:
     for option in reversed(options):
         bind = option(bind)
     return bind
+
+
+def invocation() -> str:
+    """How to run pyflows again, for the commands it suggests: ``pyflows`` when that is on PATH; else the path it
+    was started by (a virtual environment's ``.venv/bin/pyflows`` that is not activated); ``python -m pyflows``
+    (with this interpreter) when it was started that way."""
+    started = sys.argv[0] if sys.argv else ""
+    if started.endswith("__main__.py"):
+        return f"{shlex.quote(sys.executable)} -m pyflows"
+    if os.path.basename(started) != "pyflows":
+        return "pyflows"  # not the script (a test runner, an embedding program): the name it installs
+    on_path = shutil.which("pyflows")
+    if on_path and os.path.realpath(on_path) == os.path.realpath(started):
+        return "pyflows"
+    return shlex.quote(started)
 
 
 def stderr_is_terminal() -> bool:

@@ -35,15 +35,10 @@ def progress_bar(target: Target, label: str, length: int | None = None) -> Progr
 
 @contextlib.contextmanager
 def working(target: Target, label: str) -> Iterator[None]:
-    """One call that may take a while: its label on stderr while it runs (terminal only), then cleared."""
-    shown = base.shows_progress(target)
-    if shown:
-        click.echo(f"{label}...", err=True, nl=False)
-    try:
+    """One call that may take a while: click's bar for its one step, at 0 while it runs, full when done."""
+    with progress_bar(target, label, 1) as bar:
         yield
-    finally:
-        if shown:
-            click.echo("\r\x1b[K", err=True, nl=False)
+        bar.update(1)
 
 
 def summary_text(flow: FlowSummary) -> str:
@@ -66,7 +61,7 @@ def gate_text(gate: Gate) -> str:
         f'A new flow cannot start: "{flow.name}" is {flow.status.replace("_", " ")} '
         f"in {flow.phase_title or 'no phase'} at {flow.progress_percentage}%.",
         "", summary_text(flow), "", steps(gate.next_steps), "",
-        f"  pyflows flows resume {flow.flow_id}",
+        f"  {base.invocation()} flows resume {flow.flow_id}",
     ])
 
 

@@ -10,13 +10,16 @@ from .. import demo as demo_mod
 from .. import embedded, migrations
 from ..connection import resolve_dsn
 from ..render import table
+from . import base
 from .base import Group, Target
 
 
 @click.command()
+@click.option("--reset", is_flag=True, help="Remove the two demo tenants first (audited), then seed them anew.")
 @click.pass_obj
-def demo(target: Target) -> None:
-    """Migrate and seed two demo tenants; with no DSN, on the embedded PostgreSQL."""
+def demo(target: Target, reset: bool) -> None:
+    """Migrate and seed two demo tenants; with no DSN, on the embedded PostgreSQL. Seeding again leaves them as
+    they are; --reset writes them anew."""
     if not target.use_embedded and not resolve_dsn(target.dsn):
         target.use_embedded = True
     dsn = target.resolve()
@@ -26,6 +29,9 @@ def demo(target: Target) -> None:
         click.echo(f"Embedded PostgreSQL in {data_dir} (left running; stop it with `pyflows embedded stop`)")
     result = migrations.migrate(dsn)
     click.echo(f"Migrated: {len(result.applied)} migration(s) applied, sql/ definitions applied.")
+    if reset:
+        demo_mod.reset(dsn)
+        click.echo("Removed the demo tenants (audited), to seed them anew.")
     demo_mod.seed(dsn)
     for tenant in demo_mod.describe(dsn):
         click.echo("")
@@ -46,8 +52,9 @@ def demo(target: Target) -> None:
     else:
         click.echo("Use this database with the other commands:")
     click.echo(f"  export PYFLOWS_DSN='{dsn}'")
-    click.echo("  pyflows check")
-    click.echo(f"  pyflows flows --client {first_client} --engagement {first_engagement} gate")
+    run = base.invocation()
+    click.echo(f"  {run} check")
+    click.echo(f"  {run} flows --client {first_client} --engagement {first_engagement} gate")
     click.echo("  # as pyflows_app under Acme's context, row-level security shows Acme's flows only:")
     click.echo(f"  {demo_mod.psql_example()}")
 

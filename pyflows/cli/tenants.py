@@ -9,6 +9,7 @@ import click
 from ..api import Flows
 from ..connection import connect
 from ..render import table
+from . import base
 from .base import Group, Target, json_option
 from .output import emit
 
@@ -44,9 +45,9 @@ def add_client(target: Target, name: str, client_id: uuid.UUID | None) -> None:
 def add_engagement(target: Target, client_id: uuid.UUID, name: str, engagement_id: uuid.UUID | None) -> None:
     """Add an engagement called NAME to client CLIENT_ID; prints its id, and the options that name the tenant."""
     engagement = _api(target).add_engagement(client_id, name, engagement_id)
+    use = f"{base.invocation()} flows --client {engagement.client_id} --engagement {engagement.engagement_id} gate"
     emit(target, engagement, f"engagement {engagement.engagement_id} {engagement.name!r} of client "
-                             f"{engagement.client_id}\n  use it: pyflows flows --client {engagement.client_id} "
-                             f"--engagement {engagement.engagement_id} gate")
+                             f"{engagement.client_id}\n  use it: {use}")
 
 
 @tenants.command(name="list")
