@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-__all__ = ["to_json", "plain", "table", "fields"]
+__all__ = ["to_json", "plain", "table", "fields", "cell"]
 
 
 def plain(value: Any) -> Any:
@@ -35,6 +35,11 @@ def plain(value: Any) -> Any:
 
 def to_json(value: Any) -> str:
     return json.dumps(plain(value), indent=2, sort_keys=True, ensure_ascii=False)
+
+
+def cell(value: Any) -> str:
+    """One value as tables show it: times to the minute with their zone, intervals in d/h/m, ``-`` for None."""
+    return _cell(value)
 
 
 def _cell(value: Any) -> str:

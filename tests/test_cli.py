@@ -270,6 +270,7 @@ def test_demo_on_the_embedded_server(embedded_dir: Path) -> None:
     assert result.exit_code == 0, result.output
     assert f"Embedded PostgreSQL in {embedded_dir}" in result.stdout
     assert f"pyflows: started the embedded PostgreSQL in {embedded_dir}" in result.stderr  # it says when it starts one
+    assert "(no DSN given: the demo's default)" in result.stderr
     assert "Acme Logistics" in result.stdout and "Globex Retail" in result.stdout
     # The server keeps running and the data directory is reused: --embedded reaches the same database.
     check = run("--embedded", "--data-dir", str(embedded_dir), "check")

@@ -180,6 +180,8 @@ def test_status_and_heartbeat_from_the_cli(flows_cli: Callable[..., Result], ten
     beat = as_json(flows_cli(tenant_a, "heartbeat", flow, "--json"))
     assert set(beat) == {"flow_id", "heartbeat_at", "lease_until"} and beat["lease_until"] > beat["heartbeat_at"]
     assert as_json(flows_cli(tenant_a, "show", flow, "--json"))["flow"]["heartbeat_at"] == beat["heartbeat_at"]
+    beat_text = flows_cli(tenant_a, "heartbeat", flow).stdout
+    assert re.search(r"heartbeat at \d{4}-\d\d-\d\d \d\d:\d\d \S+, active until \d{4}-", beat_text), beat_text
     failed = flows_cli(tenant_a, "status", flow, "failed", "--error", "disk full")
     assert failed.exit_code == 0, failed.output
     assert as_json(flows_cli(tenant_a, "show", flow, "--json"))["errors"] == [{"message": "disk full"}]

@@ -79,6 +79,7 @@ class Target:
     quiet: bool = False
     origin: str = ""
     nothing_named: bool = False
+    embedded_because: str = "--embedded"  # why the embedded server, when use_embedded
     _resolved: str | None = None
 
     def resolve(self) -> str:
@@ -90,11 +91,11 @@ class Target:
         if self.use_embedded:
             server = embedded.running(self.data_dir)
             if server is not None:
-                return server.dsn(), f"the embedded PostgreSQL in {server.data_dir} (--embedded)"
+                return server.dsn(), f"the embedded PostgreSQL in {server.data_dir} ({self.embedded_because})"
             server = embedded.start(self.data_dir)
             if not self.json:
                 click.echo(f"pyflows: started the embedded PostgreSQL in {server.data_dir}", err=True)
-            return server.dsn(), f"the embedded PostgreSQL in {server.data_dir}, started (--embedded)"
+            return server.dsn(), f"the embedded PostgreSQL in {server.data_dir}, started ({self.embedded_because})"
         for origin, value in (("--dsn", self.dsn), ("PYFLOWS_DSN", os.environ.get("PYFLOWS_DSN")),
                               ("DATABASE_URL", os.environ.get("DATABASE_URL"))):
             if value:

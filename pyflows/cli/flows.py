@@ -16,7 +16,7 @@ from click.core import ParameterSource
 from ..api import TenantFlows, rolled_back
 from ..errors import FlowNotFound, PyflowsError
 from ..models import FLOW_TABLES, PHASES, BatchItem
-from ..render import fields, plain, table
+from ..render import cell, fields, plain, table
 from . import base
 from .base import Exit, FlowsTarget, Group, Refused, confirm, json_option, parse_duration, tenant_options
 from .output import emit, gate_text, impact_text, progress_bar, rows_text, steps, summary_text, working
@@ -169,7 +169,8 @@ def status_(obj: FlowsTarget, flow_id: uuid.UUID, status: str, error: str | None
 def heartbeat(obj: FlowsTarget, flow_id: uuid.UUID) -> None:
     """A worker's liveness signal for a running flow: while its lease lasts the flow counts as active."""
     result = obj.tenant().heartbeat(flow_id)
-    emit(obj.target, result, f"flow {flow_id}: heartbeat at {result.heartbeat_at}, active until {result.lease_until}")
+    emit(obj.target, result, f"flow {flow_id}: heartbeat at {cell(result.heartbeat_at)}, active until "
+                             f"{cell(result.lease_until)}")
 
 
 @flows.command()

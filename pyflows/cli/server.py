@@ -22,11 +22,13 @@ def demo(target: Target, reset: bool) -> None:
     they are; --reset writes them anew."""
     if not target.use_embedded and not resolve_dsn(target.dsn):
         target.use_embedded = True
+        target.embedded_because = "no DSN given: the demo's default"
     dsn = target.resolve()
     target.announce()
     if target.use_embedded:
         data_dir = target.data_dir or embedded.default_data_dir()
-        click.echo(f"Embedded PostgreSQL in {data_dir} (left running; stop it with `pyflows embedded stop`)")
+        stop = f"{base.invocation()} embedded stop"
+        click.echo(f"Embedded PostgreSQL in {data_dir} (left running; stop it with `{stop}`)")
     result = migrations.migrate(dsn)
     click.echo(f"Migrated: {len(result.applied)} migration(s) applied, sql/ definitions applied.")
     if reset:
