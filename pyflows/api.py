@@ -246,11 +246,28 @@ ASSET_COLUMNS = (("ord", "bigint"), ("name", "text"), ("asset_type", "text"), ("
 EDGE_COLUMNS = (("source_asset_id", "bigint"), ("target_asset_id", "bigint"), ("dependency_type", "text"))
 
 
-def _fields(row: Mapping[str, Any], columns: Sequence[tuple[str, str]], what: str) -> list[Any]:
-    unknown = set(row) - {name for name, _ in columns}
-    if unknown:
-        raise InvalidRequest(f"{what} has unknown fields {sorted(unknown)}; known: {[n for n, _ in columns]}")
-    return [_jsonb(row.get(name)) if type_ == "jsonb" else row.get(name) for name, type_ in columns]
+def _fields(columns: Sequence[tuple[str, str]], what: str) -> Callable[[Mapping[str, Any]], list[Any]]:
+    """A function that turns one mapping into the staged row of these columns (jsonb values wrapped); a key
+    that names no column is InvalidRequest. Made once per load: this runs for every row."""
+    names = tuple(name for name, _ in columns)
+    known = frozenset(names)
+    wrapped = tuple(type_ == "jsonb" for _, type_ in columns)
+
+    def row_of(row: Mapping[str, Any]) -> list[Any]:
+        if not known.issuperset(row):
+            raise InvalidRequest(f"{what} has unknown fields {sorted(set(row) - known)}; known: {list(names)}")
+        get = row.get
+        return [_jsonb(get(name)) if jsonb else get(name) for name, jsonb in zip(names, wrapped, strict=True)]
+
+    return row_of
+
+
+def _in_order(rows: Rows) -> list[int]:
+    """load_assets' (ord, asset_id) rows as the ids in the order of ord (1, 2, …: the order given)."""
+    ids = [0] * len(rows)
+    for row in rows:
+        ids[int(row["ord"]) - 1] = int(row["asset_id"])
+    return ids
 
 
 def _load_records(import_id: uuid.UUID, rows: Iterable[Any]) -> _Call[LoadResult]:
@@ -260,20 +277,21 @@ def _load_records(import_id: uuid.UUID, rows: Iterable[Any]) -> _Call[LoadResult
 
 
 def _load_mappings(import_id: uuid.UUID, mappings: Iterable[Mapping[str, Any]]) -> _Call[LoadResult]:
-    staged = (_fields(m, MAPPING_COLUMNS, "a mapping") for m in mappings)
+    staged = map(_fields(MAPPING_COLUMNS, "a mapping"), mappings)
     return _Call("load_mappings", {"import_id": import_id, "stage": "pg_temp.pyflows_stage_mappings"},
                  _one(LoadResult), stage=_Stage("pyflows_stage_mappings", MAPPING_COLUMNS, staged))
 
 
 def _load_assets(flow_id: uuid.UUID, assets: Iterable[Mapping[str, Any]]) -> _Call[list[int]]:
-    staged = ([n, *_fields(a, ASSET_COLUMNS[1:], "an asset")] for n, a in enumerate(assets, 1))
-    return _Call("load_assets", {"flow_id": flow_id, "stage": "pg_temp.pyflows_stage_assets"},
-                 lambda rows: [int(r["asset_id"]) for r in sorted(rows, key=lambda r: int(r["ord"]))],
+    row_of = _fields(ASSET_COLUMNS[1:], "an asset")
+    staged = ([n, *row_of(a)] for n, a in enumerate(assets, 1))
+    return _Call("load_assets", {"flow_id": flow_id, "stage": "pg_temp.pyflows_stage_assets"}, _in_order,
                  stage=_Stage("pyflows_stage_assets", ASSET_COLUMNS, staged))
 
 
 def _load_dependencies(flow_id: uuid.UUID, edges: Iterable[Sequence[Any] | Mapping[str, Any]]) -> _Call[LoadResult]:
-    staged = (_fields(e, EDGE_COLUMNS, "an edge") if isinstance(e, Mapping) else list(e) for e in edges)
+    row_of = _fields(EDGE_COLUMNS, "an edge")
+    staged = (row_of(e) if isinstance(e, Mapping) else list(e) for e in edges)
     return _Call("load_dependencies", {"flow_id": flow_id, "stage": "pg_temp.pyflows_stage_dependencies"},
                  _one(LoadResult), stage=_Stage("pyflows_stage_dependencies", EDGE_COLUMNS, staged))
 
