@@ -65,13 +65,16 @@ def seed(dsn: str) -> None:
         conn.execute(script.encode())
 
 
+RESET_LOCK_TIMEOUT = "10s"  # a session using the demo holds rows: wait this long, then fail (nothing removed)
+
+
 def reset(dsn: str) -> None:
     """Remove the demo tenants and everything they hold (as any delete: archived, audited as sql.delete),
     so that :func:`seed` writes them anew. Other tenants are not touched."""
     with connect(dsn, application_name="pyflows-demo") as conn:
         for client_id, engagement_id in DEMO_TENANTS:
             with conn.transaction():
-                params = {"client_id": client_id, "engagement_id": engagement_id}
+                params = {"client_id": client_id, "engagement_id": engagement_id, "lock_timeout": RESET_LOCK_TIMEOUT}
                 conn.execute(query("demo_bind"), params)
                 conn.execute(query("demo_remove"), params)
 

@@ -175,8 +175,8 @@ def rollback(dsn: str, *, to: str | None = None, all_: bool = False) -> list[str
             except psycopg.Error as exc:
                 raise MigrationError(f"rollback of {migration.id} failed: {describe(exc)}") from exc
             done.append(migration.id)
-    if done:
-        _record_migrations(dsn)
+        if done:  # under the migration lock: no migrate writes installed_sql meanwhile
+            _record_migrations(dsn)
     return done
 
 

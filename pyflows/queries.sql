@@ -48,9 +48,11 @@ select c.name, e.name
  where e.client_id = %(client_id)s and e.id = %(engagement_id)s
 
 -- name: demo_bind
--- The demo tenant's settings for this transaction (set_context would refuse a tenant already removed).
+-- The demo tenant's settings for this transaction (set_context would refuse a tenant already removed),
+-- and how long its delete may wait for rows another session holds.
 select set_config('pyflows.client_id', %(client_id)s::text, true),
-       set_config('pyflows.engagement_id', %(engagement_id)s::text, true)
+       set_config('pyflows.engagement_id', %(engagement_id)s::text, true),
+       set_config('lock_timeout', %(lock_timeout)s, true)
 
 -- name: demo_remove
 -- A demo client with everything it holds (the cascade; archived and audited as a sql.delete).

@@ -147,13 +147,23 @@ security definer
 set search_path = pg_catalog, pyflows, pg_temp
 as $$
 declare
-    v_row pyflows.clients;
+    v_row  pyflows.clients;
+    v_name text;
+    v_wait text;
 begin
     perform pyflows._require_tenant_admin();
-    insert into pyflows.clients (id, name)
-    values (coalesce(p_client_id, pg_catalog.gen_random_uuid()), pyflows._check_text(p_name, 'client name'))
-    on conflict (id) do nothing
-    returning * into v_row;
+    v_name := pyflows._check_text(p_name, 'client name');
+    v_wait := pyflows._bound_lock_waits();  -- the same id being added by another transaction: wait that long
+    begin
+        insert into pyflows.clients (id, name)
+        values (coalesce(p_client_id, pg_catalog.gen_random_uuid()), v_name)
+        on conflict (id) do nothing
+        returning * into v_row;
+    exception when lock_not_available then
+        raise exception 'client % is being added by another transaction', p_client_id
+            using errcode = 'PF423', hint = 'Try again in a moment, once that transaction has finished.';
+    end;
+    perform set_config('lock_timeout', v_wait, true);
     if v_row.id is null then
         raise exception 'client % exists', p_client_id
             using errcode = 'PF422', detail = json_build_object('client_id', p_client_id)::text;
@@ -171,18 +181,28 @@ security definer
 set search_path = pg_catalog, pyflows, pg_temp
 as $$
 declare
-    v_row pyflows.engagements;
+    v_row  pyflows.engagements;
+    v_name text;
+    v_wait text;
 begin
     perform pyflows._require_tenant_admin();
     if not exists (select from pyflows.clients as c where c.id = p_client_id) then
         raise exception 'client % not found', p_client_id
             using errcode = 'PF404', detail = json_build_object('client_id', p_client_id)::text;
     end if;
-    insert into pyflows.engagements (client_id, id, name)
-    values (p_client_id, coalesce(p_engagement_id, pg_catalog.gen_random_uuid()),
-            pyflows._check_text(p_name, 'engagement name'))
-    on conflict (client_id, id) do nothing
-    returning * into v_row;
+    v_name := pyflows._check_text(p_name, 'engagement name');
+    v_wait := pyflows._bound_lock_waits();  -- the client's row (key share) or the same id, held elsewhere
+    begin
+        insert into pyflows.engagements (client_id, id, name)
+        values (p_client_id, coalesce(p_engagement_id, pg_catalog.gen_random_uuid()), v_name)
+        on conflict (client_id, id) do nothing
+        returning * into v_row;
+    exception when lock_not_available then
+        raise exception 'engagement % of client % is being added, or its client changed, by another transaction',
+            p_engagement_id, p_client_id
+            using errcode = 'PF423', hint = 'Try again in a moment, once that transaction has finished.';
+    end;
+    perform set_config('lock_timeout', v_wait, true);
     if v_row.id is null then
         raise exception 'engagement % of client % exists', p_engagement_id, p_client_id
             using errcode = 'PF422',

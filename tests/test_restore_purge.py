@@ -330,6 +330,16 @@ def test_prune_is_for_admins_and_removes_only_old_events(api: ApiFactory, admin_
         admin_api.root.prune_audit(timedelta(days=-1))
     age = owner.execute("select now() - %s", (cutoff_marker,)).fetchone()[0]
     before = everything(owner)
+    events_before = owner.execute("select count(*) from pyflows_audit.events").fetchone()
+    for actor in ("", "   ", "x" * 201):  # a stated actor must name someone: refused, nothing pruned or recorded
+        with pytest.raises(InvalidRequest, match="actor must be a non-empty name"):
+            admin_api.root.prune_audit(age, actor=actor)
+    assert owner.execute("select count(*) from pyflows_audit.events").fetchone() == events_before
+    for action, limit, fragment in (("flow.nuke", 10, "action must be"), (None, 0, "limit"), (None, 1001, "limit")):
+        with pytest.raises(InvalidRequest, match=fragment):
+            admin_api.root.admin_audit_events(action=action, limit=limit)
+    with pytest.raises(Forbidden):
+        api.root.admin_audit_events()
     assert admin_api.root.prune_audit(age, dry_run=True).events == 1
     assert everything(owner) == before
     assert admin_api.root.prune_audit(age).events == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -12,7 +13,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from pyflows.cli import Exit, cli
-from pyflows.errors import FlowNotFound, Forbidden, InvalidRequest
+from pyflows.errors import FlowBusy, FlowNotFound, Forbidden, InvalidRequest
 from pyflows.models import Tenant
 
 from .lifecycle_support import ApiFactory
@@ -87,3 +88,22 @@ def test_tenants_from_the_cli(pyflows_role_dsn: Callable[[str], str], pyflows_ds
     assert_one_line_error(run(pyflows_role_dsn("app"), "add-client", "Nope"), Exit.FORBIDDEN, "pyflows_admin")
     assert_one_line_error(run(admin, "add-engagement", str(uuid.uuid4()), "E"), Exit.NOT_FOUND, "not found")
     assert run(admin, "add-client", "X", "--id", "not-a-uuid").exit_code == Exit.USAGE
+
+
+def test_adding_an_id_another_transaction_is_adding_waits_only_the_bound(admin_api: ApiFactory,
+                                                                       pyflows_role_dsn: Callable[[str], str],
+                                                                       owner: psycopg.Connection[Any]) -> None:
+    client_id, engagement_id = uuid.uuid4(), uuid.uuid4()
+    existing = admin_api.root.add_client("Existing").client_id
+    with psycopg.connect(pyflows_role_dsn("admin")) as holder:  # adds both and keeps its transaction open
+        holder.execute("select pyflows.add_client('First', %s)", (client_id,))
+        holder.execute("select pyflows.add_engagement(%s, 'E', %s)", (existing, engagement_id))
+        started = time.monotonic()
+        with pytest.raises(FlowBusy, match="being added by another transaction"):
+            admin_api.root.add_client("Second", client_id)
+        with pytest.raises(FlowBusy, match="being added, or its client changed"):
+            admin_api.root.add_engagement(existing, "E again", engagement_id)
+        assert time.monotonic() - started < 5  # pyflows.lock_timeout (200 ms) each, not until the holder ends
+        holder.rollback()
+    assert owner.execute("select count(*) from pyflows.clients where id = %s", (client_id,)).fetchone() == (0,)
+    assert owner.execute("select count(*) from pyflows.engagements where id = %s", (engagement_id,)).fetchone() == (0,)
