@@ -217,8 +217,10 @@ as $$
        and f.status = any (pyflows._incomplete_statuses())
 $$;
 
--- PF409 describing p_blocking (a summary from _blocking_flow), with what the user can do about it.
-create or replace function pyflows._raise_incomplete_flow_exists(p_blocking jsonb)
+-- PF409 describing p_blocking (a summary from _blocking_flow), with p_hint: what the user can do about it
+-- (by default, for a new flow; a restore says its own).
+drop function if exists pyflows._raise_incomplete_flow_exists(jsonb);
+create or replace function pyflows._raise_incomplete_flow_exists(p_blocking jsonb, p_hint text default null)
 returns void
 language plpgsql
 set search_path = pg_catalog, pyflows, pg_temp
@@ -240,17 +242,17 @@ begin
                  'started by a concurrent transaction')
         using errcode = 'PF409',
               detail = v_detail::text,
-              hint = 'Resume that flow, or delete it, before starting a new one.';
+              hint = coalesce(p_hint, 'Resume that flow, or delete it, before starting a new one.');
 end;
 $$;
 
 revoke all on function pyflows._incomplete_statuses(), pyflows._terminal_statuses(), pyflows._active_lease(),
     pyflows._check_text(text, text, integer), pyflows._check_page(integer, integer),
     pyflows._check_interval(interval, text, interval, interval, boolean), pyflows._next_steps(text, text, jsonb), pyflows._flow_summary(jsonb),
-    pyflows._flow_counts(uuid, uuid, uuid), pyflows._flow_row_summary(uuid), pyflows._blocking_flow(), pyflows._raise_incomplete_flow_exists(jsonb)
+    pyflows._flow_counts(uuid, uuid, uuid), pyflows._flow_row_summary(uuid), pyflows._blocking_flow(), pyflows._raise_incomplete_flow_exists(jsonb, text)
     from public;
 grant execute on function pyflows._incomplete_statuses(), pyflows._terminal_statuses(), pyflows._active_lease(),
     pyflows._check_text(text, text, integer), pyflows._check_page(integer, integer),
     pyflows._check_interval(interval, text, interval, interval, boolean), pyflows._next_steps(text, text, jsonb), pyflows._flow_summary(jsonb),
-    pyflows._flow_counts(uuid, uuid, uuid), pyflows._flow_row_summary(uuid), pyflows._blocking_flow(), pyflows._raise_incomplete_flow_exists(jsonb)
+    pyflows._flow_counts(uuid, uuid, uuid), pyflows._flow_row_summary(uuid), pyflows._blocking_flow(), pyflows._raise_incomplete_flow_exists(jsonb, text)
     to pyflows_app;

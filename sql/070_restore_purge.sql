@@ -47,8 +47,6 @@ declare
     v_restore    bigint;
     v_constraint text;
     v_wait       text;
-    v_message    text;
-    v_detail     text;
 begin
     perform pyflows._require_context(true);
     if p_event_id is null then
@@ -125,14 +123,9 @@ begin
         exception when unique_violation then
             get stacked diagnostics v_constraint = constraint_name;
             if v_constraint = 'discovery_flows_one_incomplete' then
-                begin
-                    perform pyflows._raise_incomplete_flow_exists(pyflows._blocking_flow());
-                exception when sqlstate 'PF409' then  -- the same error, with what to do for a restore
-                    get stacked diagnostics v_message = message_text, v_detail = pg_exception_detail;
-                    raise exception using errcode = 'PF409', message = v_message, detail = v_detail,
-                        hint = 'The restored flow would be a second incomplete flow here: finish that flow '
-                               '(or cancel it, or delete it), then restore this one.';
-                end;
+                perform pyflows._raise_incomplete_flow_exists(pyflows._blocking_flow(),
+                    'The restored flow would be a second incomplete flow here: finish that flow '
+                    '(or cancel it, or delete it), then restore this one.');
             end if;
             raise exception 'flow % exists: there is nothing to restore', v_flow_id
                 using errcode = 'PF422', detail = json_build_object('flow_id', v_flow_id)::text;

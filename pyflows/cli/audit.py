@@ -9,8 +9,7 @@ from typing import Any
 import click
 
 from ..render import fields, table
-from . import base
-from .base import FlowsTarget, Group, Refused, confirm, json_option, parse_duration, tenant_options
+from .base import FlowsTarget, Group, confirm, json_option, parse_duration, tenant_options
 from .output import emit
 
 
@@ -112,14 +111,11 @@ def audit_prune(obj: FlowsTarget, older_than: str, dry_run: bool, yes: bool, all
         would = api.prune_audit(age, dry_run=True, actor=obj.actor).events
         question = f"Remove {would} audit event(s) older than {older_than} and their archived rows?"
         if age < RECENT and would:
-            if base.interactive():  # looked up at call time, as confirm() does
-                click.confirm(f"{older_than} is under a day: events of today's work go too. {question}", abort=True,
-                              err=True)
-            elif not (yes and allow_recent):
-                raise Refused(f"refusing to remove audit events younger than a day ({older_than}) without "
-                              "--yes --allow-recent (no terminal to ask)")
+            confirm(f"{older_than} is under a day: events of today's work go too. {question}", yes and allow_recent,
+                    action=f"remove audit events younger than a day ({older_than})", needs="--yes --allow-recent",
+                    ask_anyway=True)
         else:
-            confirm(question, yes, False, action="prune the audit")
+            confirm(question, yes, action="prune the audit")
     result = api.prune_audit(age, dry_run=dry_run, actor=obj.actor)
     emit(obj.target, result, f"{'would remove' if dry_run else 'removed'} {result.events} audit event(s) "
                              f"older than {older_than}")

@@ -81,6 +81,7 @@ class Target:
     nothing_named: bool = False
     embedded_because: str = "--embedded"  # why the embedded server, when use_embedded
     _resolved: str | None = None
+    _conn: psycopg.Connection[Any] | None = None
 
     def resolve(self) -> str:
         if self._resolved is None:
@@ -116,9 +117,18 @@ class Target:
 
     def announce(self) -> None:
         """Say which database the command works on (stderr; not with --json, whose output says it)."""
-        dsn = self.resolve()
         if not self.json:
-            click.echo(f"pyflows: database {target_summary(dsn)} ({self.origin})", err=True)
+            click.echo(f"pyflows: database {self.describe()}", err=True)
+
+    def connection(self, application_name: str) -> psycopg.Connection[Any]:
+        """The command's one connection (autocommit), named for pg_stat_activity, closed when the command ends."""
+        if self._conn is None:
+            self._conn = connect(self.resolve(), autocommit=True, application_name=application_name)
+            click.get_current_context().call_on_close(self._conn.close)
+        return self._conn
+
+    def flows(self, application_name: str) -> Flows:
+        return Flows(self.connection(application_name))
 
 
 def fail(message: str, code: Exit, *, as_json: bool = False, error: PyflowsError | None = None,
@@ -210,13 +220,8 @@ class FlowsTarget:
     engagement_id: uuid.UUID | None
     actor: str
 
-    _conn: psycopg.Connection[Any] | None = None
-
     def connection(self) -> psycopg.Connection[Any]:
-        if self._conn is None:
-            self._conn = connect(self.target.resolve(), autocommit=True, application_name="pyflows-cli")
-            click.get_current_context().call_on_close(self._conn.close)
-        return self._conn
+        return self.target.connection(application_name="pyflows-cli")
 
     def api(self) -> Flows:
         return Flows(self.connection())
@@ -279,12 +284,16 @@ def interactive() -> bool:
     return sys.stdin.isatty()
 
 
-def confirm(question: str, yes: bool, dry_run: bool, action: str = "delete") -> None:
-    if yes or dry_run:
+def confirm(question: str, given: bool, dry_run: bool = False, action: str = "delete", *, needs: str = "--yes",
+            ask_anyway: bool = False) -> None:
+    """Before a destructive step: go on when ``given`` (the options that answer the question, ``needs``) or for a
+    dry run; else ask on a terminal, and refuse without one. ``ask_anyway``: a terminal is asked even when given."""
+    if dry_run or (given and not ask_anyway):
         return
-    if not interactive():
-        raise Refused(f"refusing to {action} without --yes (no terminal to ask)")
-    click.confirm(question, abort=True, err=True)
+    if interactive():
+        click.confirm(question, abort=True, err=True)
+    elif not given:
+        raise Refused(f"refusing to {action} without {needs} (no terminal to ask)")
 
 
 class Refused(click.ClickException):

@@ -8,8 +8,6 @@ from typing import Any
 
 import click
 
-from ..api import Flows
-from ..connection import connect
 from ..files import ROOTS_ENV
 from ..files import drain as drain_files
 from .base import Exit, Group, Target, json_option, parse_duration
@@ -52,10 +50,8 @@ def files_drain(target: Target, limit: int | None, lease: str, roots: tuple[str,
     schemes go to the storage backends installed under the entry-point group pyflows.storage.
     """
     duration = parse_duration(lease, "--lease")
-    conn = connect(target.resolve(), autocommit=True, application_name="pyflows-files")
-    click.get_current_context().call_on_close(conn.close)
     with progress_bar(target, "removing files", limit) as bar:  # a count; done of --limit when given
-        report = drain_files(Flows(conn), limit=limit, lease=duration, roots=roots,
+        report = drain_files(target.flows(application_name="pyflows-files"), limit=limit, lease=duration, roots=roots,
                              on_entry=lambda _entry, _error: bar.update(1))
     human = "\n".join([f"removed {report.removed}; failed {report.failed}"]
                       + [f"  {entry_id} {uri}: {error}" for entry_id, uri, error in report.errors])

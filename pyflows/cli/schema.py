@@ -9,7 +9,7 @@ import click
 from .. import migrations
 from ..connection import target_summary
 from ..render import to_json
-from .base import Exit, Refused, Target, fail, interactive, json_option
+from .base import Exit, Target, confirm, json_option
 
 
 @click.command()
@@ -21,12 +21,8 @@ def migrate(target: Target, dry_run: bool, yes: bool) -> None:
     """Apply pending migrations, then the sql/ definitions (always). Says which database first."""
     dsn = target.resolve()
     target.announce()
-    if target.nothing_named and not (yes or dry_run):
-        question = f"Nothing names a database: migrate {target_summary(dsn)}, libpq's default?"
-        if not interactive():
-            raise Refused("nothing names a database (--dsn, PYFLOWS_DSN, DATABASE_URL or PG* variables): refusing to "
-                          "migrate libpq's default one without --yes (no terminal to ask)")
-        click.confirm(question, abort=True, err=True)
+    confirm(f"Nothing names a database: migrate {target_summary(dsn)}, libpq's default?",
+            yes or not target.nothing_named, dry_run, action="migrate libpq's default one")
     result = migrations.migrate(dsn, dry_run=dry_run)
     verb = "would apply" if dry_run else "applied"
     if result.applied:
@@ -49,11 +45,8 @@ def rollback(target: Target, to: str | None, all_: bool, yes: bool) -> None:
     what = "every pyflows migration" if all_ else (f"every migration after {to}" if to else "the newest migration")
     dsn = target.resolve()
     target.announce()
-    if not yes:
-        if not interactive():
-            fail(f"refusing to roll back {what} without --yes (no terminal to ask)", Exit.USAGE)
-        click.confirm(f"Roll back {what} on {target.describe()}? Data in the dropped tables is lost",
-                      abort=True, err=True)
+    confirm(f"Roll back {what} on {target.describe()}? Data in the dropped tables is lost", yes,
+            action=f"roll back {what}")
     done = migrations.rollback(dsn, to=to, all_=all_)
     if not done:
         click.echo("nothing to roll back")

@@ -6,8 +6,6 @@ import uuid
 
 import click
 
-from ..api import Flows
-from ..connection import connect
 from ..render import table
 from . import base
 from .base import Group, Target, json_option
@@ -19,12 +17,6 @@ def tenants() -> None:
     """Clients and their engagements: add them, list them (pyflows_admin or the schema owner)."""
 
 
-def _api(target: Target) -> Flows:
-    conn = connect(target.resolve(), autocommit=True, application_name="pyflows-cli")
-    click.get_current_context().call_on_close(conn.close)
-    return Flows(conn)
-
-
 @tenants.command(name="add-client")
 @click.argument("name")
 @click.option("--id", "client_id", type=click.UUID, help="The client's id (default: a new one).")
@@ -32,7 +24,7 @@ def _api(target: Target) -> Flows:
 @click.pass_obj
 def add_client(target: Target, name: str, client_id: uuid.UUID | None) -> None:
     """Add a client called NAME; prints its id."""
-    client = _api(target).add_client(name, client_id)
+    client = target.flows(application_name="pyflows-cli").add_client(name, client_id)
     emit(target, client, f"client {client.client_id} {client.name!r}")
 
 
@@ -44,7 +36,7 @@ def add_client(target: Target, name: str, client_id: uuid.UUID | None) -> None:
 @click.pass_obj
 def add_engagement(target: Target, client_id: uuid.UUID, name: str, engagement_id: uuid.UUID | None) -> None:
     """Add an engagement called NAME to client CLIENT_ID; prints its id, and the options that name the tenant."""
-    engagement = _api(target).add_engagement(client_id, name, engagement_id)
+    engagement = target.flows(application_name="pyflows-cli").add_engagement(client_id, name, engagement_id)
     use = f"{base.invocation()} flows --client {engagement.client_id} --engagement {engagement.engagement_id} gate"
     emit(target, engagement, f"engagement {engagement.engagement_id} {engagement.name!r} of client "
                              f"{engagement.client_id}\n  use it: {use}")
@@ -55,7 +47,7 @@ def add_engagement(target: Target, client_id: uuid.UUID, name: str, engagement_i
 @click.pass_obj
 def list_(target: Target) -> None:
     """Every client and engagement, with its flows and how many are incomplete."""
-    rows = _api(target).list_tenants()
+    rows = target.flows(application_name="pyflows-cli").list_tenants()
     human = "no clients" if not rows else table(
         ("client", "name", "engagement", "name", "flows", "incomplete"),
         [(r.client_id, r.client_name, r.engagement_id, r.engagement_name, r.flows, r.incomplete_flows) for r in rows])
