@@ -39,10 +39,6 @@ def to_json(value: Any) -> str:
 
 def cell(value: Any) -> str:
     """One value as tables show it: times to the minute with their zone, intervals in d/h/m, ``-`` for None."""
-    return _cell(value)
-
-
-def _cell(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, datetime):
@@ -57,7 +53,7 @@ def _cell(value: Any) -> str:
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """Columns padded to their widest cell; ``-`` for a missing value."""
-    cells = [list(headers)] + [[_cell(v) for v in row] for row in rows]
+    cells = [list(headers)] + [[cell(v) for v in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells)
 
@@ -65,4 +61,4 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 def fields(pairs: Sequence[tuple[str, Any]]) -> str:
     """``key  value`` lines, keys padded to the widest."""
     width = max(len(k) for k, _ in pairs)
-    return "\n".join(f"{k.ljust(width)}  {_cell(v)}" for k, v in pairs)
+    return "\n".join(f"{k.ljust(width)}  {cell(v)}" for k, v in pairs)
