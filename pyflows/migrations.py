@@ -56,7 +56,16 @@ class _Backend(PostgresqlPsycopgBackend):  # type: ignore[misc]
         row = conn.execute("select current_setting('lock_timeout')").fetchone()
         if row is not None and row[0] == "0":
             conn.execute("select set_config('lock_timeout', %s, false)", (MIGRATION_LOCK_TIMEOUT,))
+        _prepare_for_ddl(conn)
         return conn
+
+
+def _prepare_for_ddl(conn: psycopg.Connection[Any]) -> None:
+    """On Citus, what its DDL on distributed tables needs for the session: triggers (they run on the
+    shards), and one connection per worker (foreign keys to reference tables). Nothing elsewhere."""
+    row = conn.execute(query("citus_installed")).fetchone()
+    if row is not None and row[0]:
+        conn.execute(query("citus_ddl_settings"))
 
 
 @dataclass(frozen=True)
@@ -73,6 +82,8 @@ class Status:
     schema_present: bool
     sql_current: bool
     problems: list[str] = field(default_factory=list)
+    # pyflows.layout(): the engine (postgresql or citus) and, on Citus, how each table is laid out.
+    layout: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -120,6 +131,7 @@ def apply_sql(dsn: str) -> list[str]:
     """Apply every sql/ file in one transaction, serialised against concurrent runs."""
     files = sql_files()
     with connect(dsn, application_name="pyflows-migrate") as conn:
+        _prepare_for_ddl(conn)
         try:
             with conn.transaction():
                 conn.execute(query("lock_sql_definitions"))
@@ -128,6 +140,7 @@ def apply_sql(dsn: str) -> list[str]:
                         conn.execute(path.read_text(encoding="utf-8").encode())
                     except psycopg.Error as exc:
                         raise MigrationError(f"sql/{path.name} failed to apply: {describe(exc)}") from exc
+                conn.execute(query("distribute"))
                 conn.execute(query("record_sql_definitions"),
                              {"digest": sql_digest(), "version": __version__, "migrations": _applied_ids(conn)})
         except psycopg.Error as exc:
@@ -213,6 +226,11 @@ def status(dsn: str) -> Status:
             applied_ids = None if names is None else set(names)
         elif schema_present:
             applied_ids = None  # there, but this role may read neither list (a schema older than 0013)
+        layout = None
+        readable = conn.execute(query("layout_readable")).fetchone()
+        if readable is not None and readable[0]:
+            found_layout = conn.execute(query("layout")).fetchone()
+            layout = None if found_layout is None else cast("dict[str, Any] | None", found_layout[0])
     if applied_ids is None:
         return Status([], [], schema_present, False, [
             "this role may not read which migrations are applied (a schema before migration 0013): "
@@ -232,7 +250,10 @@ def status(dsn: str) -> Status:
             problems.append(f"{len(pending)} migration(s) pending: {', '.join(pending)}; run `pyflows migrate`")
         if not sql_current:
             problems.append("the sql/ definitions differ from this package's: run `pyflows migrate`")
-    return Status(applied, pending, schema_present, sql_current, problems)
+        if layout is not None and layout.get("pending"):
+            problems.append(f"Citus is installed but {', '.join(layout['pending'])} not laid out as pyflows "
+                            "distributes them: run `pyflows migrate`")
+    return Status(applied, pending, schema_present, sql_current, problems, layout)
 
 
 def require_current(dsn: str) -> None:

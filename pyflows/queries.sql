@@ -26,6 +26,25 @@ select exists (select from pg_catalog.pg_namespace where nspname = 'pyflows'),
                   and not attisdropped),
        coalesce(pg_catalog.has_table_privilege(pg_catalog.to_regclass(%(migration_table)s), 'select'), false)
 
+-- name: citus_installed
+select exists (select from pg_catalog.pg_extension where extname = 'citus')
+
+-- name: citus_ddl_settings
+-- For migrations on Citus (see migrations._prepare_for_ddl); session-level, on pyflows-migrate's own connection.
+select set_config('citus.enable_unsafe_triggers', 'on', false),
+       set_config('citus.multi_shard_modify_mode', 'sequential', false)
+
+-- name: distribute
+-- On Citus, the distributed layout (sql/090_scale_out.sql); nothing on plain PostgreSQL.
+select pyflows._distribute()
+
+-- name: layout_readable
+-- Whether this schema has pyflows.layout() (sql/090, pyflows 0.x on) and this role may call it.
+select coalesce(pg_catalog.has_function_privilege(pg_catalog.to_regprocedure('pyflows.layout()'), 'execute'), false)
+
+-- name: layout
+select pyflows.layout()
+
 -- name: installed_sql_digest
 select digest from pyflows.installed_sql
 

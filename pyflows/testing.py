@@ -7,6 +7,12 @@ answers; else an embedded server (pgserver) in a temporary directory. ``PYFLOWS_
 forces the embedded server. A template database is migrated once per session
 (pytest-postgresql's ``postgresql_noproc`` factory) and every test gets a clone of it.
 
+``PYFLOWS_TEST_CITUS=DIR`` runs the tests on a local Citus cluster instead: DIR holds Citus'
+``install.sh`` and ``cluster.sh`` (pyflows' CI passes ``../shared/citus``); the harness installs
+Citus, starts a coordinator and two workers (``CITUS_PORT``, default 9700, and the next two) and
+gives every test a database of its own on all three nodes, migrated into the distributed layout
+(a Citus database cannot be cloned from a template). Run the marked subset: ``pytest -m citus``.
+
 Isolation claims must be tested as a non-superuser: ``pyflows_connect("app")`` logs in as
 ``pyflows_test_app``, a LOGIN role whose only privileges come from ``pyflows_app``.
 """
@@ -16,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import getpass
 import os
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -31,7 +38,7 @@ from . import embedded, migrations
 from .models import Tenant
 from .queries import query
 
-__all__ = ["Tenant", "TEST_ROLES", "ServerInfo", "bind"]
+__all__ = ["Tenant", "TEST_ROLES", "ServerInfo", "CitusCluster", "bind"]
 
 # LOGIN roles the harness creates (cluster-wide, once): name -> the pyflows role it is granted.
 TEST_ROLES: dict[str, tuple[str, str | None]] = {
@@ -49,7 +56,7 @@ class ServerInfo(NoopExecutor):
 
     def __init__(self, *, source: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.source = source  # "PYFLOWS_TEST_DSN", "local" or "embedded"
+        self.source = source  # "PYFLOWS_TEST_DSN", "local", "embedded" or "citus"
 
     @property
     def template_dbname(self) -> str | None:  # type: ignore[override]
@@ -91,9 +98,56 @@ def _local_server_answers() -> bool:
         return False
 
 
+class CitusCluster:
+    """A local Citus cluster run by the scripts in ``PYFLOWS_TEST_CITUS`` (install.sh, cluster.sh)."""
+
+    def __init__(self, scripts: str) -> None:
+        self.scripts = os.path.abspath(scripts)
+        for script in ("install.sh", "cluster.sh"):
+            if not os.path.isfile(os.path.join(self.scripts, script)):
+                raise pytest.UsageError(f"PYFLOWS_TEST_CITUS={scripts}: no {script} there")
+        self.port = int(os.environ.get("CITUS_PORT", "9700"))
+
+    def _run(self, *args: str) -> str:
+        done = subprocess.run([os.path.join(self.scripts, args[0]), *args[1:]], check=False,
+                              capture_output=True, text=True, timeout=900)
+        if done.returncode != 0:
+            raise RuntimeError(f"{args[0]} {' '.join(args[1:])} failed ({done.returncode}): "
+                               f"{done.stderr.strip() or done.stdout.strip()}")
+        return done.stdout.strip()
+
+    def start(self) -> None:
+        if os.geteuid() == 0:  # installing needs root; elsewhere Citus must be installed already
+            self._run("install.sh")
+        self._run("cluster.sh", "start")
+
+    def createdb(self, name: str) -> None:
+        self._run("cluster.sh", "createdb", name)
+
+    def dropdb(self, name: str) -> None:
+        self._run("cluster.sh", "dropdb", name)
+
+
+def _citus() -> CitusCluster | None:
+    scripts = os.environ.get("PYFLOWS_TEST_CITUS")
+    return CitusCluster(scripts) if scripts else None
+
+
 @pytest.fixture(scope="session")
-def pyflows_server() -> Iterator[ServerInfo]:
+def pyflows_citus() -> CitusCluster | None:
+    """The Citus cluster the tests run on, or None on a single PostgreSQL server."""
+    cluster = _citus()
+    if cluster is not None:
+        cluster.start()
+    return cluster
+
+
+@pytest.fixture(scope="session")
+def pyflows_server(pyflows_citus: CitusCluster | None) -> Iterator[ServerInfo]:
     """The PostgreSQL server the tests run on (see the module docstring for how it is chosen)."""
+    if pyflows_citus is not None:
+        yield _from_conninfo(f"host=127.0.0.1 port={pyflows_citus.port} user=postgres dbname=postgres", "citus")
+        return
     dsn = os.environ.get("PYFLOWS_TEST_DSN")
     if not _truthy(os.environ.get("PYFLOWS_TEST_EMBEDDED")):
         if dsn:
@@ -132,7 +186,30 @@ def load_pyflows_schema(host: str, port: int, user: str, dbname: str, password: 
 
 pyflows_template = factories.postgresql_noproc(
     depends_on="pyflows_server", dbname=TEST_DBNAME, load=[load_pyflows_schema])
-pyflows_db = factories.postgresql("pyflows_template")
+pyflows_cloned_db = factories.postgresql("pyflows_template")
+
+
+@pytest.fixture
+def pyflows_db(request: pytest.FixtureRequest, pyflows_citus: CitusCluster | None,
+               pyflows_server: ServerInfo) -> Iterator[psycopg.Connection[Any]]:
+    """A connection (as the server's superuser) to this test's fresh, migrated database.
+
+    On one server, a clone of the session's migrated template; on Citus, a database created on every
+    node, migrated (which distributes it), and dropped after the test.
+    """
+    if pyflows_citus is None:
+        yield request.getfixturevalue("pyflows_cloned_db")
+        return
+    name = f"pyflows_citus_{uuid.uuid4().hex[:12]}"
+    pyflows_citus.createdb(name)
+    try:
+        dsn = pyflows_server.conninfo(name)
+        load_pyflows_schema(host=pyflows_server.host, port=pyflows_server.port, user=pyflows_server.user,
+                            dbname=name)
+        with psycopg.connect(dsn) as conn:
+            yield conn
+    finally:
+        pyflows_citus.dropdb(name)
 
 
 @pytest.fixture

@@ -1,6 +1,33 @@
 -- pyflows sql/010_context: binding a transaction to a tenant and an actor, and the guard every API
 -- function calls first. The settings read by RLS live in migrations/0003 (current_client_id and friends).
 
+-- SET LOCAL p_name = p_value, for the transaction: the settings pyflows' functions change as they
+-- go (the tenant context, lock_timeout, the audit's markers). A SET LOCAL rather than set_config():
+-- on Citus (where the setting citus.propagate_set_commands exists) the coordinator sends each SET
+-- LOCAL to every worker the transaction uses, so the policies, triggers and lock waits on the
+-- shards see what the coordinator set; set_config() values stay on the node that set them. On one
+-- node it is a plain SET LOCAL. Only the names below; PF422 otherwise.
+create or replace function pyflows._set_local(p_name text, p_value text)
+returns void
+language plpgsql
+set search_path = pg_catalog, pyflows, pg_temp
+as $$
+begin
+    if p_name is null or p_name not in ('pyflows.client_id', 'pyflows.engagement_id', 'pyflows.actor',
+                                        'pyflows.audit_batch', 'lock_timeout') then
+        raise exception 'pyflows does not set %', coalesce(quote_literal(p_name), 'NULL') using errcode = 'PF422';
+    end if;
+    if p_value is null then
+        raise exception 'a value for % must not be NULL', p_name using errcode = 'PF422';
+    end if;
+    if pg_catalog.current_setting('citus.propagate_set_commands', true) is distinct from 'local'
+       and pg_catalog.current_setting('citus.propagate_set_commands', true) is not null then
+        set local citus.propagate_set_commands = 'local';
+    end if;
+    execute pg_catalog.format('set local %s = %L', p_name, p_value);
+end;
+$$;
+
 create or replace function pyflows.set_context(
     p_client_id uuid,
     p_engagement_id uuid,
@@ -20,10 +47,11 @@ begin
             using errcode = 'PF422';
     end if;
 
-    -- Transaction-local: the context ends with the transaction that set it.
-    perform set_config('pyflows.client_id', p_client_id::text, true);
-    perform set_config('pyflows.engagement_id', p_engagement_id::text, true);
-    perform set_config('pyflows.actor', coalesce(p_actor, ''), true);
+    -- Transaction-local: the context ends with the transaction that set it (and reaches every
+    -- Citus worker the transaction uses: _set_local).
+    perform pyflows._set_local('pyflows.client_id', p_client_id::text);
+    perform pyflows._set_local('pyflows.engagement_id', p_engagement_id::text);
+    perform pyflows._set_local('pyflows.actor', coalesce(p_actor, ''));
 
     -- Under the new context RLS shows the engagement only if it is this client's; a superuser
     -- bypasses RLS, so the filter is spelled out as well.
@@ -59,14 +87,19 @@ begin
 end;
 $$;
 
--- Unbind the session (and the current transaction) from any tenant.
+-- Unbind the session (and the current transaction) from any tenant; the transaction's Citus workers too.
 create or replace function pyflows.clear_context()
 returns void
-language sql
+language plpgsql
 set search_path = pg_catalog, pyflows, pg_temp
 as $$
-    select set_config('pyflows.client_id', '', false), set_config('pyflows.engagement_id', '', false),
-           set_config('pyflows.actor', '', false)
+begin
+    perform set_config('pyflows.client_id', '', false), set_config('pyflows.engagement_id', '', false),
+            set_config('pyflows.actor', '', false);
+    perform pyflows._set_local('pyflows.client_id', '');
+    perform pyflows._set_local('pyflows.engagement_id', '');
+    perform pyflows._set_local('pyflows.actor', '');
+end;
 $$;
 
 -- Raises PF401 unless set_context ran in this transaction; with p_need_actor, also unless it named an actor.
@@ -90,7 +123,9 @@ begin
 end;
 $$;
 
-revoke all on function pyflows.set_context(uuid, uuid, text), pyflows.set_session_context(uuid, uuid, text),
-    pyflows.clear_context(), pyflows._require_context(boolean) from public;
-grant execute on function pyflows.set_context(uuid, uuid, text), pyflows.set_session_context(uuid, uuid, text),
-    pyflows.clear_context(), pyflows._require_context(boolean) to pyflows_app;
+revoke all on function pyflows._set_local(text, text), pyflows.set_context(uuid, uuid, text),
+    pyflows.set_session_context(uuid, uuid, text), pyflows.clear_context(), pyflows._require_context(boolean)
+    from public;
+grant execute on function pyflows._set_local(text, text), pyflows.set_context(uuid, uuid, text),
+    pyflows.set_session_context(uuid, uuid, text), pyflows.clear_context(), pyflows._require_context(boolean)
+    to pyflows_app;

@@ -19,6 +19,21 @@ parallel safe
 set search_path = pg_catalog, pyflows, pg_temp
 as $$ select array['completed', 'cancelled']::text[] $$;
 
+-- Whether an error's constraint is p_name. On Citus a violation found on a worker arrives with an
+-- empty constraint_name and the shard's index in the message ("..._one_incomplete_102043"), so the
+-- message is read when the name is missing.
+create or replace function pyflows._is_constraint(p_found text, p_message text, p_name text)
+returns boolean
+language sql
+immutable
+parallel safe
+set search_path = pg_catalog, pyflows, pg_temp
+as $$
+    select coalesce(p_found = p_name
+                    or (coalesce(p_found, '') = ''
+                        and p_message ~ ('constraint "' || p_name || '(_[0-9]+)?"')), false)
+$$;
+
 -- How long a heartbeat keeps a running flow "active": setting pyflows.active_lease, default 5 minutes.
 create or replace function pyflows._active_lease()
 returns interval
@@ -160,22 +175,22 @@ set enable_seqscan = off
 set plan_cache_mode = force_generic_plan
 as $$
 declare
+    v_import_ids uuid[];
     v_imports  bigint;
     v_records  bigint;
     v_mappings bigint;
     v_assets   bigint;
     v_edges    bigint;
 begin
-    select count(*) into v_imports from pyflows.data_imports as i
+    -- The flow's imports first, then the rows of those imports: each query reads one table by the
+    -- tenant's key, which Citus routes to one shard even in a generic plan (a join it could not).
+    select coalesce(array_agg(i.id), '{}') into v_import_ids from pyflows.data_imports as i
      where i.client_id = p_client_id and i.engagement_id = p_engagement_id and i.flow_id = p_flow_id;
-    select count(*) into v_records from pyflows.data_imports as i
-      join pyflows.raw_import_records as r
-        on r.client_id = i.client_id and r.engagement_id = i.engagement_id and r.import_id = i.id
-     where i.client_id = p_client_id and i.engagement_id = p_engagement_id and i.flow_id = p_flow_id;
-    select count(*) into v_mappings from pyflows.data_imports as i
-      join pyflows.import_field_mappings as m
-        on m.client_id = i.client_id and m.engagement_id = i.engagement_id and m.import_id = i.id
-     where i.client_id = p_client_id and i.engagement_id = p_engagement_id and i.flow_id = p_flow_id;
+    v_imports := cardinality(v_import_ids);
+    select count(*) into v_records from pyflows.raw_import_records as r
+     where r.client_id = p_client_id and r.engagement_id = p_engagement_id and r.import_id = any (v_import_ids);
+    select count(*) into v_mappings from pyflows.import_field_mappings as m
+     where m.client_id = p_client_id and m.engagement_id = p_engagement_id and m.import_id = any (v_import_ids);
     select count(*) into v_assets from pyflows.assets as a
      where a.client_id = p_client_id and a.engagement_id = p_engagement_id and a.flow_id = p_flow_id;
     select count(*) into v_edges from pyflows.asset_dependencies as d
@@ -188,33 +203,47 @@ $$;
 
 -- The summary of one flow of the context that the caller has just written (NULL if it is not there):
 -- what start_flow, start_import, record_progress and resume_flow return, without flow_details'
--- phases and counts, which they would throw away.
+-- phases and counts, which they would throw away. Like every function here that reads a tenant
+-- table, it reads the row by the context's key held in variables first, then describes it: on Citus
+-- a key in a variable routes the query to the tenant's shard, and describing a row reads other
+-- tables, which a query over a distributed table may not do for each row (docs/scale-out.md).
 create or replace function pyflows._flow_row_summary(p_flow_id uuid)
 returns jsonb
-language sql
+language plpgsql
 stable
 set search_path = pg_catalog, pyflows, pg_temp
 as $$
-    select pyflows._flow_summary(to_jsonb(f))
+declare
+    c_client     constant uuid := pyflows.current_client_id();
+    c_engagement constant uuid := pyflows.current_engagement_id();
+    v_row jsonb;
+begin
+    select to_jsonb(f) into v_row
       from pyflows.discovery_flows as f
-     where f.client_id = pyflows.current_client_id()
-       and f.engagement_id = pyflows.current_engagement_id()
-       and f.id = p_flow_id
+     where f.client_id = c_client and f.engagement_id = c_engagement and f.id = p_flow_id;
+    return case when v_row is not null then pyflows._flow_summary(v_row) end;
+end;
 $$;
 
 -- The context's incomplete flow as a summary, or NULL. Under RLS only the context's rows are visible;
 -- the filter is spelled out as well for superusers.
 create or replace function pyflows._blocking_flow()
 returns jsonb
-language sql
+language plpgsql
 stable
 set search_path = pg_catalog, pyflows, pg_temp
 as $$
-    select pyflows._flow_summary(to_jsonb(f))
+declare
+    c_client     constant uuid := pyflows.current_client_id();
+    c_engagement constant uuid := pyflows.current_engagement_id();
+    v_row jsonb;
+begin
+    select to_jsonb(f) into v_row
       from pyflows.discovery_flows as f
-     where f.client_id = pyflows.current_client_id()
-       and f.engagement_id = pyflows.current_engagement_id()
-       and f.status = any (pyflows._incomplete_statuses())
+     where f.client_id = c_client and f.engagement_id = c_engagement
+       and f.status = any (pyflows._incomplete_statuses());
+    return case when v_row is not null then pyflows._flow_summary(v_row) end;
+end;
 $$;
 
 -- PF409 describing p_blocking (a summary from _blocking_flow), with p_hint: what the user can do about it
@@ -246,12 +275,12 @@ begin
 end;
 $$;
 
-revoke all on function pyflows._incomplete_statuses(), pyflows._terminal_statuses(), pyflows._active_lease(),
+revoke all on function pyflows._incomplete_statuses(), pyflows._terminal_statuses(), pyflows._is_constraint(text, text, text), pyflows._active_lease(),
     pyflows._check_text(text, text, integer), pyflows._check_page(integer, integer),
     pyflows._check_interval(interval, text, interval, interval, boolean), pyflows._next_steps(text, text, jsonb), pyflows._flow_summary(jsonb),
     pyflows._flow_counts(uuid, uuid, uuid), pyflows._flow_row_summary(uuid), pyflows._blocking_flow(), pyflows._raise_incomplete_flow_exists(jsonb, text)
     from public;
-grant execute on function pyflows._incomplete_statuses(), pyflows._terminal_statuses(), pyflows._active_lease(),
+grant execute on function pyflows._incomplete_statuses(), pyflows._terminal_statuses(), pyflows._is_constraint(text, text, text), pyflows._active_lease(),
     pyflows._check_text(text, text, integer), pyflows._check_page(integer, integer),
     pyflows._check_interval(interval, text, interval, interval, boolean), pyflows._next_steps(text, text, jsonb), pyflows._flow_summary(jsonb),
     pyflows._flow_counts(uuid, uuid, uuid), pyflows._flow_row_summary(uuid), pyflows._blocking_flow(), pyflows._raise_incomplete_flow_exists(jsonb, text)

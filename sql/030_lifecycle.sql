@@ -60,9 +60,12 @@ language plpgsql
 set search_path = pg_catalog, pyflows, pg_temp
 as $$
 declare
+    c_client     constant uuid := pyflows.current_client_id();
+    c_engagement constant uuid := pyflows.current_engagement_id();
     v_id         uuid;
     v_blocking   jsonb;
     v_constraint text;
+    v_message    text;
 begin
     perform pyflows._require_context();
     p_name := pyflows._check_text(p_name, 'flow name');
@@ -75,11 +78,11 @@ begin
     end if;
     begin
         insert into pyflows.discovery_flows (client_id, engagement_id, name, created_by)
-        values (pyflows.current_client_id(), pyflows.current_engagement_id(), p_name, p_created_by)
+        values (c_client, c_engagement, p_name, p_created_by)
         returning id into v_id;
     exception when unique_violation then
-        get stacked diagnostics v_constraint = constraint_name;
-        if v_constraint <> 'discovery_flows_one_incomplete' then
+        get stacked diagnostics v_constraint = constraint_name, v_message = message_text;
+        if not pyflows._is_constraint(v_constraint, v_message, 'discovery_flows_one_incomplete') then
             raise;
         end if;
         -- The winner has committed (we waited on its index entry), so a new snapshot sees it.
@@ -172,6 +175,8 @@ language plpgsql
 set search_path = pg_catalog, pyflows, pg_temp
 as $$
 declare
+    c_client     constant uuid := pyflows.current_client_id();
+    c_engagement constant uuid := pyflows.current_engagement_id();
     v_id uuid;
 begin
     perform pyflows._require_context();
@@ -181,7 +186,7 @@ begin
     perform pyflows._check_import(p_filename, p_storage_uri, p_byte_size);
     insert into pyflows.data_imports
         (client_id, engagement_id, flow_id, filename, storage_uri, byte_size, imported_by)
-    values (pyflows.current_client_id(), pyflows.current_engagement_id(), p_flow_id, btrim(p_filename),
+    values (c_client, c_engagement, p_flow_id, btrim(p_filename),
             btrim(p_storage_uri), p_byte_size, pyflows.current_actor())
     returning id into v_id;
     return v_id;
@@ -227,6 +232,8 @@ language plpgsql
 set search_path = pg_catalog, pyflows, pg_temp
 as $$
 declare
+    c_client     constant uuid := pyflows.current_client_id();
+    c_engagement constant uuid := pyflows.current_engagement_id();
     v_flow jsonb;
 begin
     if p_flow_id is null then
@@ -235,12 +242,12 @@ begin
     -- SKIP LOCKED, then a plain read to tell a locked row from a missing one: the same answer as
     -- NOWAIT without the subtransaction an exception handler would cost every call.
     select to_jsonb(f) into v_flow from pyflows.discovery_flows as f
-     where f.client_id = pyflows.current_client_id() and f.engagement_id = pyflows.current_engagement_id()
+     where f.client_id = c_client and f.engagement_id = c_engagement
        and f.id = p_flow_id
        for update skip locked;
     if v_flow is null and exists (
             select from pyflows.discovery_flows as f
-             where f.client_id = pyflows.current_client_id() and f.engagement_id = pyflows.current_engagement_id()
+             where f.client_id = c_client and f.engagement_id = c_engagement
                and f.id = p_flow_id) then
         raise exception 'flow % is locked by another transaction', p_flow_id
             using errcode = 'PF423',
@@ -285,6 +292,8 @@ language plpgsql
 set search_path = pg_catalog, pyflows, pg_temp
 as $$
 declare
+    c_client     constant uuid := pyflows.current_client_id();
+    c_engagement constant uuid := pyflows.current_engagement_id();
     v_flow      jsonb;
     v_import_id uuid;
 begin
@@ -295,7 +304,7 @@ begin
                                     'imports go into an incomplete flow', 'Start a new flow for a new import.');
     v_import_id := pyflows._insert_import(p_flow_id, p_filename, p_storage_uri, p_byte_size);
     update pyflows.discovery_flows set last_activity_at = now()
-     where client_id = pyflows.current_client_id() and engagement_id = pyflows.current_engagement_id()
+     where client_id = c_client and engagement_id = c_engagement
        and id = p_flow_id;
     return jsonb_build_object('flow_id', p_flow_id, 'import_id', v_import_id);
 end;
@@ -314,7 +323,10 @@ stable
 set search_path = pg_catalog, pyflows, pg_temp
 as $$
 declare
+    c_client     constant uuid := pyflows.current_client_id();
+    c_engagement constant uuid := pyflows.current_engagement_id();
     v_statuses text[];
+    v_page     jsonb;
 begin
     perform pyflows._require_context();
     perform pyflows._check_page(p_limit, p_offset);
@@ -330,26 +342,32 @@ begin
     -- One branch per kind of status, each with its statuses spelled out (constants once planned), so
     -- that even a plan made for any filter reads the context's incomplete flow through the partial
     -- unique index, instead of walking every finished flow of the context to find it; the filter
-    -- only switches branches on or off.
+    -- only switches branches on or off. The page is read first, by the context's key (on Citus, from
+    -- the tenant's one shard), and described after: the counts read other tables, which a query
+    -- over a distributed table may not do for each of its rows.
+    select coalesce(jsonb_agg(to_jsonb(f) order by f.last_activity_at desc, f.id), '[]'::jsonb) into v_page
+      from (select i.* from pyflows.discovery_flows as i
+             where i.client_id = c_client
+               and i.engagement_id = c_engagement
+               and i.status = any (pyflows._incomplete_statuses())
+               and 'initialized' = any (v_statuses)
+            union all
+            select t.* from pyflows.discovery_flows as t
+             where t.client_id = c_client
+               and t.engagement_id = c_engagement
+               and t.status = any (pyflows._terminal_statuses())
+               and 'completed' = any (v_statuses)
+            order by last_activity_at desc, id
+            limit p_limit offset p_offset) as f;
     return query
-        select f.id, f.name, f.status, f.current_phase, ph.title, f.progress_percentage, f.created_by,
-               f.created_at, f.last_activity_at,
-               pyflows._flow_counts(f.client_id, f.engagement_id, f.id),
-               pyflows._next_steps(f.status, f.current_phase, f.error)
-          from (select i.* from pyflows.discovery_flows as i
-                 where i.client_id = pyflows.current_client_id()
-                   and i.engagement_id = pyflows.current_engagement_id()
-                   and i.status = any (pyflows._incomplete_statuses())
-                   and 'initialized' = any (v_statuses)
-                union all
-                select t.* from pyflows.discovery_flows as t
-                 where t.client_id = pyflows.current_client_id()
-                   and t.engagement_id = pyflows.current_engagement_id()
-                   and t.status = any (pyflows._terminal_statuses())
-                   and 'completed' = any (v_statuses)) as f
-          left join pyflows.phases as ph on ph.phase = f.current_phase
-         order by f.last_activity_at desc, f.id
-         limit p_limit offset p_offset;
+        select (f.r ->> 'id')::uuid, f.r ->> 'name', f.r ->> 'status', f.r ->> 'current_phase', ph.title,
+               (f.r ->> 'progress_percentage')::numeric, f.r ->> 'created_by', (f.r ->> 'created_at')::timestamptz,
+               (f.r ->> 'last_activity_at')::timestamptz,
+               pyflows._flow_counts(c_client, c_engagement, (f.r ->> 'id')::uuid),
+               pyflows._next_steps(f.r ->> 'status', f.r ->> 'current_phase', f.r -> 'error')
+          from jsonb_array_elements(v_page) with ordinality as f(r, n)
+          left join pyflows.phases as ph on ph.phase = f.r ->> 'current_phase'
+         order by f.n;
 end;
 $$;
 
@@ -383,7 +401,7 @@ begin
         raise exception 'flow id must not be NULL' using errcode = 'PF422';
     end if;
     select to_jsonb(f) into v_row from pyflows.discovery_flows as f
-     where f.client_id = pyflows.current_client_id() and f.engagement_id = pyflows.current_engagement_id()
+     where f.client_id = c_client and f.engagement_id = c_engagement
        and f.id = p_flow_id and f.status <> 'deleting';
     if v_row is null then
         raise exception 'flow % not found', p_flow_id
@@ -421,9 +439,13 @@ language plpgsql
 set search_path = pg_catalog, pyflows, pg_temp
 as $$
 declare
+    c_client     constant uuid := pyflows.current_client_id();
+    c_engagement constant uuid := pyflows.current_engagement_id();
     v_flow      jsonb;
     v_completed text[];
     v_next      text;
+    v_status    text;
+    v_insights  jsonb;
 begin
     perform pyflows._require_context();
     if p_phase is null or not exists (select from pyflows.phases where phase = p_phase) then
@@ -439,17 +461,21 @@ begin
     select ph.phase into v_next from pyflows.phases as ph
      where ph.phase <> all (v_completed) order by ph.position limit 1;
 
+    -- The new status and insight are worked out here, not in the UPDATE: Citus refuses functions
+    -- that are not IMMUTABLE inside a CASE of an UPDATE on a distributed table.
+    v_insights := case when p_insight is null then '[]'::jsonb
+                       else jsonb_build_array(jsonb_build_object('phase', p_phase, 'recorded_at', now(),
+                                                                 'insight', p_insight)) end;
+    v_status := case when v_next is null then 'completed'
+                     when v_flow ->> 'status' = 'initialized' then 'running'
+                     else v_flow ->> 'status' end;
     update pyflows.discovery_flows as f
        set phases_completed = v_completed,
            current_phase = v_next,
-           status = case when v_next is null then 'completed'
-                         when f.status = 'initialized' then 'running'
-                         else f.status end,
+           status = v_status,
            last_activity_at = now(),
-           agent_insights = case when p_insight is null then f.agent_insights
-                                 else f.agent_insights || jsonb_build_array(jsonb_build_object(
-                                     'phase', p_phase, 'recorded_at', now(), 'insight', p_insight)) end
-     where f.client_id = pyflows.current_client_id() and f.engagement_id = pyflows.current_engagement_id()
+           agent_insights = f.agent_insights || v_insights
+     where f.client_id = c_client and f.engagement_id = c_engagement
        and f.id = p_flow_id;
     return pyflows._flow_row_summary(p_flow_id);
 end;
@@ -462,6 +488,8 @@ language plpgsql
 set search_path = pg_catalog, pyflows, pg_temp
 as $$
 declare
+    c_client     constant uuid := pyflows.current_client_id();
+    c_engagement constant uuid := pyflows.current_engagement_id();
     v_flow jsonb;
     v_at   timestamptz;
 begin
@@ -471,7 +499,7 @@ begin
                                     'Resume the flow first.');
     update pyflows.discovery_flows as f
        set heartbeat_at = now(), last_activity_at = now()
-     where f.client_id = pyflows.current_client_id() and f.engagement_id = pyflows.current_engagement_id()
+     where f.client_id = c_client and f.engagement_id = c_engagement
        and f.id = p_flow_id
     returning f.heartbeat_at into v_at;
     return jsonb_build_object('flow_id', p_flow_id, 'heartbeat_at', v_at,
@@ -487,6 +515,8 @@ language plpgsql
 set search_path = pg_catalog, pyflows, pg_temp
 as $$
 declare
+    c_client     constant uuid := pyflows.current_client_id();
+    c_engagement constant uuid := pyflows.current_engagement_id();
     v_flow jsonb;
 begin
     perform pyflows._require_context();
@@ -510,7 +540,7 @@ begin
                         when p_status = 'running' then null
                         else f.error end,
            last_activity_at = now()
-     where f.client_id = pyflows.current_client_id() and f.engagement_id = pyflows.current_engagement_id()
+     where f.client_id = c_client and f.engagement_id = c_engagement
        and f.id = p_flow_id;
     return jsonb_build_object('flow_id', p_flow_id, 'status', p_status, 'changed', true,
                               'previous_status', v_flow ->> 'status');
@@ -527,6 +557,8 @@ security definer
 set search_path = pg_catalog, pyflows, pg_temp
 as $$
 declare
+    c_client     constant uuid := pyflows.current_client_id();
+    c_engagement constant uuid := pyflows.current_engagement_id();
     v_flow   jsonb;
     v_status text;
 begin
@@ -538,7 +570,7 @@ begin
     if v_status <> 'running' then
         update pyflows.discovery_flows as f
            set status = 'running', error = null, last_activity_at = now()
-         where f.client_id = pyflows.current_client_id() and f.engagement_id = pyflows.current_engagement_id()
+         where f.client_id = c_client and f.engagement_id = c_engagement
            and f.id = p_flow_id;
     end if;
     v_flow := pyflows._flow_row_summary(p_flow_id);

@@ -163,7 +163,7 @@ begin
         raise exception 'client % is being added by another transaction', p_client_id
             using errcode = 'PF423', hint = 'Try again in a moment, once that transaction has finished.';
     end;
-    perform set_config('lock_timeout', v_wait, true);
+    perform pyflows._set_local('lock_timeout', v_wait);
     if v_row.id is null then
         raise exception 'client % exists', p_client_id
             using errcode = 'PF422', detail = json_build_object('client_id', p_client_id)::text;
@@ -202,7 +202,7 @@ begin
             p_engagement_id, p_client_id
             using errcode = 'PF423', hint = 'Try again in a moment, once that transaction has finished.';
     end;
-    perform set_config('lock_timeout', v_wait, true);
+    perform pyflows._set_local('lock_timeout', v_wait);
     if v_row.id is null then
         raise exception 'engagement % of client % exists', p_engagement_id, p_client_id
             using errcode = 'PF422',

@@ -301,7 +301,7 @@ $$;
 -- pyflows.lock_timeout, in milliseconds ('500') or with a unit ('500ms', '2s', '1min'), default
 -- 200 ms, between 1 ms and 1 minute; the session's own lock_timeout when that is shorter. Below
 -- deadlock_timeout (1 s by default), so two deletes whose cascades cross give up (PF423) before they
--- could deadlock. Returns the milliseconds, for set_config('lock_timeout', ...). Parsed without an
+-- could deadlock. Returns the milliseconds, for SET LOCAL lock_timeout (_set_local). Parsed without an
 -- exception handler, whose subtransaction every delete would pay for.
 create or replace function pyflows._lock_wait_ms()
 returns text
@@ -343,7 +343,7 @@ as $$
 declare
     v_was text := current_setting('lock_timeout');
 begin
-    perform set_config('lock_timeout', pyflows._lock_wait_ms(), true);
+    perform pyflows._set_local('lock_timeout', pyflows._lock_wait_ms());
     return v_was;
 end;
 $$;
@@ -396,7 +396,7 @@ begin
          where f.client_id = pyflows.current_client_id() and f.engagement_id = pyflows.current_engagement_id()
            and f.id = p_flow_id;
     end if;
-    perform set_config('lock_timeout', v_wait, true);
+    perform pyflows._set_local('lock_timeout', v_wait);
 end;
 $$;
 
@@ -564,7 +564,7 @@ begin
        and m.client_id = c_client and m.engagement_id = c_engagement and m.import_id = i.id;
     delete from pyflows.discovery_flows as f
      where f.client_id = c_client and f.engagement_id = c_engagement and f.id = any(v_ids);
-    perform set_config('lock_timeout', v_wait, true);
+    perform pyflows._set_local('lock_timeout', v_wait);
     perform pyflows_audit._end_event();
     return query select b.id, b.event_id from unnest(v_ids, v_events) as b(id, event_id);
 end;
@@ -590,7 +590,7 @@ begin
     perform pyflows._check_text(p_reason, 'reason', 1000);
     v_ids := pyflows._batch_ids(p_flow_ids);
 
-    perform set_config('pyflows.audit_batch', gen_random_uuid()::text, true);
+    perform pyflows._set_local('pyflows.audit_batch', gen_random_uuid()::text);
     if coalesce(p_atomic, true) then
         begin  -- one handler for the whole batch: a lock wait that ran out is PF423
             return query select b.flow_id, true, b.event_id, null::text, null::text
@@ -615,7 +615,7 @@ begin
             end;
         end loop;
     end if;
-    perform set_config('pyflows.audit_batch', '', true);
+    perform pyflows._set_local('pyflows.audit_batch', '');
 end;
 $$;
 

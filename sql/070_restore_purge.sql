@@ -46,6 +46,7 @@ declare
     v_kept       bigint;
     v_restore    bigint;
     v_constraint text;
+    v_message    text;
     v_wait       text;
 begin
     perform pyflows._require_context(true);
@@ -121,8 +122,8 @@ begin
                 pyflows._column_list('discovery_flows'))
               using p_event_id, c_client, c_engagement, v_override;
         exception when unique_violation then
-            get stacked diagnostics v_constraint = constraint_name;
-            if v_constraint = 'discovery_flows_one_incomplete' then
+            get stacked diagnostics v_constraint = constraint_name, v_message = message_text;
+            if pyflows._is_constraint(v_constraint, v_message, 'discovery_flows_one_incomplete') then
                 perform pyflows._raise_incomplete_flow_exists(pyflows._blocking_flow(),
                     'The restored flow would be a second incomplete flow here: finish that flow '
                     '(or cancel it, or delete it), then restore this one.');
@@ -155,7 +156,7 @@ begin
     exception when lock_not_available or deadlock_detected then
         perform pyflows._refuse_busy(v_flow_id, 'restored', sqlerrm);
     end;
-    perform set_config('lock_timeout', v_wait, true);
+    perform pyflows._set_local('lock_timeout', v_wait);
     select count(*) - v_n into v_skipped from pyflows_audit.asset_dependencies as d
      where d.event_id = p_event_id and d.client_id = c_client and d.engagement_id = c_engagement;
 
@@ -395,7 +396,7 @@ begin
         perform pyflows._refuse_busy(p_flow_id, 'purged', sqlerrm);
     end;
     perform set_config(c_planner[i], c_saved[i], true) from generate_series(1, 4) as i;
-    perform set_config('lock_timeout', v_wait, true);
+    perform pyflows._set_local('lock_timeout', v_wait);
     perform pyflows_audit._end_event();
     if p_step = 4 then  -- with the edges of other flows that went along through the cascade
         select v_n + coalesce((e.deleted ->> 'asset_dependencies')::bigint, 0) - v_edges into v_n
@@ -461,9 +462,9 @@ begin
     commit;
     while v_step <= 5 loop
         -- COMMIT ended the transaction and its local settings: bind the tenant context again.
-        perform pg_catalog.set_config('pyflows.client_id', c_client::text, true);
-        perform pg_catalog.set_config('pyflows.engagement_id', c_engagement::text, true);
-        perform pg_catalog.set_config('pyflows.actor', c_actor, true);
+        perform pyflows._set_local('pyflows.client_id', c_client::text);
+        perform pyflows._set_local('pyflows.engagement_id', c_engagement::text);
+        perform pyflows._set_local('pyflows.actor', c_actor);
         v_n := pyflows._purge_batch(p_flow_id, v_event, p_batch_rows, v_step);
         if v_n < p_batch_rows then
             v_step := v_step + 1;  -- this step is exhausted (its rows are gone once this batch commits)

@@ -92,13 +92,18 @@ begin
 end;
 $$;
 
--- PF422 for a constraint a loaded row broke: "<what>: <the constraint's message>".
+-- PF422 for a constraint a loaded row broke: "<what>: <the constraint's message>". A violation found on
+-- a Citus worker names no constraint and the shard's in its message: both say the table's constraint.
 create or replace function pyflows._refuse_rows(p_what text, p_message text, p_constraint text)
 returns void
 language plpgsql
 set search_path = pg_catalog, pyflows, pg_temp
 as $$
 begin
+    if coalesce(p_constraint, '') = '' and p_message ~ 'constraint "[a-z_]+_[0-9]+"' then
+        p_message := regexp_replace(p_message, 'constraint "([a-z_]+)_[0-9]+"', 'constraint "\1"');
+        p_constraint := substring(p_message from 'constraint "([a-z_]+)"');
+    end if;
     raise exception '%: %', p_what, p_message
         using errcode = 'PF422', detail = json_build_object('constraint', p_constraint)::text,
               hint = 'Nothing was loaded; correct the rows and load them again.';
@@ -141,7 +146,7 @@ begin
     when lock_not_available or deadlock_detected then
         perform pyflows._refuse_busy(v_flow_id, 'loaded', sqlerrm);
     end;
-    perform set_config('lock_timeout', v_wait, true);
+    perform pyflows._set_local('lock_timeout', v_wait);
     update pyflows.data_imports as i
        set record_count = i.record_count + v_n, updated_at = now()
      where i.client_id = c_client and i.engagement_id = c_engagement and i.id = p_import_id
@@ -188,7 +193,7 @@ begin
     when lock_not_available or deadlock_detected then
         perform pyflows._refuse_busy(v_flow_id, 'loaded', sqlerrm);
     end;
-    perform set_config('lock_timeout', v_wait, true);
+    perform pyflows._set_local('lock_timeout', v_wait);
     return jsonb_build_object('import_id', p_import_id, 'flow_id', v_flow_id, 'loaded', v_n);
 end;
 $$;
@@ -235,7 +240,7 @@ begin
     when lock_not_available or deadlock_detected then
         perform pyflows._refuse_busy(p_flow_id, 'loaded', sqlerrm);
     end;
-    perform set_config('lock_timeout', v_wait, true);
+    perform pyflows._set_local('lock_timeout', v_wait);
     update pyflows.discovery_flows as f set last_activity_at = now()
      where f.client_id = c_client and f.engagement_id = c_engagement and f.id = p_flow_id;
 end;
@@ -275,7 +280,7 @@ begin
     when lock_not_available or deadlock_detected then
         perform pyflows._refuse_busy(p_flow_id, 'loaded', sqlerrm);
     end;
-    perform set_config('lock_timeout', v_wait, true);
+    perform pyflows._set_local('lock_timeout', v_wait);
     update pyflows.discovery_flows as f set last_activity_at = now()
      where f.client_id = c_client and f.engagement_id = c_engagement and f.id = p_flow_id;
     return jsonb_build_object('flow_id', p_flow_id, 'loaded', v_n);

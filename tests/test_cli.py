@@ -85,7 +85,8 @@ def test_check_works_for_every_role_that_uses_pyflows(pyflows_role_dsn: Callable
     assert text.exit_code == 0 and "pyflows schema is up to date" in text.stdout, text.output
     assert "applied  0013_check_for_every_role" in text.stdout
     data = json.loads(run("--dsn", pyflows_role_dsn(role), "check", "--json").stdout)
-    assert set(data) == {"ok", "applied", "pending", "sql_current", "problems", "database"}
+    assert set(data) == {"ok", "applied", "pending", "sql_current", "problems", "layout", "database"}
+    assert data["layout"]["engine"] in ("postgresql", "citus")  # pyflows.layout(), readable by every role
     assert data["database"]["from"] == "--dsn" and "dbname=" in data["database"]["target"]
     assert data["ok"] is True and data["pending"] == [] and data["problems"] == [] and data["sql_current"] is True
     assert data["applied"] == [m.id for m in migrations._migrations()]
@@ -97,11 +98,12 @@ def test_check_as_another_role_follows_rollbacks(pyflows_dsn: str, pyflows_role_
         # What another role reads is installed_sql's list; a rollback rewrites it from the migration table.
         conn.execute("update pyflows.installed_sql set migrations = migrations[1:12]")
         stale = json.loads(run("--dsn", app, "check", "--json").stdout)
-        assert stale["ok"] is False and stale["pending"] == ["0013_check_for_every_role"]
+        assert stale["ok"] is False and stale["pending"] == ["0013_check_for_every_role", "0014_flow_rules_on_shards"]
         migrations._record_migrations(pyflows_dsn)
         assert json.loads(run("--dsn", app, "check", "--json").stdout)["ok"] is True
     # Without 0013 another role may read neither list: it says so, and who can tell.
-    assert migrations.rollback(pyflows_dsn) == ["0013_check_for_every_role"]
+    assert migrations.rollback(pyflows_dsn, to="0012_delete_trigger_per_table") == [
+        "0014_flow_rules_on_shards", "0013_check_for_every_role"]
     before = run("--dsn", app, "check")
     assert before.exit_code == Exit.SCHEMA and "run `pyflows check` as the schema owner" in before.stderr
     assert run("--dsn", pyflows_dsn, "check").exit_code == Exit.SCHEMA  # the owner sees 0013 pending

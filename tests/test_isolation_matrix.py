@@ -28,9 +28,11 @@ Connect = Callable[..., psycopg.Connection[Any]]
 
 # The routines that bind a context: pyflows_app is trusted to bind the context of the tenant it acts
 # for (docs/security.md); the matrix is about what a bound (or unbound) session can reach.
-BINDERS = {"set_context", "set_session_context", "clear_context"}
-# The context's readers answer NULL without a context; that is their documented answer.
-CONTEXT_READERS = {"current_client_id", "current_engagement_id", "current_actor"}
+# _set_local is the SET LOCAL they (and the lock bounds) go through, no more than the role's own SET LOCAL.
+BINDERS = {"set_context", "set_session_context", "clear_context", "_set_local"}
+# The context's readers answer NULL without a context; that is their documented answer. layout()
+# describes the database (its engine and how its tables are laid out), no tenant's rows.
+CONTEXT_READERS = {"current_client_id", "current_engagement_id", "current_actor", "layout"}
 # Internal helpers (names starting with "_") that pyflows_app may execute, because the API functions
 # running as the caller use them, do nothing the role could not do with plain SQL; when they are
 # refused, it is by the same checks plain SQL meets: row-level security or privilege (42501), a key

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 
@@ -66,6 +67,7 @@ def check(target: Target) -> None:
     if target.json:
         click.echo(to_json({"ok": state.ok, "applied": state.applied, "pending": state.pending,
                             "sql_current": state.sql_current, "problems": state.problems,
+                            "layout": state.layout,
                             "database": {"target": target_summary(dsn), "from": target.origin}}))
         if not state.ok:
             sys.exit(int(Exit.SCHEMA))
@@ -74,8 +76,23 @@ def check(target: Target) -> None:
         click.echo(f"applied  {migration_id}")
     for migration_id in state.pending:
         click.echo(f"pending  {migration_id}")
+    if state.layout is not None:
+        click.echo(f"layout   {describe_layout(state.layout)}")
     if not state.ok:
         for problem in state.problems:
             click.echo(f"pyflows: {problem}", err=True)
         sys.exit(int(Exit.SCHEMA))
     click.echo("pyflows schema is up to date")
+
+
+def describe_layout(layout: dict[str, Any]) -> str:
+    """One line: "single node (PostgreSQL)", or Citus' version, workers and how the tables are laid out."""
+    if layout.get("engine") != "citus":
+        return "single node (PostgreSQL)"
+    kinds: dict[str, int] = {}
+    for kind in layout.get("tables", {}).values():
+        kinds[kind] = kinds.get(kind, 0) + 1
+    parts = [f"{kinds.pop('distributed', 0)} tables distributed by client_id",
+             f"{kinds.pop('reference', 0)} reference tables"]
+    parts += [f"{n} {kind}" for kind, n in sorted(kinds.items())]
+    return f"Citus {layout.get('citus_version')}, {layout.get('workers')} workers: {', '.join(parts)}"

@@ -1,0 +1,188 @@
+"""The distributed layout and what depends on it, on whichever engine the tests run.
+
+On one server these assert the single-node layout (and that nothing Citus-only ran); with
+PYFLOWS_TEST_CITUS they assert the distributed one on a coordinator and two workers. Either way as
+a non-superuser member of pyflows_app wherever a tenant's rows are read.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+
+from pyflows import migrations
+from pyflows.api import Flows
+from pyflows.cli import cli
+from pyflows.errors import IncompleteFlowExists, PyflowsError
+from pyflows.models import Tenant
+from pyflows.testing import CitusCluster, ServerInfo, bind
+
+pytestmark = pytest.mark.citus
+
+DISTRIBUTED = ["pyflows.engagements", "pyflows.discovery_flows", "pyflows.data_imports",
+               "pyflows.raw_import_records", "pyflows.import_field_mappings", "pyflows.assets",
+               "pyflows.asset_dependencies", "pyflows.file_cleanup_queue"]
+REFERENCE = ["pyflows.clients", "pyflows.phases"]
+
+
+def layout(conn: psycopg.Connection[Any]) -> dict[str, Any]:
+    row = conn.execute("select pyflows.layout()").fetchone()
+    assert row is not None
+    return dict(row[0])
+
+
+def test_layout_is_the_engine_s(owner: psycopg.Connection[Any], pyflows_citus: CitusCluster | None) -> None:
+    found = layout(owner)
+    if pyflows_citus is None:
+        assert found == {"engine": "postgresql", "citus_version": None, "workers": 0, "tables": {}, "pending": []}
+        assert owner.execute("select pyflows._distribute()").fetchone() == ([],)  # nothing to do here
+        return
+    assert found["engine"] == "citus" and found["workers"] == 2 and found["pending"] == []
+    assert found["tables"] == {**{t: "distributed" for t in DISTRIBUTED}, **{t: "reference" for t in REFERENCE}}
+    # Distributed by client_id and co-located, so a flow's rows and its cascades stay on one worker.
+    rows = owner.execute(
+        "select logicalrelid::regclass::text, column_to_column_name(logicalrelid, partkey), colocationid "
+        "from pg_dist_partition where partmethod = 'h' and logicalrelid::regclass::text like 'pyflows.%'").fetchall()
+    assert sorted(r[0] for r in rows) == sorted(DISTRIBUTED)
+    assert {r[1] for r in rows} == {"client_id"} and len({r[2] for r in rows}) == 1
+    # Every foreign key and its cascade is back after distributing.
+    keys = owner.execute("select conname, confdeltype from pg_constraint where contype = 'f' "
+                         "and connamespace = 'pyflows'::regnamespace order by 1").fetchall()
+    assert len(keys) == 9 and {k[1] for k in keys} == {"c"}
+    assert owner.execute("select pyflows._distribute()").fetchone() == ([],)  # idempotent
+
+
+def test_check_reports_the_layout(pyflows_dsn: str, pyflows_citus: CitusCluster | None) -> None:
+    result = CliRunner().invoke(cli, ["--dsn", pyflows_dsn, "check", "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["layout"]["engine"] == ("postgresql" if pyflows_citus is None else "citus")
+    text = CliRunner().invoke(cli, ["--dsn", pyflows_dsn, "check"], catch_exceptions=False)
+    expected = ("layout   single node (PostgreSQL)" if pyflows_citus is None else
+                "layout   Citus 13.2-1, 2 workers: 8 tables distributed by client_id, 2 reference tables")
+    assert expected in text.stdout
+
+
+def test_the_context_reaches_every_node(app_conn: Callable[[Tenant], psycopg.Connection[Any]],
+                                        tenant_a: Tenant, tenant_b: Tenant) -> None:
+    """set_context's SET LOCALs reach the shards: each tenant sees its own flow there, and only its own."""
+    flows = {}
+    for tenant in (tenant_a, tenant_b):
+        conn = app_conn(tenant)
+        flows[tenant.client_id] = conn.execute("select pyflows.start_flow('mine') ->> 'flow_id'").fetchone()
+        conn.commit()
+    for tenant, other in ((tenant_a, tenant_b), (tenant_b, tenant_a)):
+        conn = app_conn(tenant)
+        seen = conn.execute("select id::text from pyflows.discovery_flows").fetchall()
+        assert seen == [flows[tenant.client_id]]
+        gate = conn.execute("select pyflows.flow_gate()").fetchone()
+        assert gate is not None and gate[0]["blocking_flow"]["flow_id"] == flows[tenant.client_id][0]
+        assert conn.execute("select count(*) from pyflows.discovery_flows where client_id = %s",
+                            (other.client_id,)).fetchone() == (0,)
+        conn.rollback()
+        # Without a context: nothing at all, on every shard.
+        assert conn.execute("select count(*) from pyflows.discovery_flows").fetchone() == (0,)
+        conn.rollback()
+
+
+def test_the_lifecycle_as_documented(pyflows_role_dsn: Callable[[str], str], tenant_a: Tenant) -> None:
+    """docs/sql-api.md's calls, one transaction each, as the application login."""
+    with psycopg.connect(pyflows_role_dsn("app"), autocommit=True) as conn:
+        flows = Flows(conn).tenant(tenant_a.client_id, tenant_a.engagement_id, "alice")
+        assert flows.gate().can_start
+        started = flows.start_import("cmdb.csv", "s3://bucket/cmdb.csv", 10)
+        flow_id = started.flow_id
+        gate = flows.gate()
+        assert not gate.can_start and gate.blocking_flow is not None and gate.blocking_flow.flow_id == flow_id
+        flows.add_import(flow_id, "more.csv", "s3://bucket/more.csv", 5)
+        flows.record_progress(flow_id, "data_import")
+        flows.set_status(flow_id, "paused")
+        assert flows.resume(flow_id).resumed
+        flows.heartbeat(flow_id)
+        [listed] = flows.list_incomplete()
+        assert listed.flow_id == flow_id and listed.counts["data_imports"] == 2
+        details = flows.details(flow_id)
+        assert details.flow.status == "running" and details.counts["data_imports"] == 2
+        assert [p.state for p in details.phases][:2] == ["completed", "current"]
+        assert [e.action for e in flows.audit_events(flow_id=flow_id)] == ["flow.resume", "flow.start"]
+
+
+def test_concurrent_uploads_one_winner(pyflows_role_dsn: Callable[[str], str], tenant_a: Tenant) -> None:
+    """Eight uploads at once into one context: one flow, seven PF409s naming it, never a raw 23505."""
+    dsn = pyflows_role_dsn("app")
+    barrier = threading.Barrier(8)
+    outcomes: list[object] = []
+
+    def upload(n: int) -> None:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            flows = Flows(conn).tenant(tenant_a.client_id, tenant_a.engagement_id, f"uploader {n}")
+            barrier.wait()
+            try:
+                outcomes.append(flows.start_import(f"export-{n}.csv", f"s3://bucket/{n}.csv", 1))
+            except (PyflowsError, psycopg.Error) as exc:
+                outcomes.append(exc)
+
+    threads = [threading.Thread(target=upload, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    refused = [o for o in outcomes if isinstance(o, IncompleteFlowExists)]
+    won = [o for o in outcomes if not isinstance(o, Exception)]
+    assert len(won) == 1 and len(refused) == 7, outcomes
+    assert {r.flow_id for r in refused} == {won[0].flow_id}  # type: ignore[attr-defined]
+
+
+def test_an_existing_database_moves_onto_the_cluster(pyflows_citus: CitusCluster | None,
+                                                     pyflows_server: ServerInfo) -> None:
+    """docs/scale-out.md's move: a single-node pyflows database, the citus extension and the workers
+    added, then `pyflows migrate` distributes it with its rows, and the API finds them."""
+    if pyflows_citus is None:
+        pytest.skip("needs the Citus cluster (PYFLOWS_TEST_CITUS)")
+    name = f"pyflows_move_{uuid.uuid4().hex[:12]}"
+    nodes = [pyflows_citus.port, pyflows_citus.port + 1, pyflows_citus.port + 2]
+    for port in nodes:
+        with psycopg.connect(f"host=127.0.0.1 port={port} user=postgres dbname=postgres", autocommit=True) as conn:
+            conn.execute(f'create database "{name}"')
+    try:
+        dsn = pyflows_server.conninfo(name)
+        migrations.migrate(dsn)  # no citus extension yet: the single-node layout
+        tenant = Tenant(uuid.uuid4(), uuid.uuid4(), "mover")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            assert layout(conn)["engine"] == "postgresql"
+            conn.execute("select pyflows.add_client('Mover', %s)", (tenant.client_id,))
+            conn.execute("select pyflows.add_engagement(%s, 'Move', %s)", (tenant.client_id, tenant.engagement_id))
+            flows = Flows(conn).tenant(tenant.client_id, tenant.engagement_id, "mover")
+            flow_id = flows.start_import("before.csv", "s3://bucket/before.csv", 1).flow_id
+            flows.record_progress(flow_id, "data_import")
+        for port in nodes[1:]:
+            with psycopg.connect(f"host=127.0.0.1 port={port} user=postgres dbname={name}", autocommit=True) as conn:
+                conn.execute("create extension citus")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("create extension citus")
+            conn.execute("select citus_set_coordinator_host('127.0.0.1', %s)", (nodes[0],))
+            for port in nodes[1:]:
+                conn.execute("select citus_add_node('127.0.0.1', %s)", (port,))
+        # check says which tables wait to be distributed, and what to run.
+        waiting = migrations.status(dsn).problems
+        assert len(waiting) == 1 and all(t in waiting[0] for t in DISTRIBUTED + REFERENCE), waiting
+        assert "run `pyflows migrate`" in waiting[0]
+        migrations.migrate(dsn)
+        assert migrations.status(dsn).ok
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            assert layout(conn)["pending"] == []
+            flows = Flows(conn).tenant(tenant.client_id, tenant.engagement_id, "mover")
+            assert flows.details(flow_id).flow.phases_completed == ["data_import"]
+            assert not flows.gate().can_start
+        with psycopg.connect(pyflows_server.conninfo(name, user="pyflows_test_app", password="pyflows-test")) as app:
+            bind(app, tenant)
+            assert app.execute("select count(*) from pyflows.data_imports").fetchone() == (1,)
+    finally:
+        pyflows_citus.dropdb(name)
