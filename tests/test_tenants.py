@@ -19,6 +19,9 @@ from pyflows.models import Tenant
 from .lifecycle_support import ApiFactory
 from .test_cli import assert_one_line_error
 
+# These hold on Citus as on one server (PYFLOWS_TEST_CITUS, docs/scale-out.md).
+pytestmark = pytest.mark.citus
+
 
 def test_an_admin_adds_a_client_and_an_engagement_that_work(admin_api: ApiFactory, api: ApiFactory,
                                                             owner: psycopg.Connection[Any]) -> None:
