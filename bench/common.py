@@ -90,8 +90,9 @@ def app_dsn(dsn: str) -> str:
 def environment(conn: Conn) -> dict[str, Any]:
     """What the figures were measured on."""
     version = conn.execute("select version()").fetchone()[0]
+    names = ["shared_buffers", "work_mem", "synchronous_commit", "max_wal_size", "fsync"]
     settings = dict(conn.execute("select name, current_setting(name) from pg_settings where name = any(%s)",
-                                 (["shared_buffers", "work_mem", "synchronous_commit", "max_wal_size"],)).fetchall())
+                                 (names,)).fetchall())
     return {"postgres": version.split(",")[0], "machine": platform.platform(), "cpus": os.cpu_count(),
             "settings": settings}
 

@@ -9,7 +9,9 @@ installation), ``concurrency`` (many clients starting and finishing flows), ``pu
 vs cascade), ``batches`` (many small flows in one call), ``memory`` (the CLI's peak memory) and
 ``ingest`` (loading a flow through the bulk path and INSERTs, against copies with only keys) and
 ``race`` (concurrent uploads against the gate, and against the application-level check it replaced)
-and ``peers`` (an ORM's cascade, hand-written DELETEs and the unaudited cascade beside delete_flow).
+and ``peers`` (an ORM's cascade, hand-written DELETEs and the unaudited cascade beside delete_flow)
+and ``scale`` (gate and concurrency on one node and on a local 3-node Citus cluster, side by side; needs
+--citus or PYFLOWS_CITUS_DIR, the folder with Citus' install.sh and cluster.sh).
 
 Absolute seconds on a shared machine mean little; the ratios against the baseline measured in the
 same run are the result. ``--record`` writes each suite's table into docs/benchmarks.md.
@@ -27,12 +29,14 @@ from typing import Any
 
 import psycopg
 
-from . import batches, concurrency, delete, gate, ingest, memory, peers, purge, race
+from . import batches, concurrency, delete, gate, ingest, memory, peers, purge, race, scale
 from .common import Conn, app_dsn, describe, environment, scratch_database
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "benchmarks.md"
-SUITES = ("delete", "growth", "gate", "concurrency", "purge", "batches", "memory", "ingest", "race", "peers")
+SUITES = ("delete", "growth", "gate", "concurrency", "purge", "batches", "memory", "ingest", "race", "peers", "scale")
+# Suites a plain run leaves out: each needs something beyond one PostgreSQL server.
+OPT_IN = ("scale",)
 
 
 def _sizes(text: str) -> list[int]:
@@ -66,6 +70,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--race-seconds", type=float, default=5.0, help="race: how long they upload.")
     p.add_argument("--peer-assets", type=int, default=62_500, help="peers: assets of the flow (about 4 rows each).")
     p.add_argument("--peer-runs", type=int, default=1, help="peers: runs of each variant.")
+    p.add_argument("--citus", default=os.environ.get("PYFLOWS_CITUS_DIR", str(ROOT.parent / "shared" / "citus")),
+                   help="scale: the folder with Citus' install.sh and cluster.sh (a local 3-node cluster).")
     p.add_argument("--record", action="store_true", help="Write the results into docs/benchmarks.md.")
     return p
 
@@ -92,6 +98,8 @@ def suites(args: argparse.Namespace, bench_dsn: str) -> dict[str, tuple[Callable
                    ingest.markdown),
         "race": (lambda c: race.run(c, bench_dsn, args.race_clients, args.race_seconds), race.markdown),
         "peers": (lambda c: peers.run(c, bench_dsn, args.peer_assets, args.peer_runs), peers.markdown),
+        "scale": (lambda c: scale.run(args.dsn, args.citus, args.engagements, args.flows, args.list_calls,
+                                      args.clients, args.contexts, args.seconds), scale.markdown),
     }
 
 
@@ -108,7 +116,7 @@ def record(name: str, text: str, target: Path = DOCS) -> None:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser().parse_args(argv)
-    chosen = args.suite or list(SUITES)
+    chosen = args.suite or [name for name in SUITES if name not in OPT_IN]
     reports: dict[str, Any] = {}
     with scratch_database(args.dsn) as bench_dsn:
         runners = suites(args, bench_dsn)

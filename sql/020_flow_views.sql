@@ -21,7 +21,7 @@ as $$ select array['completed', 'cancelled']::text[] $$;
 
 -- Whether an error's constraint is p_name. On Citus a violation found on a worker arrives with an
 -- empty constraint_name and the shard's index in the message ("..._one_incomplete_102043"), so the
--- message is read when the name is missing.
+-- name in the message, without the shard's number, is compared when the name is missing.
 create or replace function pyflows._is_constraint(p_found text, p_message text, p_name text)
 returns boolean
 language sql
@@ -31,7 +31,8 @@ set search_path = pg_catalog, pyflows, pg_temp
 as $$
     select coalesce(p_found = p_name
                     or (coalesce(p_found, '') = ''
-                        and p_message ~ ('constraint "' || p_name || '(_[0-9]+)?"')), false)
+                        and pg_catalog.regexp_replace(pg_catalog.substring(p_message, 'constraint "([^"]+)"'),
+                                                      '_[0-9]+$', '') = p_name), false)
 $$;
 
 -- How long a heartbeat keeps a running flow "active": setting pyflows.active_lease, default 5 minutes.

@@ -9,6 +9,11 @@
 -- rows other transactions hold (another flow's asset an edge points at) at most pyflows.lock_timeout,
 -- then PF423.
 --
+-- Each INSERT ... SELECT has a RETURNING clause, counted: on Citus an INSERT ... SELECT from a local
+-- table without one is executed as a COPY into the shards, which row-level security refuses too;
+-- with one, Citus sends the rows to the workers as intermediate results and inserts them there with
+-- plain INSERTs, which the policies check (docs/scale-out.md).
+--
 -- The staging tables' columns (names as listed; any order; extra columns are ignored):
 --   load_records       ord bigint, data jsonb
 --   load_mappings      source_field text, target_attribute text, confidence numeric, status text
@@ -136,10 +141,14 @@ begin
      where r.client_id = c_client and r.engagement_id = c_engagement and r.import_id = p_import_id;
     v_wait := pyflows._bound_lock_waits();
     begin
-        execute format('insert into pyflows.raw_import_records (client_id, engagement_id, import_id, row_number, data)
-                        select $1, $2, $3, $4 + row_number() over (order by s.ord), s.data from %s as s', v_stage)
-          using c_client, c_engagement, p_import_id, v_last;
-        get diagnostics v_n = row_count;
+        execute format('with inserted as (
+                            insert into pyflows.raw_import_records (client_id, engagement_id, import_id, row_number,
+                                                                    data)
+                            select $1, $2, $3, $4 + row_number() over (order by s.ord), s.data from %s as s
+                            returning 1)
+                        select count(*) from inserted', v_stage)
+          using c_client, c_engagement, p_import_id, v_last
+          into v_n;
     exception when not_null_violation or check_violation or unique_violation or numeric_value_out_of_range then
         get stacked diagnostics v_message = message_text, v_constraint = constraint_name;
         perform pyflows._refuse_rows('raw records', v_message, v_constraint);
@@ -180,13 +189,17 @@ begin
                                              'status text']);
     v_wait := pyflows._bound_lock_waits();
     begin
-        execute format('insert into pyflows.import_field_mappings (client_id, engagement_id, import_id, source_field,
-                                                                   target_attribute, confidence, status)
-                        select $1, $2, $3, s.source_field, s.target_attribute, s.confidence,
-                               coalesce(s.status, ''suggested'')
-                          from %s as s', v_stage)
-          using c_client, c_engagement, p_import_id;
-        get diagnostics v_n = row_count;
+        execute format('with inserted as (
+                            insert into pyflows.import_field_mappings (client_id, engagement_id, import_id,
+                                                                       source_field, target_attribute, confidence,
+                                                                       status)
+                            select $1, $2, $3, s.source_field, s.target_attribute, s.confidence,
+                                   coalesce(s.status, ''suggested'')
+                              from %s as s
+                            returning 1)
+                        select count(*) from inserted', v_stage)
+          using c_client, c_engagement, p_import_id
+          into v_n;
     exception when not_null_violation or check_violation or unique_violation or numeric_value_out_of_range then
         get stacked diagnostics v_message = message_text, v_constraint = constraint_name;
         perform pyflows._refuse_rows('field mappings', v_message, v_constraint);
@@ -230,7 +243,8 @@ begin
                                                   ip_address, operating_system, attributes)
                       select $1, $2, s.id, $3, s.name, s.asset_type, s.hostname, s.ip_address, s.operating_system,
                              coalesce(s.attributes, ''{}'')
-                        from staged as s)
+                        from staged as s
+                      returning 1)
              select staged.ord, staged.id from staged', v_stage)
           using c_client, c_engagement, p_flow_id,
                 pg_catalog.pg_get_serial_sequence('pyflows.assets', 'id')::regclass;
@@ -268,12 +282,14 @@ begin
                                              'dependency_type text']);
     v_wait := pyflows._bound_lock_waits();
     begin
-        execute format('insert into pyflows.asset_dependencies (client_id, engagement_id, flow_id, source_asset_id,
-                                                                target_asset_id, dependency_type)
-                        select $1, $2, $3, s.source_asset_id, s.target_asset_id, s.dependency_type from %s as s',
-                       v_stage)
-          using c_client, c_engagement, p_flow_id;
-        get diagnostics v_n = row_count;
+        execute format('with inserted as (
+                            insert into pyflows.asset_dependencies (client_id, engagement_id, flow_id,
+                                                                    source_asset_id, target_asset_id, dependency_type)
+                            select $1, $2, $3, s.source_asset_id, s.target_asset_id, s.dependency_type from %s as s
+                            returning 1)
+                        select count(*) from inserted', v_stage)
+          using c_client, c_engagement, p_flow_id
+          into v_n;
     exception when not_null_violation or check_violation or unique_violation or foreign_key_violation then
         get stacked diagnostics v_message = message_text, v_constraint = constraint_name;
         perform pyflows._refuse_rows('dependency edges', v_message, v_constraint);

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from bench import run as bench
-from pyflows.testing import ServerInfo
+from bench import scale
+from pyflows.testing import CitusCluster, ServerInfo
 
 TINY = ["--runs", "1", "--assets", "50", "--growth", "10,40", "--engagements", "20", "--flows", "200",
         "--list-calls", "10", "--clients", "3", "--contexts", "4", "--seconds", "1", "--purge-assets", "100",
@@ -21,7 +22,7 @@ def reports(pyflows_server: ServerInfo) -> dict[str, dict]:
 
 
 def test_every_suite_runs_and_reports(reports: dict[str, dict]) -> None:
-    assert list(reports) == list(bench.SUITES)
+    assert list(reports) == [name for name in bench.SUITES if name not in bench.OPT_IN]
     for name, report in reports.items():
         assert report["environment"]["postgres"].startswith("PostgreSQL"), name
 
@@ -106,3 +107,17 @@ def test_peers_delete_the_same_flow_every_way(reports: dict[str, dict]) -> None:
     sent = report["statements"]  # the lazy ORM loads every collection and deletes row by row
     assert sent['ORM, cascade="all, delete-orphan"'] > sent["ORM, no edge collections"] > \
         sent["ORM, passive_deletes=True"] >= 1
+
+
+@pytest.mark.citus
+def test_scale_puts_one_node_beside_the_cluster(pyflows_server: ServerInfo, pyflows_citus: CitusCluster | None) -> None:
+    if pyflows_citus is None:
+        pytest.skip("needs the Citus cluster (PYFLOWS_TEST_CITUS)")
+    report = bench.main(["--dsn", pyflows_server.conninfo(pyflows_server.maintenance_dbname), "--suite", "scale",
+                         "--citus", pyflows_citus.scripts, *TINY])["scale"]
+    assert report["layout"]["engine"] == "citus" and report["layout"]["pending"] == []
+    for engine in ("single", "citus"):
+        assert report[engine]["gate"]["results"]["flow_gate"]["n"] == 20
+        assert report[engine]["concurrency"]["contexts_with_more_than_one_incomplete"] == 0
+        assert report[engine]["concurrency"]["start_events"] == report[engine]["concurrency"]["completed"] > 0
+    assert "Citus / one" in "\n".join(scale.markdown(report))

@@ -8,7 +8,6 @@ a non-superuser member of pyflows_app wherever a tenant's rows are read.
 from __future__ import annotations
 
 import json
-import threading
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -20,7 +19,6 @@ from click.testing import CliRunner
 from pyflows import migrations
 from pyflows.api import Flows
 from pyflows.cli import cli
-from pyflows.errors import IncompleteFlowExists, PyflowsError
 from pyflows.models import Tenant
 from pyflows.testing import CitusCluster, ServerInfo, bind
 
@@ -112,32 +110,6 @@ def test_the_lifecycle_as_documented(pyflows_role_dsn: Callable[[str], str], ten
         assert details.flow.status == "running" and details.counts["data_imports"] == 2
         assert [p.state for p in details.phases][:2] == ["completed", "current"]
         assert [e.action for e in flows.audit_events(flow_id=flow_id)] == ["flow.resume", "flow.start"]
-
-
-def test_concurrent_uploads_one_winner(pyflows_role_dsn: Callable[[str], str], tenant_a: Tenant) -> None:
-    """Eight uploads at once into one context: one flow, seven PF409s naming it, never a raw 23505."""
-    dsn = pyflows_role_dsn("app")
-    barrier = threading.Barrier(8)
-    outcomes: list[object] = []
-
-    def upload(n: int) -> None:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            flows = Flows(conn).tenant(tenant_a.client_id, tenant_a.engagement_id, f"uploader {n}")
-            barrier.wait()
-            try:
-                outcomes.append(flows.start_import(f"export-{n}.csv", f"s3://bucket/{n}.csv", 1))
-            except (PyflowsError, psycopg.Error) as exc:
-                outcomes.append(exc)
-
-    threads = [threading.Thread(target=upload, args=(n,)) for n in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    refused = [o for o in outcomes if isinstance(o, IncompleteFlowExists)]
-    won = [o for o in outcomes if not isinstance(o, Exception)]
-    assert len(won) == 1 and len(refused) == 7, outcomes
-    assert {r.flow_id for r in refused} == {won[0].flow_id}  # type: ignore[attr-defined]
 
 
 def test_an_existing_database_moves_onto_the_cluster(pyflows_citus: CitusCluster | None,

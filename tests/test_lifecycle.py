@@ -26,9 +26,14 @@ from pyflows.errors import (
     wrap_errors,
 )
 from pyflows.models import Tenant
+from pyflows.testing import CitusCluster
 
-from .helpers import count_rows, mark_deleting, set_raw_context, write_flow_tree
+from .helpers import count_rows, lock_waiters, mark_deleting, needs_distributed_audit, set_raw_context, write_flow_tree
 from .lifecycle_support import ApiFactory
+
+# These hold on Citus as on one server (PYFLOWS_TEST_CITUS, docs/scale-out.md), but those marked
+# needs_distributed_audit.
+pytestmark = pytest.mark.citus
 
 ALL_PHASES = ["data_import", "data_validation", "field_mapping", "data_cleansing", "asset_inventory",
               "dependency_analysis", "tech_debt_analysis"]
@@ -92,6 +97,7 @@ def test_start_then_gate_and_second_start_are_blocked(api: ApiFactory, tenant_a:
     assert len(flows_of(owner, tenant_a)) == 1  # nothing half-written
 
 
+@needs_distributed_audit
 def test_terminal_flows_do_not_block(api: ApiFactory, tenant_a: Tenant, owner: psycopg.Connection[Any]) -> None:
     insert_flow(owner, tenant_a, "completed")
     insert_flow(owner, tenant_a, "cancelled")
@@ -165,6 +171,7 @@ def test_add_import(api: ApiFactory, tenant_a: Tenant, tenant_b: Tenant, owner: 
 # ---- listings and details ------------------------------------------------------------------------------
 
 
+@needs_distributed_audit
 def test_list_flows_filters_orders_pages_and_counts(api: ApiFactory, tenant_a: Tenant, tenant_b: Tenant,
                                                     owner: psycopg.Connection[Any]) -> None:
     old = insert_flow(owner, tenant_a, "completed", "old", last_activity_at="2026-01-01T00:00:00Z")
@@ -211,6 +218,7 @@ def test_details(api: ApiFactory, tenant_a: Tenant, owner: psycopg.Connection[An
     assert details.next_steps == details.flow.next_steps
 
 
+@needs_distributed_audit
 def test_details_of_missing_hidden_and_foreign_flows_are_pf404(api: ApiFactory, tenant_a: Tenant,
                                                               tenant_b: Tenant,
                                                               owner: psycopg.Connection[Any]) -> None:
@@ -319,7 +327,8 @@ def test_resume_does_not_wait_for_a_locked_flow(api: ApiFactory, tenant_a: Tenan
     flows = api(tenant_a)
     flow = flows.start("f")
     holder = pyflows_connect("owner")
-    holder.execute("select 1 from pyflows.discovery_flows where id = %s for update", (flow.flow_id,))
+    holder.execute("select 1 from pyflows.discovery_flows where client_id = %s and id = %s for update",
+                   (tenant_a.client_id, flow.flow_id))
     with pytest.raises(FlowBusy) as caught:
         flows.resume(flow.flow_id)
     assert caught.value.hint and caught.value.detail == {"flow_id": str(flow.flow_id)}
@@ -403,7 +412,8 @@ def test_admin_lists_incomplete_flows_across_tenants(admin_api: ApiFactory, api:
 
 
 def test_concurrent_starts_have_exactly_one_winner(pyflows_role_dsn: Callable[[str], str], tenant_a: Tenant,
-                                                   owner: psycopg.Connection[Any]) -> None:
+                                                   owner: psycopg.Connection[Any],
+                                                   pyflows_citus: CitusCluster | None) -> None:
     dsn = pyflows_role_dsn("app")
     # The first start holds its transaction open, so every other start passes the pre-check, then
     # waits on the unique index entry and loses when the first commits: the race the index decides.
@@ -430,12 +440,11 @@ def test_concurrent_starts_have_exactly_one_winner(pyflows_role_dsn: Callable[[s
     started.wait()
     # Commit only once all eight are waiting on the winner's index entry.
     for _ in range(200):
-        waiting = owner.execute("select count(*) from pg_stat_activity where datname = current_database() "
-                                "and usename = 'pyflows_test_app' and wait_event_type = 'Lock'").fetchone()
-        if waiting == (8,):
+        waiting = lock_waiters(owner, pyflows_citus is not None)
+        if waiting == 8:
             break
         time.sleep(0.05)
-    assert waiting == (8,), waiting
+    assert waiting == 8, waiting
     first.commit()
     first.close()
     for thread in threads:
@@ -468,6 +477,7 @@ def test_free_for_all_starts_leave_one_incomplete_flow(pyflows_role_dsn: Callabl
     for thread in threads:
         thread.join(timeout=60)
     assert (len(wins), len(losses)) == (1, 7)
+    assert {loss.flow_id for loss in losses} == {wins[0].flow_id}  # type: ignore[attr-defined]
     assert len(flows_of(owner, tenant_a)) == 1 and count_rows(owner, "data_imports") == 1
 
 
