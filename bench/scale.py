@@ -26,7 +26,7 @@ from pyflows import migrations
 from pyflows.testing import CitusCluster
 
 from . import concurrency, gate
-from .common import app_dsn, describe, environment, ms, scratch_database, table
+from .common import BENCH_ROLE, BENCH_ROLE_PASSWORD, app_dsn, describe, environment, ms, scratch_database, table
 
 
 @contextmanager
@@ -39,6 +39,7 @@ def citus_database(scripts: str) -> Iterator[str]:
     try:
         dsn = f"host=127.0.0.1 port={cluster.port} user=postgres dbname={name}"
         migrations.migrate(dsn)
+        cluster.ensure_login(BENCH_ROLE, BENCH_ROLE_PASSWORD, "pyflows_app")
         yield dsn
     finally:
         cluster.dropdb(name)

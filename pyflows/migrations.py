@@ -61,11 +61,19 @@ class _Backend(PostgresqlPsycopgBackend):  # type: ignore[misc]
 
 
 def _prepare_for_ddl(conn: psycopg.Connection[Any]) -> None:
-    """On Citus, what its DDL on distributed tables needs for the session: triggers (they run on the
-    shards), and one connection per worker (foreign keys to reference tables). Nothing elsewhere."""
+    """On Citus, what its DDL on distributed tables needs: for the session, triggers (they run on the
+    shards) and one connection per worker (foreign keys to reference tables); and pyflows_app and
+    pyflows_admin on every worker, where the shards check privileges. Citus copies a role created in a
+    database that has the extension, but not one the coordinator had already (made in another
+    database, or by hand as docs/security.md suggests), and a GRANT to a role a worker lacks fails
+    there. Nothing of this elsewhere."""
     row = conn.execute(query("citus_installed")).fetchone()
-    if row is not None and row[0]:
-        conn.execute(query("citus_ddl_settings"))
+    if row is None or not row[0]:
+        return
+    conn.execute(query("citus_ddl_settings"))
+    for node, ok, result in conn.execute(query("citus_worker_roles")).fetchall():
+        if not ok:
+            raise MigrationError(f"could not create pyflows_app and pyflows_admin on the Citus worker {node}: {result}")
 
 
 @dataclass(frozen=True)

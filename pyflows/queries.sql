@@ -34,6 +34,26 @@ select exists (select from pg_catalog.pg_extension where extname = 'citus')
 select set_config('citus.enable_unsafe_triggers', 'on', false),
        set_config('citus.multi_shard_modify_mode', 'sequential', false)
 
+-- name: citus_worker_roles
+-- pyflows_app and pyflows_admin on every worker, each created there by itself (Citus must not pass the
+-- statement on to the other nodes); see migrations._prepare_for_ddl.
+select nodename || ':' || nodeport, success, result from pg_catalog.run_command_on_workers($cmd$
+    begin;
+    set local citus.enable_create_role_propagation to off;
+    do $roles$
+    begin
+        if not exists (select from pg_catalog.pg_roles where rolname = 'pyflows_app') then
+            create role pyflows_app nologin nosuperuser nocreatedb nocreaterole nobypassrls;
+        end if;
+        if not exists (select from pg_catalog.pg_roles where rolname = 'pyflows_admin') then
+            create role pyflows_admin nologin nosuperuser nocreatedb nocreaterole nobypassrls;
+        end if;
+        grant pyflows_app to pyflows_admin;
+    end
+    $roles$;
+    commit;
+$cmd$)
+
 -- name: distribute
 -- On Citus, the distributed layout (sql/090_scale_out.sql); nothing on plain PostgreSQL.
 select pyflows._distribute()

@@ -38,7 +38,7 @@ from . import embedded, migrations
 from .models import Tenant
 from .queries import query
 
-__all__ = ["Tenant", "TEST_ROLES", "ServerInfo", "CitusCluster", "bind"]
+__all__ = ["Tenant", "TEST_ROLES", "TEST_ROLE_PASSWORD", "ServerInfo", "CitusCluster", "bind"]
 
 # LOGIN roles the harness creates (cluster-wide, once): name -> the pyflows role it is granted.
 TEST_ROLES: dict[str, tuple[str, str | None]] = {
@@ -124,6 +124,13 @@ class CitusCluster:
     def createdb(self, name: str) -> None:
         self._run("cluster.sh", "createdb", name)
 
+    def ensure_login(self, role: str, password: str, member_of: str | None) -> None:
+        """A LOGIN role on every node. Citus copies a role created in a database with the extension,
+        not one that already existed on the coordinator; this makes sure the workers have it too."""
+        for port in (self.port, self.port + 1, self.port + 2):
+            with psycopg.connect(f"host=127.0.0.1 port={port} user=postgres dbname=postgres", autocommit=True) as conn:
+                _ensure_role(conn, role, password, member_of)
+
     def dropdb(self, name: str) -> None:
         self._run("cluster.sh", "dropdb", name)
 
@@ -160,16 +167,20 @@ def pyflows_server(pyflows_citus: CitusCluster | None) -> Iterator[ServerInfo]:
         yield _from_conninfo(server.dsn("postgres"), "embedded")
 
 
+def _ensure_role(conn: psycopg.Connection[Any], role: str, password: str, member_of: str | None) -> None:
+    row = conn.execute(query("role_exists"), {"role": role}).fetchone()
+    if not (row and row[0]):
+        # Another test session may create it between our check and our create: that is the same role.
+        with contextlib.suppress(psycopg.errors.DuplicateObject):
+            conn.execute(sql.SQL("create role {} login nosuperuser nobypassrls password {}").format(
+                sql.Identifier(role), sql.Literal(password)))
+    if member_of:
+        conn.execute(sql.SQL("grant {} to {}").format(sql.Identifier(member_of), sql.Identifier(role)))
+
+
 def _ensure_test_roles(conn: psycopg.Connection[Any]) -> None:
     for role, member_of in TEST_ROLES.values():
-        row = conn.execute(query("role_exists"), {"role": role}).fetchone()
-        if not (row and row[0]):
-            # Another test session may create it between our check and our create: that is the same role.
-            with contextlib.suppress(psycopg.errors.DuplicateObject):
-                conn.execute(sql.SQL("create role {} login nosuperuser nobypassrls password {}").format(
-                    sql.Identifier(role), sql.Literal(TEST_ROLE_PASSWORD)))
-        if member_of:
-            conn.execute(sql.SQL("grant {} to {}").format(sql.Identifier(member_of), sql.Identifier(role)))
+        _ensure_role(conn, role, TEST_ROLE_PASSWORD, member_of)
 
 
 def load_pyflows_schema(host: str, port: int, user: str, dbname: str, password: str | None = None,
@@ -206,6 +217,8 @@ def pyflows_db(request: pytest.FixtureRequest, pyflows_citus: CitusCluster | Non
         dsn = pyflows_server.conninfo(name)
         load_pyflows_schema(host=pyflows_server.host, port=pyflows_server.port, user=pyflows_server.user,
                             dbname=name)
+        for role, member_of in TEST_ROLES.values():
+            pyflows_citus.ensure_login(role, TEST_ROLE_PASSWORD, member_of)
         with psycopg.connect(dsn) as conn:
             yield conn
     finally:

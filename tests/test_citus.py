@@ -20,7 +20,7 @@ from pyflows import migrations
 from pyflows.api import Flows
 from pyflows.cli import cli
 from pyflows.models import Tenant
-from pyflows.testing import CitusCluster, ServerInfo, bind
+from pyflows.testing import TEST_ROLE_PASSWORD, CitusCluster, ServerInfo, bind
 
 pytestmark = pytest.mark.citus
 
@@ -153,7 +153,9 @@ def test_an_existing_database_moves_onto_the_cluster(pyflows_citus: CitusCluster
             flows = Flows(conn).tenant(tenant.client_id, tenant.engagement_id, "mover")
             assert flows.details(flow_id).flow.phases_completed == ["data_import"]
             assert not flows.gate().can_start
-        with psycopg.connect(pyflows_server.conninfo(name, user="pyflows_test_app", password="pyflows-test")) as app:
+        pyflows_citus.ensure_login("pyflows_test_app", TEST_ROLE_PASSWORD, "pyflows_app")
+        app_login = pyflows_server.conninfo(name, user="pyflows_test_app", password=TEST_ROLE_PASSWORD)
+        with psycopg.connect(app_login) as app:
             bind(app, tenant)
             assert app.execute("select count(*) from pyflows.data_imports").fetchone() == (1,)
     finally:
