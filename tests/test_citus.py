@@ -160,3 +160,28 @@ def test_an_existing_database_moves_onto_the_cluster(pyflows_citus: CitusCluster
             assert app.execute("select count(*) from pyflows.data_imports").fetchone() == (1,)
     finally:
         pyflows_citus.dropdb(name)
+
+
+def test_the_file_queue_drains_across_tenants(owner: psycopg.Connection[Any], tenant_a: Tenant, tenant_b: Tenant,
+                                              pyflows_connect: Callable[..., psycopg.Connection[Any]]) -> None:
+    """Claims lock entries one by one by their key (one shard each on Citus): two drains at once never
+    get the same entry, and finishing one works by its id alone."""
+    for n, tenant in enumerate([tenant_a, tenant_b, tenant_a, tenant_b, tenant_a]):
+        owner.execute("insert into pyflows.file_cleanup_queue (client_id, engagement_id, storage_uri, enqueued_at) "
+                      "values (%s, %s, %s, now() - %s * interval '1 minute')",
+                      (tenant.client_id, tenant.engagement_id, f"s3://bucket/{n}.csv", 10 - n))
+    first, second = pyflows_connect("admin"), pyflows_connect("admin")
+    claimed = first.execute("select storage_uri, attempts from pyflows.claim_file_cleanups(3)").fetchall()
+    assert claimed == [("s3://bucket/0.csv", 1), ("s3://bucket/1.csv", 1), ("s3://bucket/2.csv", 1)]
+    # The first drain has not committed: its entries are locked, and the second skips them.
+    rest = second.execute("select id, storage_uri from pyflows.claim_file_cleanups(10)").fetchall()
+    assert [uri for _, uri in rest] == ["s3://bucket/3.csv", "s3://bucket/4.csv"]
+    second.commit()
+    first.commit()
+    done = first.execute("select pyflows.finish_file_cleanup(%s)", (rest[0][0],)).fetchone()
+    failed = first.execute("select pyflows.finish_file_cleanup(%s, 'denied')", (rest[1][0],)).fetchone()
+    assert done is not None and done[0]["done"] is True
+    assert failed is not None and failed[0]["done"] is False and failed[0]["last_error"] == "denied"
+    first.commit()
+    # Leased entries are not claimed again until their lease runs out.
+    assert first.execute("select count(*) from pyflows.claim_file_cleanups(10)").fetchone() == (0,)
