@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import psycopg
@@ -185,3 +186,17 @@ def test_the_file_queue_drains_across_tenants(owner: psycopg.Connection[Any], te
     first.commit()
     # Leased entries are not claimed again until their lease runs out.
     assert first.execute("select count(*) from pyflows.claim_file_cleanups(10)").fetchone() == (0,)
+
+
+def test_pruning_and_the_admin_listing(pyflows_role_dsn: Callable[[str], str], tenant_a: Tenant) -> None:
+    """prune_audit and admin_list_audit_events across tenants, as an admin login (the audit trail is
+    local to the coordinator on Citus for now: docs/scale-out.md)."""
+    with psycopg.connect(pyflows_role_dsn("app"), autocommit=True) as conn:
+        flow_id = Flows(conn).tenant(tenant_a.client_id, tenant_a.engagement_id, "alice").start("old").flow_id
+    with psycopg.connect(pyflows_role_dsn("admin"), autocommit=True) as conn:
+        flows = Flows(conn)
+        [started] = flows.admin_audit_events(action="flow.start")
+        assert started.flow_id == flow_id and started.client_id == tenant_a.client_id
+        assert flows.prune_audit(timedelta(0), actor="dba@example.com").events == 1
+        assert [(e.action, e.actor) for e in flows.admin_audit_events()] == [("audit.prune", "dba@example.com")]
+        assert flows.tenant(tenant_a.client_id, tenant_a.engagement_id).audit_events() == []
