@@ -23,6 +23,8 @@ from pyflows.cli import cli
 from pyflows.models import Tenant
 from pyflows.testing import TEST_ROLE_PASSWORD, CitusCluster, ServerInfo, bind
 
+from .helpers import write_flow_tree
+
 pytestmark = pytest.mark.citus
 
 DISTRIBUTED = ["pyflows.engagements", "pyflows.discovery_flows", "pyflows.data_imports",
@@ -200,3 +202,23 @@ def test_pruning_and_the_admin_listing(pyflows_role_dsn: Callable[[str], str], t
         assert flows.prune_audit(timedelta(0), actor="dba@example.com").events == 1
         assert [(e.action, e.actor) for e in flows.admin_audit_events()] == [("audit.prune", "dba@example.com")]
         assert flows.tenant(tenant_a.client_id, tenant_a.engagement_id).audit_events() == []
+
+
+def test_impact_and_safety_read_a_whole_flow(owner: psycopg.Connection[Any], tenant_a: Tenant,
+                                             pyflows_role_dsn: Callable[[str], str]) -> None:
+    """deletion_impact counts every table of a flow, the edges it shares with another flow and its files;
+    deletion_safety judges it: the reading half of a delete, as the application login."""
+    with owner.transaction():
+        tree = write_flow_tree(owner, tenant_a, status="paused", records=4, assets=3)
+        other = write_flow_tree(owner, tenant_a, status="completed", name="other", records=1, assets=2)
+        owner.execute("insert into pyflows.asset_dependencies (client_id, engagement_id, flow_id, source_asset_id, "
+                      "target_asset_id, dependency_type) values (%s, %s, %s, %s, %s, 'network')",
+                      (tenant_a.client_id, tenant_a.engagement_id, other.flow_id, other.asset_ids[0],
+                       tree.asset_ids[0]))
+    with psycopg.connect(pyflows_role_dsn("app"), autocommit=True) as conn:
+        flows = Flows(conn).tenant(tenant_a.client_id, tenant_a.engagement_id, "alice")
+        impact = flows.deletion_impact(tree.flow_id)
+        assert impact.counts == {"discovery_flows": 1, "data_imports": 1, "raw_import_records": 4,
+                                 "import_field_mappings": 2, "assets": 3, "asset_dependencies": 3}
+        assert impact.external_dependencies == 1 and impact.files.count == 1
+        assert impact.safety.safe and flows.deletion_safety(tree.flow_id).blockers == []
