@@ -72,13 +72,18 @@ def check_invariants(owner: psycopg.Connection[Any]) -> None:
     assert crowded == []
     orphans = owner.execute("""
         select (select count(*) from pyflows.data_imports i where not exists (
-                    select from pyflows.discovery_flows f where f.id = i.flow_id))
+                    select from pyflows.discovery_flows f
+                     where f.client_id = i.client_id and f.engagement_id = i.engagement_id and f.id = i.flow_id))
              + (select count(*) from pyflows.assets a where not exists (
-                    select from pyflows.discovery_flows f where f.id = a.flow_id))
+                    select from pyflows.discovery_flows f
+                     where f.client_id = a.client_id and f.engagement_id = a.engagement_id and f.id = a.flow_id))
              + (select count(*) from pyflows.raw_import_records r where not exists (
-                    select from pyflows.data_imports i where i.id = r.import_id))
+                    select from pyflows.data_imports i
+                     where i.client_id = r.client_id and i.engagement_id = r.engagement_id and i.id = r.import_id))
              + (select count(*) from pyflows.asset_dependencies d where not exists (
-                    select from pyflows.assets a where a.id = d.source_asset_id))""").fetchone()
+                    select from pyflows.assets a
+                     where a.client_id = d.client_id and a.engagement_id = d.engagement_id
+                       and a.id = d.source_asset_id))""").fetchone()
     assert orphans == (0,)
     # Every deletion event counted exactly what its archive holds, and named a flow that is gone.
     for event_id, flow_id, deleted in owner.execute(
@@ -94,6 +99,7 @@ def check_invariants(owner: psycopg.Connection[Any]) -> None:
     assert duplicates == []
 
 
+@pytest.mark.citus  # holds on Citus too (docs/scale-out.md)
 def test_a_start_storm_on_a_few_contexts(clients: Callable[[Tenant], TenantFlows],
                                          make_tenant: Callable[..., Tenant], owner: psycopg.Connection[Any]) -> None:
     contexts = [make_tenant(f"client {i}", f"engagement {i}") for i in range(3)]

@@ -31,6 +31,7 @@ from .helpers import (
     call_routine,
     fingerprint,
     mark_deleting,
+    needs_distributed_audit,
     set_raw_context,
     write_flow_tree,
 )
@@ -125,6 +126,7 @@ def plant_lookalikes(owner: psycopg.Connection[Any], conn: psycopg.Connection[An
     return types, readable
 
 
+@pytest.mark.citus  # holds on Citus too (docs/scale-out.md)
 def test_the_repro_an_app_login_becoming_superuser_fails(owner: psycopg.Connection[Any], tenant_a: Tenant,
                                                           pyflows_connect: Connect) -> None:
     conn = pyflows_connect("app")
@@ -174,6 +176,7 @@ def test_lookalike_types_and_relations_never_run_as_the_owner(world: World,  # n
     assert owner.execute("select rolsuper from pg_roles where rolname = 'pyflows_test_app'").fetchone() == (False,)
 
 
+@pytest.mark.citus  # holds on Citus too (docs/scale-out.md)
 def test_the_policy_helpers_resolve_nothing_through_the_callers_path(owner: psycopg.Connection[Any],
                                                                       tenant_a: Tenant,
                                                                       pyflows_connect: Connect) -> None:
@@ -368,6 +371,7 @@ def test_a_deleting_flow_with_no_purge_running_is_purged_only_when_forced(
     "file://relative/path.csv", "file:relative.csv", "file:///uploads/../etc/passwd", "file:///uploads/./a.csv",
     "file:///uploads/%2e%2e/etc/passwd", "file:///uploads/%2E./x", "file:///uploads/a%2fb.csv",
     "file:///uploads/a%00.csv", "FILE:///uploads/..", "file://localhost/uploads/../x"])
+@pytest.mark.citus  # holds on Citus too (docs/scale-out.md)
 def test_imports_refuse_file_paths_that_could_climb(owner: psycopg.Connection[Any], tenant_a: Tenant,
                                                     pyflows_connect: Connect, uri: str) -> None:
     conn = pyflows_connect("app")
@@ -550,11 +554,14 @@ def test_deletes_and_purges_do_not_queue_behind_a_worker_holding_a_child_row(
     "select pyflows.record_progress(%(f)s, 'data_import')", "select pyflows.heartbeat(%(f)s)",
     "select pyflows.set_flow_status(%(f)s, 'paused')",
     "select pyflows.add_import(%(f)s, 'b.csv', 'file:///uploads/b.csv', 1)",
-    "select pyflows.resume_flow(%(f)s)", "select pyflows.delete_flow(%(f)s, 'x')"])
+    "select pyflows.resume_flow(%(f)s)",
+    pytest.param("select pyflows.delete_flow(%(f)s, 'x')", marks=needs_distributed_audit)])
+@pytest.mark.citus  # holds on Citus too (docs/scale-out.md)
 def test_writers_never_wait_for_a_locked_flow(owner: psycopg.Connection[Any], tenant_a: Tenant,
                                               pyflows_connect: Connect, holder: Any, call: str) -> None:
     target = tree(owner, tenant_a, status="running")
-    holder("select 1 from pyflows.discovery_flows where id = %s for update", target.flow_id)
+    holder("select 1 from pyflows.discovery_flows where client_id = %s and id = %s for update",
+           tenant_a.client_id, target.flow_id)
     conn = bounded(pyflows_connect("app"))
     bind(conn, acting(tenant_a, "w"))
     with pytest.raises(psycopg.Error) as caught:
@@ -601,6 +608,7 @@ def test_loads_and_restores_do_not_queue_behind_a_row_another_flow_holds(
 
 @pytest.mark.parametrize(("session", "setting", "waited"), [
     ("0", None, "200ms"), ("0", "1500", "1500ms"), ("0", "2s", "2s"), ("50ms", "10s", "50ms"), ("1h", "3s", "3s")])
+@pytest.mark.citus  # holds on Citus too (docs/scale-out.md)
 def test_the_lock_wait_is_the_setting_or_the_sessions_shorter_one(owner: psycopg.Connection[Any], tenant_a: Tenant,
                                                                    pyflows_connect: Connect, holder: Any,
                                                                    session: str, setting: str | None,
@@ -618,6 +626,7 @@ def test_the_lock_wait_is_the_setting_or_the_sessions_shorter_one(owner: psycopg
 
 
 @pytest.mark.parametrize("value", ["0", "-5", "2min", "61s", "soon", "1.5s", "99999999999"])
+@pytest.mark.citus  # holds on Citus too (docs/scale-out.md)
 def test_a_bad_lock_timeout_setting_is_refused(owner: psycopg.Connection[Any], tenant_a: Tenant,
                                                pyflows_connect: Connect, value: str) -> None:
     target = tree(owner, tenant_a, status="paused")
@@ -743,6 +752,7 @@ def test_a_second_restore_of_one_event_is_busy_then_already_restored(owner: psyc
 
 # ---- 13. hostile intervals to the admin routines -----------------------------------------------------------
 
+@pytest.mark.citus  # holds on Citus too (docs/scale-out.md)
 def test_admin_routines_refuse_intervals_out_of_range(owner: psycopg.Connection[Any], pyflows_connect: Connect,
                                                       tenant_a: Tenant) -> None:
     conn = pyflows_connect("admin")
@@ -760,6 +770,7 @@ def test_admin_routines_refuse_intervals_out_of_range(owner: psycopg.Connection[
     assert fingerprint(owner) == before
 
 
+@pytest.mark.citus  # holds on Citus too (docs/scale-out.md)
 def test_every_definer_reaches_the_audit_only_through_checked_paths(owner: psycopg.Connection[Any]) -> None:
     # No function but the event writers sets pyflows.audit_event or pyflows.audit_open: the settings are
     # hints they leave for each other, never something the triggers trust.
