@@ -8,14 +8,17 @@ a non-superuser member of pyflows_app wherever a tenant's rows are read.
 from __future__ import annotations
 
 import json
+import subprocess
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 from click.testing import CliRunner
+from psycopg.conninfo import conninfo_to_dict
 
 from pyflows import migrations
 from pyflows.api import Flows
@@ -115,10 +118,46 @@ def test_the_lifecycle_as_documented(pyflows_role_dsn: Callable[[str], str], ten
         assert [e.action for e in flows.audit_events(flow_id=flow_id)] == ["flow.resume", "flow.start"]
 
 
+def _single_node_pyflows(dsn: str) -> tuple[Tenant, uuid.UUID]:
+    """Migrate dsn's database (no Citus there: the single-node layout) and give it a tenant with a flow."""
+    migrations.migrate(dsn)
+    tenant = Tenant(uuid.uuid4(), uuid.uuid4(), "mover")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert layout(conn)["engine"] == "postgresql"
+        conn.execute("select pyflows.add_client('Mover', %s)", (tenant.client_id,))
+        conn.execute("select pyflows.add_engagement(%s, 'Move', %s)", (tenant.client_id, tenant.engagement_id))
+        flows = Flows(conn).tenant(tenant.client_id, tenant.engagement_id, "mover")
+        flow_id = flows.start_import("before.csv", "s3://bucket/before.csv", 1).flow_id
+        flows.record_progress(flow_id, "data_import")
+    return tenant, flow_id
+
+
+def _distribute_and_find(dsn: str, cluster: CitusCluster, server: ServerInfo, tenant: Tenant,
+                         flow_id: uuid.UUID) -> None:
+    """docs/scale-out.md's last steps: check names every table that waits, migrate distributes them,
+    and the flow is there, through the API and as the application login."""
+    waiting = migrations.status(dsn).problems
+    assert len(waiting) == 1 and all(t in waiting[0] for t in DISTRIBUTED + REFERENCE), waiting
+    assert "run `pyflows migrate`" in waiting[0]
+    migrations.migrate(dsn)
+    assert migrations.status(dsn).ok
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert layout(conn)["pending"] == []
+        flows = Flows(conn).tenant(tenant.client_id, tenant.engagement_id, "mover")
+        assert flows.details(flow_id).flow.phases_completed == ["data_import"]
+        assert not flows.gate().can_start
+    cluster.ensure_login("pyflows_test_app", TEST_ROLE_PASSWORD, "pyflows_app")
+    app_login = server.conninfo(str(conninfo_to_dict(dsn)["dbname"]), user="pyflows_test_app",
+                                password=TEST_ROLE_PASSWORD)
+    with psycopg.connect(app_login) as app:
+        bind(app, tenant)
+        assert app.execute("select count(*) from pyflows.data_imports").fetchone() == (1,)
+
+
 def test_an_existing_database_moves_onto_the_cluster(pyflows_citus: CitusCluster | None,
                                                      pyflows_server: ServerInfo) -> None:
-    """docs/scale-out.md's move: a single-node pyflows database, the citus extension and the workers
-    added, then `pyflows migrate` distributes it with its rows, and the API finds them."""
+    """docs/scale-out.md's move, in place: a single-node pyflows database, then the citus extension and
+    the workers added, then `pyflows migrate` distributes it with its rows."""
     if pyflows_citus is None:
         pytest.skip("needs the Citus cluster (PYFLOWS_TEST_CITUS)")
     name = f"pyflows_move_{uuid.uuid4().hex[:12]}"
@@ -128,15 +167,7 @@ def test_an_existing_database_moves_onto_the_cluster(pyflows_citus: CitusCluster
             conn.execute(f'create database "{name}"')
     try:
         dsn = pyflows_server.conninfo(name)
-        migrations.migrate(dsn)  # no citus extension yet: the single-node layout
-        tenant = Tenant(uuid.uuid4(), uuid.uuid4(), "mover")
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            assert layout(conn)["engine"] == "postgresql"
-            conn.execute("select pyflows.add_client('Mover', %s)", (tenant.client_id,))
-            conn.execute("select pyflows.add_engagement(%s, 'Move', %s)", (tenant.client_id, tenant.engagement_id))
-            flows = Flows(conn).tenant(tenant.client_id, tenant.engagement_id, "mover")
-            flow_id = flows.start_import("before.csv", "s3://bucket/before.csv", 1).flow_id
-            flows.record_progress(flow_id, "data_import")
+        tenant, flow_id = _single_node_pyflows(dsn)
         for port in nodes[1:]:
             with psycopg.connect(f"host=127.0.0.1 port={port} user=postgres dbname={name}", autocommit=True) as conn:
                 conn.execute("create extension citus")
@@ -145,22 +176,27 @@ def test_an_existing_database_moves_onto_the_cluster(pyflows_citus: CitusCluster
             conn.execute("select citus_set_coordinator_host('127.0.0.1', %s)", (nodes[0],))
             for port in nodes[1:]:
                 conn.execute("select citus_add_node('127.0.0.1', %s)", (port,))
-        # check says which tables wait to be distributed, and what to run.
-        waiting = migrations.status(dsn).problems
-        assert len(waiting) == 1 and all(t in waiting[0] for t in DISTRIBUTED + REFERENCE), waiting
-        assert "run `pyflows migrate`" in waiting[0]
-        migrations.migrate(dsn)
-        assert migrations.status(dsn).ok
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            assert layout(conn)["pending"] == []
-            flows = Flows(conn).tenant(tenant.client_id, tenant.engagement_id, "mover")
-            assert flows.details(flow_id).flow.phases_completed == ["data_import"]
-            assert not flows.gate().can_start
-        pyflows_citus.ensure_login("pyflows_test_app", TEST_ROLE_PASSWORD, "pyflows_app")
-        app_login = pyflows_server.conninfo(name, user="pyflows_test_app", password=TEST_ROLE_PASSWORD)
-        with psycopg.connect(app_login) as app:
-            bind(app, tenant)
-            assert app.execute("select count(*) from pyflows.data_imports").fetchone() == (1,)
+        _distribute_and_find(dsn, pyflows_citus, pyflows_server, tenant, flow_id)
+    finally:
+        pyflows_citus.dropdb(name)
+
+
+def test_a_dump_of_a_single_node_database_restores_onto_the_cluster(
+        pyflows_citus: CitusCluster | None, pyflows_server: ServerInfo, blank_dsn: str,
+        tmp_path: Path) -> None:
+    """docs/scale-out.md's move by pg_dump and pg_restore into a cluster database that has the extension."""
+    if pyflows_citus is None:
+        pytest.skip("needs the Citus cluster (PYFLOWS_TEST_CITUS)")
+    tenant, flow_id = _single_node_pyflows(blank_dsn)  # a database without Citus
+    dump = tmp_path / "pyflows.dump"
+    subprocess.run(["pg_dump", "--format=custom", f"--file={dump}", blank_dsn], check=True, timeout=300)
+    name = f"pyflows_restored_{uuid.uuid4().hex[:12]}"
+    pyflows_citus.createdb(name)
+    try:
+        dsn = pyflows_server.conninfo(name)
+        subprocess.run(["pg_restore", "--no-owner", "--exit-on-error", f"--dbname={dsn}", str(dump)],
+                       check=True, timeout=300)
+        _distribute_and_find(dsn, pyflows_citus, pyflows_server, tenant, flow_id)
     finally:
         pyflows_citus.dropdb(name)
 
