@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -237,3 +238,12 @@ def lock_waiters(owner: psycopg.Connection[Any], citus: bool) -> int:
     row = owner.execute(query).fetchone()
     assert row is not None
     return int(row[0])
+
+
+def constraint_of(error: psycopg.Error) -> str | None:
+    """The constraint an error names. A violation found on a Citus worker arrives without
+    constraint_name and names the shard's constraint in its message ("..._102043")."""
+    if error.diag.constraint_name:
+        return error.diag.constraint_name
+    found = re.search(r'constraint "([^"]+)"', str(error))
+    return re.sub(r"_[0-9]+$", "", found.group(1)) if found else None

@@ -16,6 +16,9 @@ from pyflows.api import AsyncFlows, AsyncTenantFlows, Flows, TenantFlows
 from pyflows.errors import InvalidRequest
 from pyflows.models import Tenant
 
+# These hold on Citus as on one server (PYFLOWS_TEST_CITUS, docs/scale-out.md).
+pytestmark = pytest.mark.citus
+
 
 def test_a_pool_of_the_other_kind_is_a_clear_type_error(pyflows_role_dsn: Callable[[str], str]) -> None:
     dsn = pyflows_role_dsn("app")

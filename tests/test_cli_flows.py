@@ -17,6 +17,9 @@ from pyflows.models import PHASES, Tenant
 
 from .test_cli import assert_one_line_error
 
+# These hold on Citus as on one server (PYFLOWS_TEST_CITUS, docs/scale-out.md).
+pytestmark = pytest.mark.citus
+
 
 @pytest.fixture
 def flows_cli(pyflows_role_dsn: Callable[[str], str]) -> Callable[..., Result]:
