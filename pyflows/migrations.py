@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import psycopg
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from yoyo import read_migrations
 from yoyo.backends import PostgresqlPsycopgBackend
@@ -58,6 +59,20 @@ class _Backend(PostgresqlPsycopgBackend):  # type: ignore[misc]
             conn.execute("select set_config('lock_timeout', %s, false)", (MIGRATION_LOCK_TIMEOUT,))
         _prepare_for_ddl(conn)
         return conn
+
+    def begin(self) -> None:
+        """yoyo's BEGIN of each migration's transaction, with its lock bound for every node (below)."""
+        super().begin()
+        _bound_lock_waits_everywhere(self.connection)
+
+
+def _bound_lock_waits_everywhere(conn: psycopg.Connection[Any]) -> None:
+    """In the open transaction, the session's lock_timeout again as a SET LOCAL: on Citus that is what
+    reaches the workers (migrations' DDL takes its locks there too), a session setting stays on the
+    coordinator. The same value on one node."""
+    row = conn.execute("select current_setting('lock_timeout')").fetchone()
+    assert row is not None
+    conn.execute(sql.SQL("set local lock_timeout = {}").format(sql.Literal(row[0])))
 
 
 def _prepare_for_ddl(conn: psycopg.Connection[Any]) -> None:
@@ -142,6 +157,7 @@ def apply_sql(dsn: str) -> list[str]:
         _prepare_for_ddl(conn)
         try:
             with conn.transaction():
+                _bound_lock_waits_everywhere(conn)
                 conn.execute(query("lock_sql_definitions"))
                 for path in files:
                     try:

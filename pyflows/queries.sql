@@ -31,8 +31,10 @@ select exists (select from pg_catalog.pg_extension where extname = 'citus')
 
 -- name: citus_ddl_settings
 -- For migrations on Citus (see migrations._prepare_for_ddl); session-level, on pyflows-migrate's own connection.
+-- propagate_set_commands: each transaction's SET LOCAL lock_timeout reaches the workers.
 select set_config('citus.enable_unsafe_triggers', 'on', false),
-       set_config('citus.multi_shard_modify_mode', 'sequential', false)
+       set_config('citus.multi_shard_modify_mode', 'sequential', false),
+       set_config('citus.propagate_set_commands', 'local', false)
 
 -- name: citus_worker_roles
 -- pyflows_app and pyflows_admin on every worker, each created there by itself (Citus must not pass the

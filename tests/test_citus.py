@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
@@ -258,3 +259,25 @@ def test_impact_and_safety_read_a_whole_flow(owner: psycopg.Connection[Any], ten
                                  "import_field_mappings": 2, "assets": 3, "asset_dependencies": 3}
         assert impact.external_dependencies == 1 and impact.files.count == 1
         assert impact.safety.safe and flows.deletion_safety(tree.flow_id).blockers == []
+
+
+def test_a_migration_waits_for_a_lock_only_as_long_as_its_bound(pyflows_dsn: str, tenant_a: Tenant,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each migration transaction bounds its lock waits with a SET LOCAL, which on Citus reaches the
+    worker where the lock is (a session setting would stay on the coordinator, and the wait would last)."""
+    key = (str(tenant_a.client_id), str(tenant_a.engagement_id))
+    holder = psycopg.connect(pyflows_dsn)
+    holder.execute("select 1 from pyflows.engagements where client_id = %s and id = %s for update", key)
+    release = threading.Timer(15, holder.rollback)  # without a bound, the update below succeeds then
+    release.start()
+    monkeypatch.setenv("PGOPTIONS", "-c lock_timeout=300ms")
+    backend = migrations._Backend(migrations._Target(pyflows_dsn), migrations.MIGRATION_TABLE)
+    try:
+        backend.begin()
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            backend.execute("update pyflows.engagements set name = name where client_id = %s and id = %s", key)
+        backend.rollback()
+    finally:
+        release.cancel()
+        backend.connection.close()
+        holder.close()

@@ -790,3 +790,25 @@ def test_every_definer_reaches_the_audit_only_through_checked_paths(owner: psyco
     assert len(sources) == 8
     for (source,) in sources:
         assert "e.details ->> 'open_txid' = txid_current()::text" in source
+
+
+@pytest.mark.citus  # holds on Citus too (docs/scale-out.md)
+@pytest.mark.parametrize(("name", "value"), [("role", "postgres"), ("session_authorization", "postgres"),
+                                             ("search_path", "public"), (None, "x"), ("lock_timeout", None),
+                                             ("pyflows.client_id; reset all", "x")])
+def test_set_local_sets_only_pyflows_own_settings(pyflows_connect: Connect, tenant_a: Tenant, name: str | None,
+                                                  value: str | None) -> None:
+    """_set_local, which the application role may call, refuses any other setting and a NULL (PF422),
+    and leaves the transaction's settings as they were."""
+    conn = pyflows_connect("app")
+    bind(conn, tenant_a)
+    before = conn.execute("select current_user, current_setting('search_path'), current_setting('lock_timeout'), "
+                          "pyflows.current_client_id()").fetchone()
+    conn.execute("savepoint probe")
+    with pytest.raises(psycopg.Error) as caught:
+        conn.execute("select pyflows._set_local(%s, %s)", (name, value))
+    assert caught.value.sqlstate == "PF422", caught.value
+    conn.execute("rollback to savepoint probe")
+    after = conn.execute("select current_user, current_setting('search_path'), current_setting('lock_timeout'), "
+                         "pyflows.current_client_id()").fetchone()
+    assert after == before
