@@ -47,11 +47,12 @@ def citus_database(scripts: str) -> Iterator[str]:
 
 def _both(dsn: str, engagements: int, flows: int, list_calls: int, clients: int, contexts: int,
           seconds: float) -> dict[str, Any]:
-    with psycopg.connect(dsn, autocommit=True) as conn, psycopg.connect(app_dsn(dsn)) as app:
+    login = app_dsn(dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn, psycopg.connect(login) as app:
         env = environment(conn)
         started = time.perf_counter()
         gates = gate.run(conn, app, engagements, flows, list_calls)
-        load = concurrency.run(conn, app_dsn(dsn), clients, contexts, seconds)
+        load = concurrency.run(conn, login, clients, contexts, seconds)
         return {"gate": gates, "concurrency": load, "environment": env,
                 "wall_seconds": time.perf_counter() - started}
 
@@ -88,7 +89,7 @@ def markdown(report: dict[str, Any]) -> list[str]:
         f"`set_context`, as the application login.", "",
         *table(["call", "p50 ms one node", "p50 ms Citus", "Citus / one", "p99 ms one node", "p99 ms Citus",
                 "Citus / one"], rows), "",
-        *table(["32 clients, " + f"{report['seconds']:.0f} s", "one node", "Citus", "Citus / one"],
+        *table([f"{report['clients']} clients, {report['seconds']:.0f} s", "one node", "Citus", "Citus / one"],
                [["flows completed / s", f"{fa:.1f}", f"{fb:.1f}", f"{fb / fa:.2f}×"],
                 ["API calls / s", f"{ca:.0f}", f"{cb:.0f}", f"{cb / ca:.2f}×"],
                 ["PF409 refusals", f"{one['concurrency']['refused_pf409']:,}",

@@ -81,6 +81,7 @@ set search_path = pg_catalog, pyflows, pg_temp
 as $$
 declare
     v_done    jsonb := '[]';
+    v_pending jsonb;
     v_keys    text[] := '{}';
     v_key     text;
     v_fn      regprocedure;
@@ -92,7 +93,8 @@ begin
     if not exists (select from pg_catalog.pg_extension where extname = 'citus') then
         return v_done;
     end if;
-    if jsonb_array_length(pyflows.layout() -> 'pending') = 0 then
+    v_pending := pyflows.layout() -> 'pending';
+    if jsonb_array_length(v_pending) = 0 then
         return v_done;
     end if;
     -- Citus needs both for this DDL: triggers on distributed tables (they run on the shards), and
@@ -122,7 +124,7 @@ begin
         execute pg_catalog.format('alter table %s drop constraint %I', r.rel, r.conname);
     end loop;
     for r in select p.table_name, p.kind from pyflows._layout_plan() as p
-              where pyflows.layout() -> 'pending' ? p.table_name
+              where v_pending ? p.table_name
               order by p.ordinal loop
         if r.kind = 'reference' then
             execute pg_catalog.format(c_call, 'create_reference_table') using r.table_name::regclass;

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from typing import Any
 
 import click
@@ -89,9 +90,7 @@ def describe_layout(layout: dict[str, Any]) -> str:
     """One line: "single node (PostgreSQL)", or Citus' version, workers and how the tables are laid out."""
     if layout.get("engine") != "citus":
         return "single node (PostgreSQL)"
-    kinds: dict[str, int] = {}
-    for kind in layout.get("tables", {}).values():
-        kinds[kind] = kinds.get(kind, 0) + 1
+    kinds = Counter(layout.get("tables", {}).values())
     parts = [f"{kinds.pop('distributed', 0)} tables distributed by client_id",
              f"{kinds.pop('reference', 0)} reference tables"]
     parts += [f"{n} {kind}" for kind, n in sorted(kinds.items())]
