@@ -14,7 +14,7 @@ set search_path = pg_catalog, pyflows, pg_temp
 as $$
 begin
     if p_name is null or p_name not in ('pyflows.client_id', 'pyflows.engagement_id', 'pyflows.actor',
-                                        'pyflows.audit_batch', 'lock_timeout') then
+                                        'pyflows.audit_batch', 'pyflows.audit_open', 'lock_timeout') then
         raise exception 'pyflows does not set %', coalesce(quote_literal(p_name), 'NULL') using errcode = 'PF422';
     end if;
     if p_value is null then

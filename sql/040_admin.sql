@@ -101,13 +101,25 @@ begin
             quote_literal(left(p_action, 100))
             using errcode = 'PF422';
     end if;
+    -- The tenants' events and those of no tenant (pyflows_audit.global_events), each newest first.
     return query
-        select e.id, e.occurred_at, e.action, e.actor, e.db_user, e.application_name, e.client_id,
-               e.engagement_id, e.flow_id, e.reason, e.forced, e.deleted, e.details
-          from pyflows_audit.events as e
-         where (p_since is null or e.occurred_at >= p_since)
-           and (p_action is null or e.action = p_action)
-         order by e.occurred_at desc, e.id desc
+        select u.* from (
+            (select e.id, e.occurred_at, e.action, e.actor, e.db_user, e.application_name, e.client_id,
+                    e.engagement_id, e.flow_id, e.reason, e.forced, e.deleted, e.details
+               from pyflows_audit.events as e
+              where (p_since is null or e.occurred_at >= p_since)
+                and (p_action is null or e.action = p_action)
+              order by e.occurred_at desc, e.id desc
+              limit p_limit)
+            union all
+            (select g.id, g.occurred_at, g.action, g.actor, g.db_user, g.application_name, g.client_id,
+                    g.engagement_id, g.flow_id, g.reason, g.forced, g.deleted, g.details
+               from pyflows_audit.global_events as g
+              where (p_since is null or g.occurred_at >= p_since)
+                and (p_action is null or g.action = p_action)
+              order by g.occurred_at desc, g.id desc
+              limit p_limit)) as u
+         order by u.occurred_at desc, u.id desc
          limit p_limit;
 end;
 $$;

@@ -430,12 +430,12 @@ stable
 set search_path = pg_catalog, pyflows, pg_temp
 set enable_seqscan = off
 as $$
+declare
+    c_client constant uuid := pyflows.current_client_id();
 begin
-    select e.deleted,
-           (select count(*) from pyflows.file_cleanup_queue as q where q.event_id = e.id)  -- its partial index
-      into deleted, files
-      from pyflows_audit.events as e
-     where e.id = p_event;
+    select e.deleted into deleted from pyflows_audit.events as e where e.client_id = c_client and e.id = p_event;
+    select count(*) into files from pyflows.file_cleanup_queue as q
+     where q.client_id = c_client and q.event_id = p_event;  -- its partial index
 end;
 $$;
 
@@ -633,14 +633,17 @@ language plpgsql
 stable
 set search_path = pg_catalog, pyflows, pg_temp
 as $$
+declare
+    c_client uuid;  -- a variable, which routes the query to the client's shard on Citus
 begin
     perform pyflows._require_context();
     perform pyflows._check_page(p_limit, 0);
+    c_client := pyflows.current_client_id();
     return query
         select e.id, e.occurred_at, e.action, e.actor, e.db_user, e.application_name, e.client_addr, e.flow_id,
                e.batch_id, e.reason, e.forced, e.impact, e.deleted, e.statement, e.details
           from pyflows_audit.events as e
-         where e.client_id = pyflows.current_client_id() and e.engagement_id = pyflows.current_engagement_id()
+         where e.client_id = c_client and e.engagement_id = pyflows.current_engagement_id()
            and (p_flow_id is null or e.flow_id = p_flow_id)
            and (p_since is null or e.occurred_at >= p_since)
          order by e.occurred_at desc, e.id desc
@@ -657,19 +660,23 @@ stable
 set search_path = pg_catalog, pyflows, pg_temp
 as $$
 declare
-    v_event jsonb;
+    v_event  jsonb;
+    c_client uuid;  -- variables, which route the queries to the client's shard on Citus
+    v_engagement uuid;
 begin
     perform pyflows._require_context();
-    select to_jsonb(e) - 'id' || jsonb_build_object(
-               'event_id', e.id,
-               'restored_by_event_id', (select r.id from pyflows_audit.events as r
-                                         where r.action = 'flow.restore' and r.client_id = e.client_id
-                                           and r.engagement_id = e.engagement_id
-                                           and (r.details ->> 'restored_event_id')::bigint = e.id))
-      into v_event
+    c_client := pyflows.current_client_id();
+    v_engagement := pyflows.current_engagement_id();
+    select to_jsonb(e) - 'id' || jsonb_build_object('event_id', e.id) into v_event
       from pyflows_audit.events as e
-     where e.id = p_event_id
-       and e.client_id = pyflows.current_client_id() and e.engagement_id = pyflows.current_engagement_id();
+     where e.client_id = c_client and e.id = p_event_id and e.engagement_id = v_engagement;
+    if v_event is not null then
+        v_event := v_event || jsonb_build_object(
+            'restored_by_event_id', (select r.id from pyflows_audit.events as r
+                                      where r.client_id = c_client and r.engagement_id = v_engagement
+                                        and r.action = 'flow.restore'
+                                        and (r.details ->> 'restored_event_id')::bigint = p_event_id));
+    end if;
     if v_event is null then
         raise exception 'audit event % not found', p_event_id
             using errcode = 'PF404', detail = json_build_object('event_id', p_event_id)::text;

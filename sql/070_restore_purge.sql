@@ -64,9 +64,9 @@ begin
                   hint = 'Try again in a moment, once that transaction has finished.';
     end;
     if not found then
-        if exists (select from pyflows_audit.events as p
-                    where p.action = 'audit.prune' and (p.details ->> 'pruned_through_event_id')::bigint >= p_event_id
-                      and not exists (select from pyflows_audit.events as e where e.id = p_event_id)) then
+        if exists (select from pyflows_audit.global_events as p
+                    where p.action = 'audit.prune' and (p.details ->> 'pruned_through_event_id')::bigint >= p_event_id)
+           and not exists (select from pyflows_audit.events as e where e.id = p_event_id) then
             raise exception 'audit event % was pruned: its rows are gone', p_event_id
                 using errcode = 'PF422', detail = json_build_object('event_id', p_event_id)::text;
         end if;
@@ -85,11 +85,11 @@ begin
         raise exception 'the purge of event % has not finished; run pyflows.purge_flow again to finish it',
             p_event_id using errcode = 'PF422';
     end if;
-    select to_jsonb(a) - 'event_id' into v_flow from pyflows_audit.discovery_flows as a
-     where a.event_id = p_event_id and a.client_id = c_client and a.engagement_id = c_engagement;
-    if v_flow is null or (select count(*) from pyflows_audit.discovery_flows as a
-                           where a.event_id = p_event_id and a.client_id = c_client
-                             and a.engagement_id = c_engagement) <> 1 then
+    -- The archive is read through the chunks of the client (on Citus: its shard), never the views.
+    select min(to_jsonb(r)::text)::jsonb, count(*) into v_flow, v_n
+      from pyflows_audit.discovery_flows_chunks as c cross join lateral unnest(c.rows) as r
+     where c.client_id = c_client and c.event_id = p_event_id and r.engagement_id = c_engagement;
+    if v_n <> 1 then
         raise exception 'audit event % did not delete one flow; there is no flow to restore', p_event_id
             using errcode = 'PF422', detail = json_build_object('event_id', p_event_id)::text;
     end if;
@@ -117,7 +117,7 @@ begin
                 'insert into pyflows.discovery_flows (%1$s)
                  select %1$s from (select (jsonb_populate_record(r, $4)).*
                                      from pyflows_audit.discovery_flows_chunks as c cross join lateral unnest(c.rows) as r
-                                    where c.event_id = $1) as a
+                                    where c.client_id = $2 and c.event_id = $1) as a
                   where a.client_id = $2 and a.engagement_id = $3',
                 pyflows._column_list('discovery_flows'))
               using p_event_id, c_client, c_engagement, v_override;
@@ -133,22 +133,27 @@ begin
         end;
         v_counts := jsonb_build_object('discovery_flows', 1);
         foreach v_table in array c_children loop
-            execute format('insert into pyflows.%1$I (%2$s) select %2$s from pyflows_audit.%1$I
-                             where event_id = $1 and client_id = $2 and engagement_id = $3',
-                           v_table, pyflows._column_list(v_table))
+            execute format('insert into pyflows.%1$I (%2$s)
+                            select %2$s from (select r.* from pyflows_audit.%3$I as c cross join lateral unnest(c.rows) as r
+                                               where c.client_id = $2 and c.event_id = $1) as a
+                             where a.client_id = $2 and a.engagement_id = $3',
+                           v_table, pyflows._column_list(v_table), v_table || '_chunks')
               using p_event_id, c_client, c_engagement;
             get diagnostics v_n = row_count;
             v_counts := v_counts || jsonb_build_object(v_table, v_n);
         end loop;
         execute format(
-            'insert into pyflows.asset_dependencies (%1$s) select %1$s from pyflows_audit.asset_dependencies as d
-              where d.event_id = $1 and d.client_id = $2 and d.engagement_id = $3
+            'insert into pyflows.asset_dependencies (%1$s)
+             select %1$s from (select r.* from pyflows_audit.asset_dependencies_chunks as c
+                                cross join lateral unnest(c.rows) as r
+                               where c.client_id = $2 and c.event_id = $1) as d
+              where d.client_id = $2 and d.engagement_id = $3
                 and exists (select from pyflows.discovery_flows as f
-                             where f.client_id = d.client_id and f.engagement_id = d.engagement_id and f.id = d.flow_id)
+                             where f.client_id = $2 and f.engagement_id = $3 and f.id = d.flow_id)
                 and exists (select from pyflows.assets as a
-                             where a.client_id = d.client_id and a.engagement_id = d.engagement_id and a.id = d.source_asset_id)
+                             where a.client_id = $2 and a.engagement_id = $3 and a.id = d.source_asset_id)
                 and exists (select from pyflows.assets as a
-                             where a.client_id = d.client_id and a.engagement_id = d.engagement_id and a.id = d.target_asset_id)',
+                             where a.client_id = $2 and a.engagement_id = $3 and a.id = d.target_asset_id)',
             pyflows._column_list('asset_dependencies'))
           using p_event_id, c_client, c_engagement;
         get diagnostics v_n = row_count;
@@ -157,8 +162,9 @@ begin
         perform pyflows._refuse_busy(v_flow_id, 'restored', sqlerrm);
     end;
     perform pyflows._set_local('lock_timeout', v_wait);
-    select count(*) - v_n into v_skipped from pyflows_audit.asset_dependencies as d
-     where d.event_id = p_event_id and d.client_id = c_client and d.engagement_id = c_engagement;
+    select count(*) - v_n into v_skipped
+      from pyflows_audit.asset_dependencies_chunks as c cross join lateral unnest(c.rows) as d
+     where c.client_id = c_client and c.event_id = p_event_id and d.engagement_id = c_engagement;
 
     select coalesce(jsonb_agg(q.storage_uri order by q.id), '[]') into v_missing
       from pyflows.file_cleanup_queue as q
@@ -193,12 +199,14 @@ language plpgsql
 set search_path = pg_catalog, pyflows, pg_temp
 as $$
 declare
+    c_client     constant uuid := pyflows.current_client_id();
+    c_engagement constant uuid := pyflows.current_engagement_id();
     v_claimed bigint;
 begin
     begin
         select count(*) filter (where q.attempts > 0) into v_claimed
           from (select q.attempts from pyflows.file_cleanup_queue as q
-                 where q.client_id = pyflows.current_client_id() and q.engagement_id = pyflows.current_engagement_id()
+                 where q.client_id = c_client and q.engagement_id = c_engagement
                    and q.event_id = p_event_id and q.done_at is null
                    for update nowait) as q;
     exception when lock_not_available then
@@ -279,12 +287,14 @@ returns void
 language plpgsql
 set search_path = pg_catalog, pyflows, pg_temp
 as $$
+declare
+    c_client     constant uuid := pyflows.current_client_id();
+    c_engagement constant uuid := pyflows.current_engagement_id();
 begin
     perform pyflows._require_status(pyflows._lock_flow(p_flow_id, true), array['deleting'],
                                     'only a flow being purged has purge steps');
     if not exists (select from pyflows_audit.events as e
-                    where e.id = p_event and e.client_id = pyflows.current_client_id()
-                      and e.engagement_id = pyflows.current_engagement_id()
+                    where e.client_id = c_client and e.id = p_event and e.engagement_id = c_engagement
                       and e.flow_id = p_flow_id and e.action = 'flow.purge' and e.details ->> 'state' = 'running') then
         raise exception 'audit event % is not the running purge of flow %', coalesce(p_event::text, 'NULL'),
             p_flow_id using errcode = 'PF404';
@@ -364,7 +374,7 @@ begin
                          where e.client_id = c_client and e.engagement_id = c_engagement and e.flow_id = p_flow_id
                          limit p_limit);
         select coalesce((e.deleted ->> 'asset_dependencies')::bigint, 0) into v_edges
-          from pyflows_audit.events as e where e.id = p_event;
+          from pyflows_audit.events as e where e.client_id = c_client and e.id = p_event;
     end if;
     perform pyflows_audit._open_event(p_event);
     perform set_config(c_planner[i], 'off', true) from generate_series(1, 4) as i;
@@ -400,7 +410,7 @@ begin
     perform pyflows_audit._end_event();
     if p_step = 4 then  -- with the edges of other flows that went along through the cascade
         select v_n + coalesce((e.deleted ->> 'asset_dependencies')::bigint, 0) - v_edges into v_n
-          from pyflows_audit.events as e where e.id = p_event;
+          from pyflows_audit.events as e where e.client_id = c_client and e.id = p_event;
     end if;
     return v_n;
 end;
@@ -417,6 +427,7 @@ security definer
 set search_path = pg_catalog, pyflows, pg_temp
 as $$
 declare
+    c_client  constant uuid := pyflows.current_client_id();
     v_deleted jsonb;
 begin
     perform pyflows._require_context(true);
@@ -430,7 +441,7 @@ begin
        set details = (e.details - 'open_txid')
                      || jsonb_build_object('state', 'done', 'finished_at', now(),
                                            'batches', coalesce((e.details ->> 'batches')::int, 0) + p_batches)
-     where e.id = p_event
+     where e.client_id = c_client and e.id = p_event
     returning e.deleted into v_deleted;
     perform pyflows_audit._end_event();
     return v_deleted;
@@ -489,7 +500,8 @@ $$;
 
 -- Remove audit events older than p_older_than, with their archived rows (members of pyflows_admin).
 -- Kept: audit.prune events themselves, and purge events still running. Leaves one 'audit.prune' event
--- with the counts. Returns the number of events removed.
+-- (in pyflows_audit.global_events: it is of no tenant) with the counts. Returns the number of events
+-- removed.
 drop function if exists pyflows.prune_audit(interval);
 create or replace function pyflows.prune_audit(p_older_than interval, p_actor text default null)
 returns bigint
@@ -502,6 +514,8 @@ declare
                                        'raw_import_records', 'import_field_mappings', 'assets', 'asset_dependencies'];
     v_cutoff  timestamptz;
     v_ids     bigint[];
+    v_global  bigint[];
+    v_all     bigint[];
     v_min     bigint;
     v_max     bigint;
     v_table   text;
@@ -515,13 +529,23 @@ begin
     if p_actor is not null and (btrim(p_actor) = '' or char_length(p_actor) > 200) then
         raise exception 'actor must be a non-empty name of at most 200 characters' using errcode = 'PF422';
     end if;
+    -- On Citus: one connection per worker, so that every shard's append-only guard sees the prune
+    -- event this transaction writes below.
+    if pg_catalog.current_setting('citus.multi_shard_modify_mode', true) is not null then
+        perform pg_catalog.set_config('citus.multi_shard_modify_mode', 'sequential', true);
+    end if;
     v_cutoff := now() - p_older_than;
-    select coalesce(array_agg(e.id), '{}'), min(e.id), max(e.id) into v_ids, v_min, v_max
+    select coalesce(array_agg(e.id), '{}') into v_ids
       from pyflows_audit.events as e
-     where e.occurred_at < v_cutoff and e.action <> 'audit.prune'
+     where e.occurred_at < v_cutoff
        and not (e.action = 'flow.purge' and e.details ->> 'state' = 'running');
+    select coalesce(array_agg(g.id), '{}') into v_global
+      from pyflows_audit.global_events as g
+     where g.occurred_at < v_cutoff and g.action <> 'audit.prune';
+    v_all := v_ids || v_global;
+    select min(i), max(i) into v_min, v_max from unnest(v_all) as i;
     -- This transaction's audit.prune event is what lets the append-only triggers allow its deletes.
-    insert into pyflows_audit.events (action, actor, reason, details)
+    insert into pyflows_audit.global_events (action, actor, reason, details)
     values ('audit.prune', coalesce(p_actor, pyflows.current_actor(), session_user::text),
             format('events older than %s', p_older_than),
             jsonb_build_object('older_than', p_older_than::text, 'cutoff', v_cutoff, 'pruned_through_event_id', v_max))
@@ -531,14 +555,17 @@ begin
                                           and event_id = any ($1) returning row_count)
                         select coalesce(sum(chunk.row_count), 0) from chunk', v_table || '_chunks')
           into v_n
-          using v_ids, v_min, v_max;
+          using v_all, v_min, v_max;
         v_archive := v_archive || jsonb_build_object(v_table, v_n);
     end loop;
     delete from pyflows_audit.events as e where e.id = any (v_ids);
     get diagnostics v_events = row_count;
-    update pyflows_audit.events as e
-       set details = e.details || jsonb_build_object('events', v_events, 'archive', v_archive)
-     where e.id = v_prune;
+    delete from pyflows_audit.global_events as g where g.id = any (v_global);
+    get diagnostics v_n = row_count;
+    v_events := v_events + v_n;
+    update pyflows_audit.global_events as g
+       set details = g.details || jsonb_build_object('events', v_events, 'archive', v_archive)
+     where g.id = v_prune;
     return v_events;
 end;
 $$;

@@ -24,7 +24,19 @@ as $$
                    ('pyflows.import_field_mappings', 'distributed', 7),
                    ('pyflows.assets', 'distributed', 8),
                    ('pyflows.asset_dependencies', 'distributed', 9),
-                   ('pyflows.file_cleanup_queue', 'distributed', 10)) as t(name, kind, ordinal)
+                   ('pyflows.file_cleanup_queue', 'distributed', 10),
+                   -- the audit trail: events and the archive beside the rows they record, the
+                   -- events of no tenant on every node (the append-only guards read them)
+                   ('pyflows_audit.events', 'distributed', 11),
+                   ('pyflows_audit.global_events', 'reference', 12),
+                   ('pyflows_audit.clients_chunks', 'distributed', 13),
+                   ('pyflows_audit.engagements_chunks', 'distributed', 14),
+                   ('pyflows_audit.discovery_flows_chunks', 'distributed', 15),
+                   ('pyflows_audit.data_imports_chunks', 'distributed', 16),
+                   ('pyflows_audit.raw_import_records_chunks', 'distributed', 17),
+                   ('pyflows_audit.import_field_mappings_chunks', 'distributed', 18),
+                   ('pyflows_audit.assets_chunks', 'distributed', 19),
+                   ('pyflows_audit.asset_dependencies_chunks', 'distributed', 20)) as t(name, kind, ordinal)
 $$;
 
 -- {engine, citus_version, workers, tables: {name: kind found}, pending: [tables not yet as planned]}:

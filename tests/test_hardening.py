@@ -201,6 +201,12 @@ def test_the_policy_helpers_resolve_nothing_through_the_callers_path(owner: psyc
 
 # ---- 2. nothing a client can set decides which event rows are archived under -------------------------------
 
+def statement_event(setting: str) -> int:
+    """The sql.delete event a statement opened last, from the setting pyflows.audit_event on the node that
+    opened it ('<transaction>@<statement start>|<ids>')."""
+    return int(setting.rsplit("|", 1)[1].split(",")[-1])
+
+
 def events(owner: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
     return owner.execute("select id, action, client_id, flow_id, deleted, statement is not null "
                          "from pyflows_audit.events order by id").fetchall()
@@ -222,7 +228,7 @@ def test_forged_settings_cannot_archive_another_tenants_delete_under_an_event(
         conn.execute("delete from pyflows.discovery_flows where id = %s", (b_flow.flow_id,))
     assert e is not None
     rows = events(owner)
-    a_event = [r for r in rows if r[0] == int(forged)]
+    a_event = [r for r in rows if r[0] == statement_event(forged)]
     assert a_event and a_event[0][2] == tenant_a.client_id and a_event[0][4] == {"assets": 1, "asset_dependencies": 1}
     b_events = [r for r in rows if r[2] == tenant_b.client_id]
     assert [(r[1], r[3], r[5]) for r in b_events] == [("sql.delete", b_flow.flow_id, True)]
@@ -288,7 +294,7 @@ def test_restore_never_writes_into_another_tenant(owner: psycopg.Connection[Any]
     with conn.transaction(force_rollback=True):
         bind(conn, acting(tenant_a, "a-user"))
         with pytest.raises(psycopg.Error) as caught:
-            conn.execute("select pyflows.restore_flow(%s)", (int(forged),))
+            conn.execute("select pyflows.restore_flow(%s)", (statement_event(forged),))
     assert caught.value.sqlstate in ("PF404", "PF422")
     assert fingerprint(owner, tenant_b.client_id) == before
     assert owner.execute("select count(*) from pyflows.discovery_flows where id = %s",
@@ -778,18 +784,19 @@ def test_every_definer_reaches_the_audit_only_through_checked_paths(owner: psyco
         return sorted(r[0] for r in owner.execute(
             "select p.oid::regprocedure::text from pg_proc p where p.pronamespace in "
             "('pyflows'::regnamespace, 'pyflows_audit'::regnamespace) and p.prosrc ~ %s",
-            (f"set_config\\('{setting}'",)).fetchall())
+            (f"(set_config|_set_local)\\('{setting}'",)).fetchall())
 
     begin = "pyflows_audit._begin_events(text,uuid[],text,jsonb[],jsonb[],boolean,jsonb)"
-    statement = "pyflows_audit._statement_event(text,bigint,bigint,uuid,uuid,bigint,uuid)"
-    assert setters("pyflows.audit_event") == sorted([begin, "pyflows_audit._end_event()", statement])
+    statement = "pyflows_audit._statement_event(text,uuid,bigint,uuid,bigint,uuid)"
+    assert setters("pyflows.audit_event") == [statement]
     assert setters("pyflows.audit_open") == sorted([begin, "pyflows_audit._open_event(bigint)",
                                                      "pyflows_audit._end_event()"])
     # The delete triggers take the events that are open in this transaction by the events' own record.
     sources = owner.execute("select prosrc from pg_proc where proname like '\\_on\\_delete\\_%'").fetchall()
     assert len(sources) == 8
     for (source,) in sources:
-        assert "e.details ->> 'open_txid' = txid_current()::text" in source
+        assert "v_xact := pyflows_audit._xact()::text;" in source
+        assert "and e.details ->> 'open_txid' = v_xact;" in source
 
 
 @pytest.mark.citus  # holds on Citus too (docs/scale-out.md)

@@ -132,9 +132,10 @@ def test_a_failing_migration_leaves_nothing_half_written(blank_dsn: str) -> None
 def test_a_migration_waits_for_a_busy_table_only_as_long_as_lock_timeout(
         blank_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
     migrations.migrate(blank_dsn)
-    # The two newest migrations are pending again: 0013 alters a table (0014 only replaces functions).
-    migrations.rollback(blank_dsn, to=MIGRATION_IDS[-3])
-    newest = MIGRATION_IDS[-2]
+    # The three newest migrations are pending again: 0013 alters a table (0014 only replaces functions,
+    # 0015 alters tables too, after it).
+    migrations.rollback(blank_dsn, to=MIGRATION_IDS[-4])
+    newest = MIGRATION_IDS[-3]
     with psycopg.connect(blank_dsn) as reader:
         # A long-running writer holds every table of both schemas (ROW EXCLUSIVE): the pending migration
         # changes one of them and needs a lock that conflicts.
@@ -145,9 +146,9 @@ def test_a_migration_waits_for_a_busy_table_only_as_long_as_lock_timeout(
         monkeypatch.setenv("PGOPTIONS", "-c lock_timeout=200ms")
         with pytest.raises(MigrationError, match=rf"{newest} failed: .*lock timeout"):
             migrations.migrate(blank_dsn)
-        assert migrations.status(blank_dsn).pending == MIGRATION_IDS[-2:]
+        assert migrations.status(blank_dsn).pending == MIGRATION_IDS[-3:]
     monkeypatch.delenv("PGOPTIONS")
-    assert migrations.migrate(blank_dsn).applied == MIGRATION_IDS[-2:]
+    assert migrations.migrate(blank_dsn).applied == MIGRATION_IDS[-3:]
 
 
 def test_the_runner_bounds_lock_waits_unless_the_session_chose(blank_dsn: str,
@@ -224,8 +225,8 @@ def _archive(dsn: str) -> dict[str, list[str]]:
 def test_the_archive_keeps_every_row_through_0009_and_its_rollback(blank_dsn: str) -> None:
     migrations.migrate(blank_dsn)
     assert migrations.rollback(blank_dsn, to="0008_refuse_truncate") == [
-        "0014_flow_rules_on_shards", "0013_check_for_every_role", "0012_delete_trigger_per_table",
-        "0011_one_index_per_lookup", "0010_hardening", "0009_compressed_archive"]
+        "0015_audit_by_client", "0014_flow_rules_on_shards", "0013_check_for_every_role",
+        "0012_delete_trigger_per_table", "0011_one_index_per_lookup", "0010_hardening", "0009_compressed_archive"]
     before = _snapshot(blank_dsn)
     with psycopg.connect(blank_dsn) as conn:  # rows archived by the typed tables of 0004
         client, engagement = uuid.uuid4(), uuid.uuid4()
