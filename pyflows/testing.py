@@ -23,6 +23,7 @@ import contextlib
 import getpass
 import os
 import subprocess
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -134,6 +135,34 @@ class CitusCluster:
     def dropdb(self, name: str) -> None:
         self._run("cluster.sh", "dropdb", name)
 
+    def _on_every_node(self, statement: sql.Composed) -> None:
+        for port in (self.port, self.port + 1, self.port + 2):
+            with psycopg.connect(f"host=127.0.0.1 port={port} user=postgres dbname=postgres", autocommit=True) as conn:
+                conn.execute(statement)
+
+    def freeze(self, name: str) -> None:
+        """Make database ``name`` a template on every node: it accepts no connection any more (Citus'
+        maintenance daemon and the connections the nodes cache to each other included), so that
+        CREATE DATABASE may copy it."""
+        self._on_every_node(sql.SQL("alter database {} allow_connections false").format(sql.Identifier(name)))
+        self._on_every_node(sql.SQL("select pg_terminate_backend(pid) from pg_stat_activity where datname = {}")
+                            .format(sql.Literal(name)))
+
+    def clone(self, template: str, name: str) -> None:
+        """Database ``name`` on every node, a copy of that node's ``template`` (see freeze): the same
+        shards and metadata on each, so the copies form a cluster database of their own."""
+        statement = sql.SQL("create database {} template {}").format(sql.Identifier(name), sql.Identifier(template))
+        for port in (self.port, self.port + 1, self.port + 2):
+            with psycopg.connect(f"host=127.0.0.1 port={port} user=postgres dbname=postgres", autocommit=True) as conn:
+                for attempt in range(50):  # a backend freeze() ended may take a moment to leave
+                    try:
+                        conn.execute(statement)
+                        break
+                    except psycopg.errors.ObjectInUse:
+                        if attempt == 49:
+                            raise
+                        time.sleep(0.1)
+
 
 def _citus() -> CitusCluster | None:
     scripts = os.environ.get("PYFLOWS_TEST_CITUS")
@@ -200,26 +229,42 @@ pyflows_template = factories.postgresql_noproc(
 pyflows_cloned_db = factories.postgresql("pyflows_template")
 
 
+@pytest.fixture(scope="session")
+def pyflows_citus_template(pyflows_citus: CitusCluster | None, pyflows_server: ServerInfo) -> Iterator[str | None]:
+    """On Citus, the session's migrated (and so distributed) database, frozen as a template on every
+    node (CitusCluster.freeze); None on one server."""
+    if pyflows_citus is None:
+        yield None
+        return
+    name = f"pyflows_citus_template_{uuid.uuid4().hex[:12]}"
+    pyflows_citus.createdb(name)
+    try:
+        load_pyflows_schema(host=pyflows_server.host, port=pyflows_server.port, user=pyflows_server.user,
+                            dbname=name)
+        for role, member_of in TEST_ROLES.values():
+            pyflows_citus.ensure_login(role, TEST_ROLE_PASSWORD, member_of)
+        pyflows_citus.freeze(name)
+        yield name
+    finally:
+        pyflows_citus.dropdb(name)
+
+
 @pytest.fixture
 def pyflows_db(request: pytest.FixtureRequest, pyflows_citus: CitusCluster | None,
                pyflows_server: ServerInfo) -> Iterator[psycopg.Connection[Any]]:
     """A connection (as the server's superuser) to this test's fresh, migrated database.
 
-    On one server, a clone of the session's migrated template; on Citus, a database created on every
-    node, migrated (which distributes it), and dropped after the test.
+    On one server, a clone of the session's migrated template; on Citus, a copy of the session's
+    migrated cluster database on every node (pyflows_citus_template), dropped after the test.
     """
     if pyflows_citus is None:
         yield request.getfixturevalue("pyflows_cloned_db")
         return
+    template = request.getfixturevalue("pyflows_citus_template")
     name = f"pyflows_citus_{uuid.uuid4().hex[:12]}"
-    pyflows_citus.createdb(name)
     try:
-        dsn = pyflows_server.conninfo(name)
-        load_pyflows_schema(host=pyflows_server.host, port=pyflows_server.port, user=pyflows_server.user,
-                            dbname=name)
-        for role, member_of in TEST_ROLES.values():
-            pyflows_citus.ensure_login(role, TEST_ROLE_PASSWORD, member_of)
-        with psycopg.connect(dsn) as conn:
+        pyflows_citus.clone(template, name)
+        with psycopg.connect(pyflows_server.conninfo(name)) as conn:
             yield conn
     finally:
         pyflows_citus.dropdb(name)

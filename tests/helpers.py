@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-import pytest
 from psycopg import sql
 
 from pyflows.testing import Tenant
@@ -19,12 +17,6 @@ TENANT_TABLES = (
     "clients", "engagements", "discovery_flows", "data_imports", "raw_import_records",
     "import_field_mappings", "assets", "asset_dependencies", "file_cleanup_queue",
 )
-# What does not run on Citus yet: the audit trail there is local to the coordinator, so nothing that
-# deletes, purges or marks a flow 'deleting' works on a cluster (docs/scale-out.md, "Not yet").
-needs_distributed_audit = pytest.mark.skipif(
-    bool(os.environ.get("PYFLOWS_TEST_CITUS")),
-    reason="on Citus this needs the audit trail distributed, which pyflows does not do yet (docs/scale-out.md)")
-
 FLOW_TREE_TABLES = (
     "discovery_flows", "data_imports", "raw_import_records", "import_field_mappings", "assets",
     "asset_dependencies",

@@ -12,11 +12,10 @@ import pytest
 from pyflows.errors import FlowBusy, FlowNotFound, InvalidRequest
 from pyflows.testing import Tenant, bind
 
-from .helpers import acting, fingerprint, mark_deleting, needs_distributed_audit, write_flow_tree
+from .helpers import acting, fingerprint, mark_deleting, write_flow_tree
 from .lifecycle_support import ApiFactory
 
-# These hold on Citus as on one server (PYFLOWS_TEST_CITUS, docs/scale-out.md), but those marked
-# needs_distributed_audit.
+# These hold on Citus as on one server (PYFLOWS_TEST_CITUS, docs/scale-out.md).
 pytestmark = pytest.mark.citus
 
 
@@ -80,7 +79,6 @@ def test_a_bad_row_loads_nothing_and_says_why(api: ApiFactory, tenant_a: Tenant,
     assert fingerprint(owner) == before
 
 
-@needs_distributed_audit
 def test_loads_refuse_finished_purged_foreign_and_locked_flows(api: ApiFactory, tenant_a: Tenant, tenant_b: Tenant,
                                                                owner: psycopg.Connection[Any],
                                                                pyflows_dsn: str) -> None:
@@ -108,7 +106,8 @@ def test_loads_refuse_finished_purged_foreign_and_locked_flows(api: ApiFactory, 
     with owner.transaction():
         open_flow = write_flow_tree(owner, tenant_a, status="paused")
     with psycopg.connect(pyflows_dsn) as worker:
-        worker.execute("select 1 from pyflows.discovery_flows where id = %s for update", (open_flow.flow_id,))
+        worker.execute("select 1 from pyflows.discovery_flows where client_id = %s and id = %s for update",
+                       (tenant_a.client_id, open_flow.flow_id))
         with pytest.raises(FlowBusy):
             flows.copy_assets(open_flow.flow_id, asset)
 

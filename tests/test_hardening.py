@@ -31,7 +31,6 @@ from .helpers import (
     call_routine,
     fingerprint,
     mark_deleting,
-    needs_distributed_audit,
     set_raw_context,
     write_flow_tree,
 )
@@ -561,7 +560,7 @@ def test_deletes_and_purges_do_not_queue_behind_a_worker_holding_a_child_row(
     "select pyflows.set_flow_status(%(f)s, 'paused')",
     "select pyflows.add_import(%(f)s, 'b.csv', 'file:///uploads/b.csv', 1)",
     "select pyflows.resume_flow(%(f)s)",
-    pytest.param("select pyflows.delete_flow(%(f)s, 'x')", marks=needs_distributed_audit)])
+    "select pyflows.delete_flow(%(f)s, 'x')"])
 @pytest.mark.citus  # holds on Citus too (docs/scale-out.md)
 def test_writers_never_wait_for_a_locked_flow(owner: psycopg.Connection[Any], tenant_a: Tenant,
                                               pyflows_connect: Connect, holder: Any, call: str) -> None:

@@ -28,11 +28,10 @@ from pyflows.errors import (
 from pyflows.models import Tenant
 from pyflows.testing import CitusCluster
 
-from .helpers import count_rows, lock_waiters, mark_deleting, needs_distributed_audit, set_raw_context, write_flow_tree
+from .helpers import count_rows, lock_waiters, mark_deleting, set_raw_context, write_flow_tree
 from .lifecycle_support import ApiFactory
 
-# These hold on Citus as on one server (PYFLOWS_TEST_CITUS, docs/scale-out.md), but those marked
-# needs_distributed_audit.
+# These hold on Citus as on one server (PYFLOWS_TEST_CITUS, docs/scale-out.md).
 pytestmark = pytest.mark.citus
 
 ALL_PHASES = ["data_import", "data_validation", "field_mapping", "data_cleansing", "asset_inventory",
@@ -97,7 +96,6 @@ def test_start_then_gate_and_second_start_are_blocked(api: ApiFactory, tenant_a:
     assert len(flows_of(owner, tenant_a)) == 1  # nothing half-written
 
 
-@needs_distributed_audit
 def test_terminal_flows_do_not_block(api: ApiFactory, tenant_a: Tenant, owner: psycopg.Connection[Any]) -> None:
     insert_flow(owner, tenant_a, "completed")
     insert_flow(owner, tenant_a, "cancelled")
@@ -171,7 +169,6 @@ def test_add_import(api: ApiFactory, tenant_a: Tenant, tenant_b: Tenant, owner: 
 # ---- listings and details ------------------------------------------------------------------------------
 
 
-@needs_distributed_audit
 def test_list_flows_filters_orders_pages_and_counts(api: ApiFactory, tenant_a: Tenant, tenant_b: Tenant,
                                                     owner: psycopg.Connection[Any]) -> None:
     old = insert_flow(owner, tenant_a, "completed", "old", last_activity_at="2026-01-01T00:00:00Z")
@@ -218,7 +215,6 @@ def test_details(api: ApiFactory, tenant_a: Tenant, owner: psycopg.Connection[An
     assert details.next_steps == details.flow.next_steps
 
 
-@needs_distributed_audit
 def test_details_of_missing_hidden_and_foreign_flows_are_pf404(api: ApiFactory, tenant_a: Tenant,
                                                               tenant_b: Tenant,
                                                               owner: psycopg.Connection[Any]) -> None:

@@ -17,13 +17,11 @@ from .helpers import (
     constraint_of,
     count_rows,
     mark_deleting,
-    needs_distributed_audit,
     set_raw_context,
     write_flow_tree,
 )
 
-# These hold on Citus as on one server (PYFLOWS_TEST_CITUS, docs/scale-out.md), but those marked
-# needs_distributed_audit.
+# These hold on Citus as on one server (PYFLOWS_TEST_CITUS, docs/scale-out.md).
 pytestmark = pytest.mark.citus
 
 # The declared cascade map: (child table, its columns) -> (parent table, its columns, ON DELETE).
@@ -319,7 +317,6 @@ def test_one_incomplete_flow_per_context(owner: psycopg.Connection[Any], tenant_
     assert count_rows(owner, "discovery_flows") == 4
 
 
-@needs_distributed_audit
 def test_deleting_a_flow_cascades_through_its_tree(owner: psycopg.Connection[Any], tenant_a: Tenant) -> None:
     kept = write_flow_tree(owner, tenant_a, status="completed", name="kept")
     gone = write_flow_tree(owner, tenant_a, status="running", name="gone")
@@ -341,7 +338,6 @@ def test_composite_keys_refuse_a_child_under_another_tenants_parent(
                       (tenant_b.client_id, tenant_b.engagement_id, tree.flow_id))
 
 
-@needs_distributed_audit
 def test_deleting_a_client_cascades_to_its_flows_only(owner: psycopg.Connection[Any], tenant_a: Tenant,
                                                       tenant_b: Tenant) -> None:
     write_flow_tree(owner, tenant_a)
@@ -367,7 +363,6 @@ ALLOWED_TRANSITIONS = {
 }
 
 
-@needs_distributed_audit
 def test_status_transitions_follow_the_lifecycle(owner: psycopg.Connection[Any], tenant_a: Tenant) -> None:
     refused = []
     for source, targets in ALLOWED_TRANSITIONS.items():
