@@ -282,9 +282,10 @@ set search_path = pg_catalog, pyflows_audit, pg_temp
 as $$
 declare
     c_client constant uuid := pyflows.current_client_id();
+    v_xact   text := pyflows_audit._xact()::text;  -- a value: Citus runs no volatile function in an UPDATE
 begin
     update pyflows_audit.events as e
-       set details = e.details || jsonb_build_object('open_txid', pyflows_audit._xact()::text)
+       set details = e.details || jsonb_build_object('open_txid', v_xact)
      where e.client_id = c_client and e.id = p_event;
     perform pyflows._set_local('pyflows.audit_open', p_event::text || ':' || p_event::text);
 end;

@@ -66,6 +66,24 @@ begin
 end;
 $$;
 
+-- Whether p_engagement_id is an engagement of p_client_id, whatever the context: what set_context
+-- tells any caller already (PF404 or not), for set_session_context on Citus. PL/pgSQL: Citus plans
+-- no SQL function that reads its tables with parameters.
+create or replace function pyflows._engagement_exists(p_client_id uuid, p_engagement_id uuid)
+returns boolean
+language plpgsql
+stable
+security definer
+set search_path = pg_catalog, pyflows, pg_temp
+as $$
+begin
+    return exists (select from pyflows.engagements as e where e.client_id = p_client_id and e.id = p_engagement_id);
+end;
+$$;
+
+revoke all on function pyflows._engagement_exists(uuid, uuid) from public;
+grant execute on function pyflows._engagement_exists(uuid, uuid) to pyflows_app;
+
 -- The same binding for the whole session rather than one transaction: for CALL pyflows.purge_flow,
 -- which commits as it goes and so cannot run inside the caller's transaction. Session settings
 -- outlive the transaction: call pyflows.clear_context() when done, and never leave a session bound
@@ -80,7 +98,20 @@ language plpgsql
 set search_path = pg_catalog, pyflows, pg_temp
 as $$
 begin
-    perform pyflows.set_context(p_client_id, p_engagement_id, p_actor);
+    begin
+        perform pyflows.set_context(p_client_id, p_engagement_id, p_actor);
+    exception when sqlstate 'PF404' then
+        -- On Citus a read outside a transaction block (this function's usual caller, CALL
+        -- purge_flow, needs autocommit) reaches the workers without the transaction's SET LOCALs, so
+        -- the context set_context just set hides the engagement. Whether it exists is asked again
+        -- of the table itself; a context that names no engagement of the client is refused as before.
+        if not pyflows._engagement_exists(p_client_id, p_engagement_id) then
+            raise;
+        end if;
+        perform pyflows._set_local('pyflows.client_id', p_client_id::text);
+        perform pyflows._set_local('pyflows.engagement_id', p_engagement_id::text);
+        perform pyflows._set_local('pyflows.actor', coalesce(p_actor, ''));
+    end;
     perform set_config('pyflows.client_id', p_client_id::text, false);
     perform set_config('pyflows.engagement_id', p_engagement_id::text, false);
     perform set_config('pyflows.actor', coalesce(p_actor, ''), false);

@@ -62,29 +62,33 @@ $$;
 -- and each of those flows it touches (via): its own flow when listed, and the flows of its source and
 -- target assets when they are listed and not its own. What a batch delete removes and counts as edges.
 -- Read through the flow, source and target indexes only, whatever the statistics say.
+-- PL/pgSQL: Citus plans no SQL function that reads its tables with parameters.
 create or replace function pyflows._edges_touching(p_flow_ids uuid[])
 returns table (id bigint, own uuid, via uuid)
-language sql
+language plpgsql
 stable
 set search_path = pg_catalog, pyflows, pg_temp
 set enable_seqscan = off
 set jit = off
 as $$
-    select d.id, d.flow_id, d.flow_id from pyflows.asset_dependencies as d
-     where d.client_id = pyflows.current_client_id() and d.engagement_id = pyflows.current_engagement_id()
-       and d.flow_id = any(p_flow_ids)
-    union all
-    select d.id, d.flow_id, a.flow_id from pyflows.assets as a
-      join pyflows.asset_dependencies as d
-        on d.client_id = a.client_id and d.engagement_id = a.engagement_id and d.source_asset_id = a.id
-     where a.client_id = pyflows.current_client_id() and a.engagement_id = pyflows.current_engagement_id()
-       and a.flow_id = any(p_flow_ids) and d.flow_id <> a.flow_id
-    union all
-    select d.id, d.flow_id, a.flow_id from pyflows.assets as a
-      join pyflows.asset_dependencies as d
-        on d.client_id = a.client_id and d.engagement_id = a.engagement_id and d.target_asset_id = a.id
-     where a.client_id = pyflows.current_client_id() and a.engagement_id = pyflows.current_engagement_id()
-       and a.flow_id = any(p_flow_ids) and d.flow_id <> a.flow_id
+begin
+    -- Planned for the values at hand (EXECUTE): Citus routes a join of its tables to one shard only
+    -- when it sees the client's value, never in a kept generic plan.
+    return query execute
+        'select d.id, d.flow_id, d.flow_id from pyflows.asset_dependencies as d
+          where d.client_id = $1 and d.engagement_id = $2 and d.flow_id = any($3)
+         union all
+         select d.id, d.flow_id, a.flow_id from pyflows.assets as a
+           join pyflows.asset_dependencies as d
+             on d.client_id = a.client_id and d.engagement_id = a.engagement_id and d.source_asset_id = a.id
+          where a.client_id = $1 and a.engagement_id = $2 and a.flow_id = any($3) and d.flow_id <> a.flow_id
+         union all
+         select d.id, d.flow_id, a.flow_id from pyflows.assets as a
+           join pyflows.asset_dependencies as d
+             on d.client_id = a.client_id and d.engagement_id = a.engagement_id and d.target_asset_id = a.id
+          where a.client_id = $1 and a.engagement_id = $2 and a.flow_id = any($3) and d.flow_id <> a.flow_id'
+      using pyflows.current_client_id(), pyflows.current_engagement_id(), p_flow_ids;
+end;
 $$;
 
 -- _deletion_counts for each flow of a batch that deletes p_ids in that order, as a jsonb object keyed by
@@ -104,7 +108,15 @@ declare
     c_client     constant uuid := pyflows.current_client_id();
     c_engagement constant uuid := pyflows.current_engagement_id();
     v_counts     jsonb;
+    v_edge_ids   bigint[];
+    v_edge_owns  uuid[];
+    v_edge_vias  uuid[];
 begin
+    -- The edges first, on their own: on Citus the query below runs on the client's worker, which
+    -- may not call a function that queries the cluster.
+    select coalesce(array_agg(t.id), '{}'), coalesce(array_agg(t.own), '{}'), coalesce(array_agg(t.via), '{}')
+      into v_edge_ids, v_edge_owns, v_edge_vias
+      from pyflows._edges_touching(p_ids) as t;
     with batch as (
         select b.id, b.pos from unnest(p_ids) with ordinality as b(id, pos)),
     imports as (
@@ -119,7 +131,8 @@ begin
           from imports as i),
     edges as (  -- each edge, owned by the first flow of the batch it touches
         select t.id, t.own, min(b.pos) as pos
-          from pyflows._edges_touching(p_ids) as t join batch as b on b.id = t.via group by t.id, t.own),
+          from unnest(v_edge_ids, v_edge_owns, v_edge_vias) as t(id, own, via)
+          join batch as b on b.id = t.via group by t.id, t.own),
     counted as (
         select b.id, coalesce(ni.n, 0) as imports, coalesce(ni.records, 0) as records,
                coalesce(ni.mappings, 0) as mappings, coalesce(na.n, 0) as assets, coalesce(ne.n, 0) as edges,
@@ -533,6 +546,8 @@ declare
     v_counts     jsonb;
     v_verdict    jsonb;
     v_events     bigint[];
+    v_edges      bigint[];
+    v_imports    uuid[];
     v_wait       text;
 begin
     perform pyflows._require_context(true);
@@ -551,17 +566,16 @@ begin
     v_events := pyflows_audit._begin_events('flow.delete', v_ids, v_reason, v_impacts, v_flows,
                                             coalesce(p_force, false));
     v_wait := pyflows._bound_lock_waits();
+    -- Keys read first, one table per statement: Citus routes those to the client's shards.
+    v_edges := array(select distinct t.id from pyflows._edges_touching(v_ids) as t);
+    v_imports := array(select i.id from pyflows.data_imports as i
+                        where i.client_id = c_client and i.engagement_id = c_engagement and i.flow_id = any(v_ids));
     delete from pyflows.asset_dependencies as d
-     using (select distinct t.id from pyflows._edges_touching(v_ids) as t) as t
-     where d.client_id = c_client and d.engagement_id = c_engagement and d.id = t.id;
+     where d.client_id = c_client and d.engagement_id = c_engagement and d.id = any(v_edges);
     delete from pyflows.raw_import_records as r
-     using pyflows.data_imports as i
-     where i.client_id = c_client and i.engagement_id = c_engagement and i.flow_id = any(v_ids)
-       and r.client_id = c_client and r.engagement_id = c_engagement and r.import_id = i.id;
+     where r.client_id = c_client and r.engagement_id = c_engagement and r.import_id = any(v_imports);
     delete from pyflows.import_field_mappings as m
-     using pyflows.data_imports as i
-     where i.client_id = c_client and i.engagement_id = c_engagement and i.flow_id = any(v_ids)
-       and m.client_id = c_client and m.engagement_id = c_engagement and m.import_id = i.id;
+     where m.client_id = c_client and m.engagement_id = c_engagement and m.import_id = any(v_imports);
     delete from pyflows.discovery_flows as f
      where f.client_id = c_client and f.engagement_id = c_engagement and f.id = any(v_ids);
     perform pyflows._set_local('lock_timeout', v_wait);

@@ -2,14 +2,16 @@
 -- large flows in committed batches, and pruning old audit events.
 
 -- The columns of pyflows.<table>, in order, quoted: what restore copies back from the archive table
--- of the same name (whose columns are event_id followed by these).
-create or replace function pyflows._column_list(p_table text)
+-- of the same name (whose columns are event_id followed by these); each prefixed with p_prefix
+-- ('($1).' names the fields of a row passed as $1).
+drop function if exists pyflows._column_list(text);
+create or replace function pyflows._column_list(p_table text, p_prefix text default '')
 returns text
 language sql
 stable
 set search_path = pg_catalog, pyflows, pg_temp
 as $$
-    select string_agg(quote_ident(a.attname), ', ' order by a.attnum)
+    select string_agg(p_prefix || quote_ident(a.attname), ', ' order by a.attnum)
       from pg_catalog.pg_attribute as a
      where a.attrelid = pg_catalog.to_regclass('pyflows.' || quote_ident(p_table)) and a.attnum > 0
        and not a.attisdropped
@@ -35,6 +37,7 @@ declare
     c_children   constant text[] := array['data_imports', 'raw_import_records', 'import_field_mappings', 'assets'];
     v_event      pyflows_audit.events;
     v_flow       jsonb;
+    v_row        pyflows_audit.discovery_flows_row;  -- the archived flow row, column for column
     v_override   jsonb := '{}'::jsonb;
     v_flow_id    uuid;
     v_status     text;
@@ -64,9 +67,11 @@ begin
                   hint = 'Try again in a moment, once that transaction has finished.';
     end;
     if not found then
-        if exists (select from pyflows_audit.global_events as p
-                    where p.action = 'audit.prune' and (p.details ->> 'pruned_through_event_id')::bigint >= p_event_id)
-           and not exists (select from pyflows_audit.events as e where e.id = p_event_id) then
+        -- Statements of their own: Citus plans no expression over the events of every client.
+        perform from pyflows_audit.events as e where e.id = p_event_id;
+        if not found and exists (select from pyflows_audit.global_events as p
+                                  where p.action = 'audit.prune'
+                                    and (p.details ->> 'pruned_through_event_id')::bigint >= p_event_id) then
             raise exception 'audit event % was pruned: its rows are gone', p_event_id
                 using errcode = 'PF422', detail = json_build_object('event_id', p_event_id)::text;
         end if;
@@ -86,9 +91,15 @@ begin
             p_event_id using errcode = 'PF422';
     end if;
     -- The archive is read through the chunks of the client (on Citus: its shard), never the views.
-    select min(to_jsonb(r)::text)::jsonb, count(*) into v_flow, v_n
+    select count(*) into v_n
       from pyflows_audit.discovery_flows_chunks as c cross join lateral unnest(c.rows) as r
      where c.client_id = c_client and c.event_id = p_event_id and r.engagement_id = c_engagement;
+    if v_n = 1 then
+        select r.* into v_row
+          from pyflows_audit.discovery_flows_chunks as c cross join lateral unnest(c.rows) as r
+         where c.client_id = c_client and c.event_id = p_event_id and r.engagement_id = c_engagement;
+        v_flow := to_jsonb(v_row);
+    end if;
     if v_n <> 1 then
         raise exception 'audit event % did not delete one flow; there is no flow to restore', p_event_id
             using errcode = 'PF422', detail = json_build_object('event_id', p_event_id)::text;
@@ -113,14 +124,12 @@ begin
     v_wait := pyflows._bound_lock_waits();
     begin  -- rows other transactions hold (another flow's asset an edge points at): PF423 after the bound
         begin
-            execute format(
-                'insert into pyflows.discovery_flows (%1$s)
-                 select %1$s from (select (jsonb_populate_record(r, $4)).*
-                                     from pyflows_audit.discovery_flows_chunks as c cross join lateral unnest(c.rows) as r
-                                    where c.client_id = $2 and c.event_id = $1) as a
-                  where a.client_id = $2 and a.engagement_id = $3',
-                pyflows._column_list('discovery_flows'))
-              using p_event_id, c_client, c_engagement, v_override;
+            -- One row, as VALUES: on Citus an INSERT of one row is routed to its shard, and a
+            -- unique violation there comes back as one (an INSERT ... SELECT would come back as
+            -- an internal error of the COPY it becomes).
+            execute format('insert into pyflows.discovery_flows (%s) values (%s)',
+                           pyflows._column_list('discovery_flows'), pyflows._column_list('discovery_flows', '($1).'))
+              using jsonb_populate_record(v_row, v_override);
         exception when unique_violation then
             get stacked diagnostics v_constraint = constraint_name, v_message = message_text;
             if pyflows._is_constraint(v_constraint, v_message, 'discovery_flows_one_incomplete') then
@@ -570,12 +579,12 @@ begin
 end;
 $$;
 
-revoke all on function pyflows._column_list(text), pyflows.restore_flow(bigint), pyflows._claim_restored_files(bigint),
+revoke all on function pyflows._column_list(text, text), pyflows.restore_flow(bigint), pyflows._claim_restored_files(bigint),
     pyflows._purge_begin(uuid, text, boolean, integer), pyflows._require_running_purge(uuid, bigint),
     pyflows._purge_batch(uuid, bigint, integer, integer),
     pyflows._purge_finish(uuid, bigint, integer), pyflows.prune_audit(interval, text) from public;
 revoke all on procedure pyflows.purge_flow(uuid, text, integer, boolean) from public;
-grant execute on function pyflows._column_list(text), pyflows.restore_flow(bigint),
+grant execute on function pyflows._column_list(text, text), pyflows.restore_flow(bigint),
     pyflows._purge_begin(uuid, text, boolean, integer), pyflows._purge_batch(uuid, bigint, integer, integer),
     pyflows._purge_finish(uuid, bigint, integer), pyflows.prune_audit(interval, text) to pyflows_app;
 grant execute on procedure pyflows.purge_flow(uuid, text, integer, boolean) to pyflows_app;

@@ -3,6 +3,7 @@ with the names and columns of the tenant tables (migration 0009)."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +19,10 @@ ARCHIVE = ("clients", "engagements", "discovery_flows", "data_imports", "raw_imp
            "assets", "asset_dependencies")
 
 # Incompressible text of about n kB (hex digests), so sizes survive compression.
-NOISE = "(select string_agg(md5(g::text || %s), '') from generate_series(1, %s * 32) as g)"
+def noise(seed: object, kilobytes: int) -> str:
+    """About `kilobytes` kB of text that compresses poorly (md5 digests in hex), passed as a value: on Citus
+    a subquery may not stand in an INSERT or an UPDATE."""
+    return "".join(hashlib.md5(f"{g}{seed}".encode()).hexdigest() for g in range(1, kilobytes * 32 + 1))
 
 
 def columns(conn: psycopg.Connection[Any], relation: str) -> list[tuple[str, str]]:
@@ -70,8 +74,8 @@ def test_bulk_tables_chunk_by_blocks_of_ids_and_large_rows_alone(owner: psycopg.
                       "from generate_series(1, 25000) as g", ids)
         for n in (30001, 30002):  # two records of about 64 kB each
             owner.execute("insert into pyflows.raw_import_records (client_id, engagement_id, import_id, id, "
-                          f"row_number, data) values (%s, %s, %s, %s, %s, to_jsonb({NOISE}))",
-                          (*ids, n, n, n, 64))
+                          "row_number, data) values (%s, %s, %s, %s, %s, to_jsonb(%s::text))",
+                          (*ids, n, n, noise(n, 64)))
     with owner.transaction():
         set_raw_context(owner, tenant_a)
         owner.execute("delete from pyflows.discovery_flows where id = %s", (target.flow_id,))
@@ -91,8 +95,8 @@ def test_other_tables_chunk_by_size(owner: psycopg.Connection[Any], tenant_a: Te
             owner.execute("insert into pyflows.discovery_flows (client_id, engagement_id, name, status) "
                           "values (%s, %s, %s, 'cancelled')",
                           (tenant_a.client_id, tenant_a.engagement_id, f"flow {n}"))
-        owner.execute(f"update pyflows.discovery_flows set agent_insights = jsonb_build_array({NOISE}) "
-                      "where client_id = %s", ("x", 4096, tenant_a.client_id))
+        owner.execute("update pyflows.discovery_flows set agent_insights = jsonb_build_array(%s::text) "
+                      "where client_id = %s", (noise("x", 4096), tenant_a.client_id))
     with owner.transaction():
         set_raw_context(owner, tenant_a)
         owner.execute("delete from pyflows.discovery_flows where client_id = %s", (tenant_a.client_id,))
@@ -127,7 +131,7 @@ def test_settings_naming_a_running_purge_never_take_rows_into_it(
     assert delete_naming_the_purge("client_id = %s", tenant_a.client_id) == 1  # the purge's own tenant
 
     events = owner.execute("select id, action, client_id, deleted from pyflows_audit.events "
-                           "where action in ('flow.purge', 'sql.delete') order by id").fetchall()
+                           "where action in ('flow.purge', 'sql.delete') order by occurred_at, id").fetchall()
     assert events[0][:2] == (purge, "flow.purge") and events[0][3] == {}
     # One sql.delete event per client a statement deleted rows of: the first statement's two, then one each.
     got = [(action, client, deleted) for _, action, client, deleted in events[1:]]

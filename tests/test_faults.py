@@ -28,18 +28,24 @@ from .helpers import fingerprint, write_flow_tree
 
 
 @contextmanager
-def holding_asset(owner_dsn: str, asset_id: int) -> Iterator[None]:
-    """Another session holds a lock on one asset row until the block ends."""
+def holding_asset(owner_dsn: str, tenant: Tenant, asset_id: int) -> Iterator[None]:
+    """Another session holds a lock on one asset row (by its full key) until the block ends."""
     with psycopg.connect(owner_dsn) as holder:
-        holder.execute("select 1 from pyflows.assets where id = %s for update", (asset_id,))
+        holder.execute("select 1 from pyflows.assets where client_id = %s and id = %s for update",
+                       (tenant.client_id, asset_id))
         yield
         holder.rollback()
 
 
 def wait_until_blocked(owner: psycopg.Connection[Any], pid: int) -> None:
+    """Until backend `pid` waits for a lock: on Citus, on whichever node its statement waits (a global
+    pid is the node's id times 10^10 plus the coordinator backend's pid)."""
+    citus = owner.execute("select exists (select from pg_extension where extname = 'citus')").fetchone() == (True,)
+    query = ("select count(*) from citus_lock_waits where waiting_gpid %% 10000000000 = %s" if citus else
+             "select count(*) from pg_stat_activity where pid = %s and wait_event_type = 'Lock'")
     for _ in range(400):
-        row = owner.execute("select wait_event_type from pg_stat_activity where pid = %s", (pid,)).fetchone()
-        if row and row[0] == "Lock":
+        row = owner.execute(query, (pid,)).fetchone()
+        if row and row[0] > 0:
             return
         time.sleep(0.025)
     raise AssertionError(f"backend {pid} never waited on the lock")
@@ -69,13 +75,13 @@ def test_a_backend_killed_mid_delete_leaves_everything(pyflows_role_dsn: Callabl
     conn = psycopg.connect(pyflows_role_dsn("app"), autocommit=True)
     api = Flows(conn).tenant(tenant_a.client_id, tenant_a.engagement_id, "dba")
     victim = trees[0] if shape == "one flow" else trees[2]
-    with holding_asset(pyflows_dsn, victim.asset_ids[3]):
+    with holding_asset(pyflows_dsn, tenant_a, victim.asset_ids[3]):
         if shape == "one flow":
             thread, outcome = in_thread(lambda: api.delete(victim.flow_id, "killed", force=True))
         else:
             thread, outcome = in_thread(lambda: api.delete_many([t.flow_id for t in trees], "killed", force=True))
         wait_until_blocked(owner, conn.info.backend_pid)
-        owner.execute("select pg_terminate_backend(%s)", (conn.info.backend_pid,))
+        owner.execute("select pg_terminate_backend(%s::integer)", (conn.info.backend_pid,))
         thread.join(timeout=30)
     assert outcome and isinstance(outcome[0], psycopg.OperationalError)
     assert fingerprint(owner) == before  # no row gone, no event, no archive row, nothing queued
@@ -91,7 +97,7 @@ def test_a_statement_timeout_during_a_delete_leaves_everything(pyflows_role_dsn:
     conn.execute("set statement_timeout = '300ms'")
     conn.execute("set pyflows.lock_timeout = '10s'")  # the statement times out first, mid-delete
     api = Flows(conn).tenant(tenant_a.client_id, tenant_a.engagement_id, "dba")
-    with holding_asset(pyflows_dsn, victim.asset_ids[2]), pytest.raises(psycopg.errors.QueryCanceled):
+    with holding_asset(pyflows_dsn, tenant_a, victim.asset_ids[2]), pytest.raises(psycopg.errors.QueryCanceled):
         api.delete(victim.flow_id, "timed out")
     assert fingerprint(owner) == before
     assert api.delete(victim.flow_id, "again, unhindered").deleted["assets"] == 6  # and it can be done after
@@ -117,7 +123,7 @@ def test_a_drain_killed_mid_way_loses_no_file(pyflows_role_dsn: Callable[[str], 
             super().remove(uri, **tenant)
             KillingStorage.calls += 1
             if KillingStorage.calls == 2:  # the object is gone; its outcome is not recorded yet
-                owner.execute("select pg_terminate_backend(%s)", (conn.info.backend_pid,))
+                owner.execute("select pg_terminate_backend(%s::integer)", (conn.info.backend_pid,))
 
     with pytest.raises(psycopg.OperationalError):
         drain(Flows(conn), batch=10, lease=timedelta(minutes=5), storages={"file": KillingStorage([tmp_path])})

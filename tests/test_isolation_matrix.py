@@ -218,7 +218,11 @@ def test_no_table_statement_reaches_tenant_a(world: World, owner: psycopg.Connec
                 target, target), (Jsonb(victim[0]),))
             problems.append(f"insert into {table}: tenant A's row was accepted")
         except psycopg.Error as exc:
-            if exc.sqlstate != "42501" and not (exc.sqlstate == "PF422" and victim[0].get("status") == "deleting"):
+            # On Citus an INSERT ... SELECT reaches the shards as a COPY, which PostgreSQL refuses on a
+            # table with row-level security before any row is written (docs/scale-out.md).
+            citus_copy = exc.sqlstate == "0A000" and "COPY FROM not supported with row-level security" in str(exc)
+            if exc.sqlstate != "42501" and not citus_copy and not (
+                    exc.sqlstate == "PF422" and victim[0].get("status") == "deleting"):
                 problems.append(f"insert into {table}: {exc.sqlstate} {exc}")
         conn.rollback()
     assert problems == [], "\n".join(problems)

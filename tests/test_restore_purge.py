@@ -211,7 +211,7 @@ def test_a_killed_purge_resumes_to_one_consistent_event(pyflows_role_dsn: Callab
         if row and row[0] >= 30_000:
             break
         time.sleep(0.05)
-    owner.execute("select pg_terminate_backend(%s)", (pid,))
+    owner.execute("select pg_terminate_backend(%s::integer)", (pid,))
     worker.join(timeout=60)
     assert outcome and isinstance(outcome[0], psycopg.OperationalError)
 
@@ -328,21 +328,25 @@ def test_prune_is_for_admins_and_removes_only_old_events(api: ApiFactory, admin_
         api.root.prune_audit(timedelta(0))
     with pytest.raises(InvalidRequest):
         admin_api.root.prune_audit(timedelta(days=-1))
-    age = owner.execute("select now() - %s", (cutoff_marker,)).fetchone()[0]
+
+    def age() -> timedelta:
+        """The age of the marker, read just before a prune (which takes its own now() as the cutoff's base)."""
+        return owner.execute("select now() - %s", (cutoff_marker,)).fetchone()[0]  # type: ignore[index, no-any-return]
+
     before = everything(owner)
     events_before = owner.execute("select count(*) from pyflows_audit.events").fetchone()
     for actor in ("", "   ", "x" * 201):  # a stated actor must name someone: refused, nothing pruned or recorded
         with pytest.raises(InvalidRequest, match="actor must be a non-empty name"):
-            admin_api.root.prune_audit(age, actor=actor)
+            admin_api.root.prune_audit(age(), actor=actor)
     assert owner.execute("select count(*) from pyflows_audit.events").fetchone() == events_before
     for action, limit, fragment in (("flow.nuke", 10, "action must be"), (None, 0, "limit"), (None, 1001, "limit")):
         with pytest.raises(InvalidRequest, match=fragment):
             admin_api.root.admin_audit_events(action=action, limit=limit)
     with pytest.raises(Forbidden):
         api.root.admin_audit_events()
-    assert admin_api.root.prune_audit(age, dry_run=True).events == 1
+    assert admin_api.root.prune_audit(age(), dry_run=True).events == 1
     assert everything(owner) == before
-    assert admin_api.root.prune_audit(age).events == 1
+    assert admin_api.root.prune_audit(age()).events == 1
     remaining = [r[0] for r in owner.execute("select id from pyflows_audit.events where action <> 'audit.prune'")]
     assert remaining == [new]
     assert owner.execute("select count(*) from pyflows_audit.assets where event_id = %s", (old,)).fetchone() == (0,)

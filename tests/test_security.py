@@ -51,6 +51,8 @@ DEFINER: dict[str, tuple[frozenset[str], str]] = {
         frozenset({"pyflows_app"}), "reads every tenant's events; refuses non-members of pyflows_admin itself"),
     "pyflows_audit._begin_event(text,uuid,text,jsonb,jsonb,boolean,jsonb)": (frozenset(), "called by definers only"),
     "pyflows_audit._open_event(bigint)": (frozenset(), "called by definers only"),
+    "pyflows._engagement_exists(uuid,uuid)": (
+        frozenset({"pyflows_app"}), "says only whether an engagement is a client's, as set_context does"),
     "pyflows_audit._begin_events(text,uuid[],text,jsonb[],jsonb[],boolean,jsonb)": (
         frozenset(), "called by definers only"),
     "pyflows_audit._end_event()": (frozenset(), "called by definers only"),
