@@ -166,6 +166,16 @@ def fresh_copies(conn: Conn, client: uuid.UUID, flow: uuid.UUID, rows: int, runs
     return results
 
 
+def run_audited(conn: Conn, assets: int, runs: int) -> dict[str, Any]:
+    """delete_flow against the unaudited cascade only, on one flow of `assets` assets: the ratio the scale
+    suite puts side by side for one node and a Citus cluster."""
+    client, engagement = tenant(0xA), tenant(0xA1)
+    flow = build_flow(conn, client, engagement, assets)
+    rows = total_rows(conn, client, engagement, flow)
+    results = ratios(interleaved(conn, variants(client, engagement, flow, ("unaudited", "delete_flow")), runs))
+    return {"assets": assets, "rows": rows, "runs": runs, "results": results}
+
+
 def run_delete(conn: Conn, assets: int, runs: int) -> dict[str, Any]:
     """Items 1, 2 and 8: one flow of `assets` assets, every variant."""
     client, engagement = tenant(0xA), tenant(0xA1)

@@ -99,7 +99,8 @@ def suites(args: argparse.Namespace, bench_dsn: str) -> dict[str, tuple[Callable
         "race": (lambda c: race.run(c, bench_dsn, args.race_clients, args.race_seconds), race.markdown),
         "peers": (lambda c: peers.run(c, bench_dsn, args.peer_assets, args.peer_runs), peers.markdown),
         "scale": (lambda c: scale.run(args.dsn, args.citus, args.engagements, args.flows, args.list_calls,
-                                      args.clients, args.contexts, args.seconds), scale.markdown),
+                                      args.clients, args.contexts, args.seconds, args.assets, args.runs),
+                  scale.markdown),
     }
 
 

@@ -8,8 +8,8 @@ overhead (three servers share the same CPUs, and every call crosses from the coo
 the projection to N machines is worked out on paper from these figures, with its assumptions stated,
 in docs/scale-out.md.
 
-The audited delete against the unaudited cascade is not measured on the cluster yet: the audit trail
-is not distributed there (docs/scale-out.md, "Not yet").
+With them, the delete suite's headline ratio on each engine: ``delete_flow`` (audited, archived) against
+the unaudited cascade of the same flow on the same engine, interleaved in rolled-back transactions.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import psycopg
 from pyflows import migrations
 from pyflows.testing import CitusCluster
 
-from . import concurrency, gate
+from . import concurrency, delete, gate
 from .common import BENCH_ROLE, BENCH_ROLE_PASSWORD, app_dsn, describe, environment, ms, scratch_database, table
 
 
@@ -46,26 +46,27 @@ def citus_database(scripts: str) -> Iterator[str]:
 
 
 def _both(dsn: str, engagements: int, flows: int, list_calls: int, clients: int, contexts: int,
-          seconds: float) -> dict[str, Any]:
+          seconds: float, assets: int, runs: int) -> dict[str, Any]:
     login = app_dsn(dsn)
     with psycopg.connect(dsn, autocommit=True) as conn, psycopg.connect(login) as app:
         env = environment(conn)
         started = time.perf_counter()
         gates = gate.run(conn, app, engagements, flows, list_calls)
         load = concurrency.run(conn, login, clients, contexts, seconds)
-        return {"gate": gates, "concurrency": load, "environment": env,
+        audited = delete.run_audited(conn, assets, runs)
+        return {"gate": gates, "concurrency": load, "delete": audited, "environment": env,
                 "wall_seconds": time.perf_counter() - started}
 
 
 def run(dsn: str, scripts: str, engagements: int, flows: int, list_calls: int, clients: int, contexts: int,
-        seconds: float) -> dict[str, Any]:
+        seconds: float, assets: int, runs: int) -> dict[str, Any]:
     with scratch_database(dsn, "single") as single:
-        one = _both(single, engagements, flows, list_calls, clients, contexts, seconds)
+        one = _both(single, engagements, flows, list_calls, clients, contexts, seconds, assets, runs)
     with citus_database(scripts) as distributed:
         with psycopg.connect(distributed) as conn:
             row = conn.execute("select pyflows.layout()").fetchone()
             layout = row[0] if row else None
-        cluster = _both(distributed, engagements, flows, list_calls, clients, contexts, seconds)
+        cluster = _both(distributed, engagements, flows, list_calls, clients, contexts, seconds, assets, runs)
     return {"single": one, "citus": cluster, "layout": layout, "engagements": engagements, "flows": flows,
             "clients": clients, "contexts": contexts, "seconds": seconds}
 
@@ -80,6 +81,7 @@ def markdown(report: dict[str, Any]) -> list[str]:
     fa, fb = one["concurrency"]["flows_per_second"], cluster["concurrency"]["flows_per_second"]
     ca, cb = one["concurrency"]["calls_per_second"], cluster["concurrency"]["calls_per_second"]
     layout = report["layout"] or {}
+    da, db = one["delete"], cluster["delete"]
     return [
         f"### One node and a 3-node Citus cluster on the same machine: {report['engagements']:,} engagements, "
         f"{report['flows']:,} flows; {report['clients']} clients", "",
@@ -97,8 +99,12 @@ def markdown(report: dict[str, Any]) -> list[str]:
                 ["contexts with more than one incomplete flow",
                  one["concurrency"]["contexts_with_more_than_one_incomplete"],
                  cluster["concurrency"]["contexts_with_more_than_one_incomplete"], ""]]), "",
-        "- The audited delete against the unaudited cascade: not measured on Citus yet (the audit trail is not "
-        "distributed there; docs/scale-out.md).",
+        f"The delete suite's ratio on each engine: one flow of {da['assets']:,} assets ({da['rows']:,} rows), "
+        f"{da['runs']} runs of each variant, interleaved, rolled back.", "",
+        *table(["", "unaudited cascade median s", "delete_flow median s", "delete_flow / unaudited"],
+               [[name, f"{d['results']['unaudited']['median']:.3f}", f"{d['results']['delete_flow']['median']:.3f}",
+                 f"{d['results']['delete_flow']['ratio']:.2f}×"] for name, d in (("one node", da), ("Citus", db))]),
+        "",
         f"- Suite wall time: one node {one['wall_seconds']:.0f} s, Citus {cluster['wall_seconds']:.0f} s.",
         f"- The cluster's nodes: {describe(cluster['environment'])} (the test cluster runs with fsync off; "
         "the single node below does not, so the cluster's commits cost it less than they would in production).",

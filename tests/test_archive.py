@@ -15,6 +15,9 @@ from pyflows.models import Tenant
 
 from .helpers import set_raw_context, write_flow_tree
 
+# These hold on Citus as on one server (PYFLOWS_TEST_CITUS, docs/scale-out.md).
+pytestmark = pytest.mark.citus
+
 ARCHIVE = ("clients", "engagements", "discovery_flows", "data_imports", "raw_import_records", "import_field_mappings",
            "assets", "asset_dependencies")
 

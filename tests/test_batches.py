@@ -17,6 +17,9 @@ from pyflows.models import Tenant
 
 from .helpers import fingerprint, set_raw_context
 
+# These hold on Citus as on one server (PYFLOWS_TEST_CITUS, docs/scale-out.md).
+pytestmark = pytest.mark.citus
+
 Connect = Callable[..., psycopg.Connection[Any]]
 ARCHIVE = ("discovery_flows", "data_imports", "raw_import_records", "import_field_mappings", "assets",
            "asset_dependencies")

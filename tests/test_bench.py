@@ -120,4 +120,7 @@ def test_scale_puts_one_node_beside_the_cluster(pyflows_server: ServerInfo, pyfl
         assert report[engine]["gate"]["results"]["flow_gate"]["n"] == 20
         assert report[engine]["concurrency"]["contexts_with_more_than_one_incomplete"] == 0
         assert report[engine]["concurrency"]["start_events"] == report[engine]["concurrency"]["completed"] > 0
+        # the audited delete and the unaudited cascade ran on both engines, on flows of the same size
+        assert report[engine]["delete"]["rows"] > 50 and report[engine]["delete"]["results"]["delete_flow"]["n"] == 1
+    assert report["single"]["delete"]["rows"] == report["citus"]["delete"]["rows"]
     assert "Citus / one" in "\n".join(scale.markdown(report))

@@ -34,7 +34,11 @@ pytestmark = pytest.mark.citus
 DISTRIBUTED = ["pyflows.engagements", "pyflows.discovery_flows", "pyflows.data_imports",
                "pyflows.raw_import_records", "pyflows.import_field_mappings", "pyflows.assets",
                "pyflows.asset_dependencies", "pyflows.file_cleanup_queue"]
-REFERENCE = ["pyflows.clients", "pyflows.phases"]
+# The audit trail beside the rows it records (migration 0015).
+AUDIT_DISTRIBUTED = ["pyflows_audit.events", *(f"pyflows_audit.{t}_chunks" for t in (
+    "clients", "engagements", "discovery_flows", "data_imports", "raw_import_records", "import_field_mappings",
+    "assets", "asset_dependencies"))]
+REFERENCE = ["pyflows.clients", "pyflows.phases", "pyflows_audit.global_events"]
 
 
 def layout(conn: psycopg.Connection[Any]) -> dict[str, Any]:
@@ -50,12 +54,13 @@ def test_layout_is_the_engine_s(owner: psycopg.Connection[Any], pyflows_citus: C
         assert owner.execute("select pyflows._distribute()").fetchone() == ([],)  # nothing to do here
         return
     assert found["engine"] == "citus" and found["workers"] == 2 and found["pending"] == []
-    assert found["tables"] == {**{t: "distributed" for t in DISTRIBUTED}, **{t: "reference" for t in REFERENCE}}
+    assert found["tables"] == {**{t: "distributed" for t in DISTRIBUTED + AUDIT_DISTRIBUTED},
+                               **{t: "reference" for t in REFERENCE}}
     # Distributed by client_id and co-located, so a flow's rows and its cascades stay on one worker.
     rows = owner.execute(
         "select logicalrelid::regclass::text, column_to_column_name(logicalrelid, partkey), colocationid "
-        "from pg_dist_partition where partmethod = 'h' and logicalrelid::regclass::text like 'pyflows.%'").fetchall()
-    assert sorted(r[0] for r in rows) == sorted(DISTRIBUTED)
+        "from pg_dist_partition where partmethod = 'h'").fetchall()
+    assert sorted(r[0] for r in rows) == sorted(DISTRIBUTED + AUDIT_DISTRIBUTED)
     assert {r[1] for r in rows} == {"client_id"} and len({r[2] for r in rows}) == 1
     # Every foreign key and its cascade is back after distributing.
     keys = owner.execute("select conname, confdeltype from pg_constraint where contype = 'f' "
@@ -71,7 +76,7 @@ def test_check_reports_the_layout(pyflows_dsn: str, pyflows_citus: CitusCluster 
     assert report["layout"]["engine"] == ("postgresql" if pyflows_citus is None else "citus")
     text = CliRunner().invoke(cli, ["--dsn", pyflows_dsn, "check"], catch_exceptions=False)
     expected = ("layout   single node (PostgreSQL)" if pyflows_citus is None else
-                "layout   Citus 13.2-1, 2 workers: 8 tables distributed by client_id, 2 reference tables")
+                "layout   Citus 13.2-1, 2 workers: 17 tables distributed by client_id, 3 reference tables")
     assert expected in text.stdout
 
 

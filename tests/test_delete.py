@@ -16,11 +16,14 @@ from psycopg import sql
 
 from pyflows.errors import FlowBusy, FlowNotFound, InvalidRequest, NoContext
 from pyflows.models import Tenant
-from pyflows.testing import bind
+from pyflows.testing import CitusCluster, bind
 
 from .helpers import TENANT_TABLES, count_rows, set_raw_context, write_flow_tree
 from .lifecycle_support import ApiFactory
 from .test_lifecycle import insert_flow
+
+# These hold on Citus as on one server (PYFLOWS_TEST_CITUS, docs/scale-out.md).
+pytestmark = pytest.mark.citus
 
 Connect = Callable[..., psycopg.Connection[Any]]
 AUDIT_TABLES = ("clients", "engagements", "discovery_flows", "data_imports", "raw_import_records",
@@ -56,8 +59,10 @@ shapes = st.fixed_dictionaries({
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(shape=shapes)
 def test_impact_equals_what_delete_flow_removes(pyflows_connect: Connect, tenant_a: Tenant,
-                                                shape: dict[str, Any]) -> None:
-    conn = pyflows_connect("app")
+                                                pyflows_citus: CitusCluster | None, shape: dict[str, Any]) -> None:
+    # On Citus the rows are written by the login delete_flow's owner rights run as: a transaction may
+    # not modify a shard group as two users (docs/scale-out.md); one node writes them as the app.
+    conn = pyflows_connect("app" if pyflows_citus is None else "owner")
     try:
         bind(conn, tenant_a)
         ids = (tenant_a.client_id, tenant_a.engagement_id)
@@ -223,7 +228,8 @@ def test_nowait_refusal_is_immediate(api: ApiFactory, tenant_a: Tenant, owner: p
                                      pyflows_connect: Connect) -> None:
     target = tree(owner, tenant_a, status="paused")
     holder = pyflows_connect("owner")
-    holder.execute("select 1 from pyflows.discovery_flows where id = %s for update", (target.flow_id,))
+    holder.execute("select 1 from pyflows.discovery_flows where client_id = %s and id = %s for update",
+                   (tenant_a.client_id, target.flow_id))
     before = everything(owner)
     started = time.monotonic()
     with pytest.raises(FlowBusy) as caught:
@@ -249,12 +255,14 @@ def test_a_hand_written_delete_is_audited(app_conn: Callable[[Tenant], psycopg.C
     conn.execute("delete from pyflows.discovery_flows where id = %s", (target.flow_id,))
     conn.commit()
     events = owner.execute("select action, flow_id, deleted, statement, actor from pyflows_audit.events "
-                           "order by id").fetchall()
+                           "order by occurred_at, id").fetchall()
     assert [(e[0], e[1]) for e in events] == [("sql.delete", target.flow_id), ("sql.delete", target.flow_id)]
     assert events[0][2] == {"assets": 3, "asset_dependencies": 2}
     assert events[1][2] == {"discovery_flows": 1, "data_imports": 1, "raw_import_records": 3,
                             "import_field_mappings": 2}
-    assert "delete from pyflows.assets" in events[0][3] and events[0][4] == "pytest"
+    # The statement as the server that ran the trigger saw it: on Citus the worker's statement on the
+    # shard ("DELETE FROM pyflows.assets_102171 assets WHERE ...").
+    assert "delete from pyflows.assets" in events[0][3].lower() and events[0][4] == "pytest"
     assert owner.execute("select count(*) from pyflows.file_cleanup_queue").fetchone() == (1,)
 
 
@@ -299,13 +307,19 @@ def test_the_app_role_cannot_write_the_audit(app_conn: Callable[[Tenant], psycop
     "truncate pyflows_audit.assets_chunks",
 ])
 def test_even_the_owner_cannot_change_the_audit(api: ApiFactory, tenant_a: Tenant, owner: psycopg.Connection[Any],
-                                                statement: str) -> None:
+                                                pyflows_citus: CitusCluster | None, statement: str) -> None:
     target = tree(owner, tenant_a, status="paused")
     api(tenant_a).delete(target.flow_id, "cleanup")
     before = everything(owner)
     with pytest.raises(psycopg.Error) as caught:
         owner.execute(statement)
-    assert caught.value.sqlstate == "PF403"
+    # On Citus a write through a view of a distributed table is refused before its INSTEAD OF trigger
+    # runs, with an internal error (docs/scale-out.md); one node's trigger refuses it with PF403.
+    through_view = statement.split()[0] in ("update", "delete") and "chunks" not in statement \
+        and "events" not in statement
+    assert caught.value.sqlstate == "PF403" or (
+        pyflows_citus is not None and through_view and caught.value.sqlstate == "XX000"
+        and "could not find valid entry for shard" in str(caught.value)), caught.value
     assert everything(owner) == before
 
 

@@ -26,6 +26,9 @@ from pyflows.testing import Tenant
 
 from .helpers import fingerprint, write_flow_tree
 
+# These hold on Citus as on one server (PYFLOWS_TEST_CITUS, docs/scale-out.md).
+pytestmark = pytest.mark.citus
+
 
 @contextmanager
 def holding_asset(owner_dsn: str, tenant: Tenant, asset_id: int) -> Iterator[None]:

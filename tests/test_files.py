@@ -18,6 +18,9 @@ from pyflows.models import Tenant
 
 from .helpers import set_raw_context
 
+# These hold on Citus as on one server (PYFLOWS_TEST_CITUS, docs/scale-out.md).
+pytestmark = pytest.mark.citus
+
 Connect = Callable[..., psycopg.Connection[Any]]
 
 

@@ -25,6 +25,9 @@ from pyflows.testing import Tenant
 
 from .helpers import Routine, app_routines, call_routine, fingerprint, write_flow_tree
 
+# These hold on Citus as on one server (PYFLOWS_TEST_CITUS, docs/scale-out.md).
+pytestmark = pytest.mark.citus
+
 BINDERS = {"set_context", "set_session_context", "clear_context"}
 NASTY = ["", " ", "'", "\"", "';--", "'); drop table pyflows.assets; --", "%s", "%(x)s", "$1", "\\", "\\x00",
          "NULL", "null", "∅", "ünïcødé", "🙂", "\u202e", "a" * 5000, "x" * 100_000, "\n\t\r", "<script>", "${x}"]

@@ -24,6 +24,9 @@ from pyflows.testing import Tenant, bind
 
 from .helpers import Routine, app_routines, call_routine, fingerprint, write_flow_tree
 
+# These hold on Citus as on one server (PYFLOWS_TEST_CITUS, docs/scale-out.md).
+pytestmark = pytest.mark.citus
+
 Connect = Callable[..., psycopg.Connection[Any]]
 
 # The routines that bind a context: pyflows_app is trusted to bind the context of the tenant it acts

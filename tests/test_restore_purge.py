@@ -25,6 +25,9 @@ from .lifecycle_support import ApiFactory
 from .test_delete import everything, tree
 from .test_lifecycle import insert_flow
 
+# These hold on Citus as on one server (PYFLOWS_TEST_CITUS, docs/scale-out.md).
+pytestmark = pytest.mark.citus
+
 Connect = Callable[..., psycopg.Connection[Any]]
 
 
