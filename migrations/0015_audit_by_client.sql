@@ -48,8 +48,14 @@ begin
     execute c_current into v_node, v_number;
     if v_number = 0 then
         -- Citus starts a distributed transaction to propagate a LOCK of one of its tables: the
-        -- least a transaction can do to get its number (a read may stay on this node).
-        lock table pyflows.phases in access share mode;
+        -- least a transaction can do to get its number (a read may stay on this node). NOWAIT: only
+        -- DDL on phases (a migration) holds a lock that conflicts, and nothing waits for it.
+        begin
+            lock table pyflows.phases in access share mode nowait;
+        exception when lock_not_available then
+            raise exception 'pyflows'' tables are being changed (a migration runs): try again'
+                using errcode = 'PF423', hint = 'Try again once the migration has committed.';
+        end;
         execute c_current into v_node, v_number;
     end if;
     if v_number = 0 then

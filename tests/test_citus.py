@@ -233,8 +233,8 @@ def test_the_file_queue_drains_across_tenants(owner: psycopg.Connection[Any], te
 
 
 def test_pruning_and_the_admin_listing(pyflows_role_dsn: Callable[[str], str], tenant_a: Tenant) -> None:
-    """prune_audit and admin_list_audit_events across tenants, as an admin login (the audit trail is
-    local to the coordinator on Citus for now: docs/scale-out.md)."""
+    """prune_audit and admin_list_audit_events across tenants, as an admin login (on Citus the prune event
+    is in the reference table global_events, the tenants' events on their workers: docs/scale-out.md)."""
     with psycopg.connect(pyflows_role_dsn("app"), autocommit=True) as conn:
         flow_id = Flows(conn).tenant(tenant_a.client_id, tenant_a.engagement_id, "alice").start("old").flow_id
     with psycopg.connect(pyflows_role_dsn("admin"), autocommit=True) as conn:
@@ -244,6 +244,28 @@ def test_pruning_and_the_admin_listing(pyflows_role_dsn: Callable[[str], str], t
         assert flows.prune_audit(timedelta(0), actor="dba@example.com").events == 1
         assert [(e.action, e.actor) for e in flows.admin_audit_events()] == [("audit.prune", "dba@example.com")]
         assert flows.tenant(tenant_a.client_id, tenant_a.engagement_id).audit_events() == []
+
+
+def test_a_transaction_never_waits_for_its_distributed_number(pyflows_role_dsn: Callable[[str], str],
+                                                              pyflows_dsn: str,
+                                                              owner: psycopg.Connection[Any], tenant_a: Tenant,
+                                                              pyflows_citus: CitusCluster | None) -> None:
+    """A prune in autocommit has no Citus transaction number until _xact() LOCKs pyflows.phases for one:
+    NOWAIT, so while a migration holds that table it is PF423 at once, and nothing is pruned."""
+    if pyflows_citus is None:
+        pytest.skip("on one node _xact() is txid_current() and locks nothing")
+    with psycopg.connect(pyflows_role_dsn("app"), autocommit=True) as conn:
+        Flows(conn).tenant(tenant_a.client_id, tenant_a.engagement_id, "alice").start("old")
+    before = owner.execute("select count(*) from pyflows_audit.events").fetchone()
+    with psycopg.connect(pyflows_dsn) as migration:
+        migration.execute("lock table pyflows.phases in access exclusive mode")
+        with psycopg.connect(pyflows_role_dsn("admin"), autocommit=True) as conn, \
+                pytest.raises(psycopg.Error) as caught:
+            conn.execute("select pyflows.prune_audit(interval '0')")
+        assert caught.value.sqlstate == "PF423", caught.value
+        migration.rollback()
+    assert owner.execute("select count(*) from pyflows_audit.events").fetchone() == before
+    assert owner.execute("select count(*) from pyflows_audit.global_events").fetchone() == (0,)
 
 
 def test_impact_and_safety_read_a_whole_flow(owner: psycopg.Connection[Any], tenant_a: Tenant,
