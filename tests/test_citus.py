@@ -308,3 +308,33 @@ def test_a_migration_waits_for_a_lock_only_as_long_as_its_bound(pyflows_dsn: str
         release.cancel()
         backend.connection.close()
         holder.close()
+
+
+def test_the_delete_triggers_archive_into_the_shard_beside_them(pyflows_dsn: str, owner: psycopg.Connection[Any],
+                                                                tenant_a: Tenant,
+                                                                pyflows_citus: CitusCluster | None) -> None:
+    """On Citus a delete trigger fires on a shard and writes its chunks straight into the archive's shard of
+    the same client, on the same node (migration 0016): _chunk_insert names that shard where it is and
+    refuses on any other node. On one node there is no shard to name."""
+    client = str(tenant_a.client_id)
+    if pyflows_citus is None:
+        with pytest.raises(psycopg.Error, match="no Citus shards on this node") as caught:
+            owner.execute("select pyflows_audit._chunk_insert('assets', %s)", (client,))
+        assert caught.value.sqlstate == "XX000"
+        return
+    shard = owner.execute("select get_shard_id_for_distribution_column('pyflows_audit.assets_chunks', %s::uuid)",
+                          (client,)).fetchone()
+    assert shard is not None
+    dbname = conninfo_to_dict(pyflows_dsn)["dbname"]
+    found = {}
+    for port in (pyflows_citus.port, pyflows_citus.port + 1, pyflows_citus.port + 2):
+        with psycopg.connect(f"host=127.0.0.1 port={port} user=postgres dbname={dbname}", autocommit=True) as node:
+            try:
+                found[port] = node.execute("select pyflows_audit._chunk_insert('assets', %s)", (client,)).fetchone()
+            except psycopg.Error as exc:
+                assert exc.sqlstate == "XX000" and "is not on this node" in str(exc), exc
+                found[port] = None
+    written = [row[0] for row in found.values() if row is not None]
+    assert found[pyflows_citus.port] is None  # the coordinator holds no shard of a distributed table
+    assert written == [f"insert into pyflows_audit.assets_chunks_{shard[0]} (client_id, event_id, row_count, rows) "
+                       "values ($1, $2, $3, $4)"]

@@ -132,10 +132,10 @@ def test_a_failing_migration_leaves_nothing_half_written(blank_dsn: str) -> None
 def test_a_migration_waits_for_a_busy_table_only_as_long_as_lock_timeout(
         blank_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
     migrations.migrate(blank_dsn)
-    # The three newest migrations are pending again: 0013 alters a table (0014 only replaces functions,
-    # 0015 alters tables too, after it).
-    migrations.rollback(blank_dsn, to=MIGRATION_IDS[-4])
-    newest = MIGRATION_IDS[-3]
+    # 0013 and every migration after it are pending again: 0013 alters a table, and fails first.
+    newest = "0013_check_for_every_role"
+    pending = MIGRATION_IDS[MIGRATION_IDS.index(newest):]
+    migrations.rollback(blank_dsn, to=MIGRATION_IDS[MIGRATION_IDS.index(newest) - 1])
     with psycopg.connect(blank_dsn) as reader:
         # A long-running writer holds every table of both schemas (ROW EXCLUSIVE): the pending migration
         # changes one of them and needs a lock that conflicts.
@@ -146,9 +146,9 @@ def test_a_migration_waits_for_a_busy_table_only_as_long_as_lock_timeout(
         monkeypatch.setenv("PGOPTIONS", "-c lock_timeout=200ms")
         with pytest.raises(MigrationError, match=rf"{newest} failed: .*lock timeout"):
             migrations.migrate(blank_dsn)
-        assert migrations.status(blank_dsn).pending == MIGRATION_IDS[-3:]
+        assert migrations.status(blank_dsn).pending == pending
     monkeypatch.delenv("PGOPTIONS")
-    assert migrations.migrate(blank_dsn).applied == MIGRATION_IDS[-3:]
+    assert migrations.migrate(blank_dsn).applied == pending
 
 
 def test_the_runner_bounds_lock_waits_unless_the_session_chose(blank_dsn: str,
@@ -224,9 +224,8 @@ def _archive(dsn: str) -> dict[str, list[str]]:
 
 def test_the_archive_keeps_every_row_through_0009_and_its_rollback(blank_dsn: str) -> None:
     migrations.migrate(blank_dsn)
-    assert migrations.rollback(blank_dsn, to="0008_refuse_truncate") == [
-        "0015_audit_by_client", "0014_flow_rules_on_shards", "0013_check_for_every_role",
-        "0012_delete_trigger_per_table", "0011_one_index_per_lookup", "0010_hardening", "0009_compressed_archive"]
+    assert migrations.rollback(blank_dsn, to="0008_refuse_truncate") == list(reversed(
+        MIGRATION_IDS[MIGRATION_IDS.index("0009_compressed_archive"):]))
     before = _snapshot(blank_dsn)
     with psycopg.connect(blank_dsn) as conn:  # rows archived by the typed tables of 0004
         client, engagement = uuid.uuid4(), uuid.uuid4()
