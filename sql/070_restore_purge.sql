@@ -141,31 +141,41 @@ begin
                 using errcode = 'PF422', detail = json_build_object('flow_id', v_flow_id)::text;
         end;
         v_counts := jsonb_build_object('discovery_flows', 1);
+        -- Each INSERT ... SELECT counts what it inserted through RETURNING: on Citus, which inserts the
+        -- archived rows from the coordinator, an error on a worker (a lock wait past its bound) then
+        -- keeps its SQLSTATE; without RETURNING it comes back as an internal error (XX000).
         foreach v_table in array c_children loop
-            execute format('insert into pyflows.%1$I (%2$s)
-                            select %2$s from (select r.* from pyflows_audit.%3$I as c cross join lateral unnest(c.rows) as r
-                                               where c.client_id = $2 and c.event_id = $1) as a
-                             where a.client_id = $2 and a.engagement_id = $3',
+            execute format('with inserted as (
+                                insert into pyflows.%1$I (%2$s)
+                                select %2$s from (select r.* from pyflows_audit.%3$I as c
+                                                   cross join lateral unnest(c.rows) as r
+                                                   where c.client_id = $2 and c.event_id = $1) as a
+                                 where a.client_id = $2 and a.engagement_id = $3
+                                returning 1)
+                            select count(*) from inserted',
                            v_table, pyflows._column_list(v_table), v_table || '_chunks')
-              using p_event_id, c_client, c_engagement;
-            get diagnostics v_n = row_count;
+              using p_event_id, c_client, c_engagement
+              into v_n;
             v_counts := v_counts || jsonb_build_object(v_table, v_n);
         end loop;
         execute format(
-            'insert into pyflows.asset_dependencies (%1$s)
-             select %1$s from (select r.* from pyflows_audit.asset_dependencies_chunks as c
-                                cross join lateral unnest(c.rows) as r
-                               where c.client_id = $2 and c.event_id = $1) as d
-              where d.client_id = $2 and d.engagement_id = $3
-                and exists (select from pyflows.discovery_flows as f
-                             where f.client_id = $2 and f.engagement_id = $3 and f.id = d.flow_id)
-                and exists (select from pyflows.assets as a
-                             where a.client_id = $2 and a.engagement_id = $3 and a.id = d.source_asset_id)
-                and exists (select from pyflows.assets as a
-                             where a.client_id = $2 and a.engagement_id = $3 and a.id = d.target_asset_id)',
+            'with inserted as (
+                 insert into pyflows.asset_dependencies (%1$s)
+                 select %1$s from (select r.* from pyflows_audit.asset_dependencies_chunks as c
+                                    cross join lateral unnest(c.rows) as r
+                                   where c.client_id = $2 and c.event_id = $1) as d
+                  where d.client_id = $2 and d.engagement_id = $3
+                    and exists (select from pyflows.discovery_flows as f
+                                 where f.client_id = $2 and f.engagement_id = $3 and f.id = d.flow_id)
+                    and exists (select from pyflows.assets as a
+                                 where a.client_id = $2 and a.engagement_id = $3 and a.id = d.source_asset_id)
+                    and exists (select from pyflows.assets as a
+                                 where a.client_id = $2 and a.engagement_id = $3 and a.id = d.target_asset_id)
+                 returning 1)
+             select count(*) from inserted',
             pyflows._column_list('asset_dependencies'))
-          using p_event_id, c_client, c_engagement;
-        get diagnostics v_n = row_count;
+          using p_event_id, c_client, c_engagement
+          into v_n;
         v_counts := v_counts || jsonb_build_object('asset_dependencies', v_n);
     exception when lock_not_available or deadlock_detected then
         perform pyflows._refuse_busy(v_flow_id, 'restored', sqlerrm);
