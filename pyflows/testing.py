@@ -132,8 +132,17 @@ class CitusCluster:
             with psycopg.connect(f"host=127.0.0.1 port={port} user=postgres dbname=postgres", autocommit=True) as conn:
                 _ensure_role(conn, role, password, member_of)
 
-    def dropdb(self, name: str) -> None:
-        self._run("cluster.sh", "dropdb", name)
+    def dropdb(self, name: str, attempts: int = 3) -> None:
+        """Drop ``name`` on every node (WITH (FORCE)). Citus' maintenance daemon may connect to a database
+        again while it is being dropped, which fails the drop: that, and only that, is tried again."""
+        for attempt in range(1, attempts + 1):
+            try:
+                self._run("cluster.sh", "dropdb", name)
+                return
+            except RuntimeError as exc:
+                if attempt == attempts or "is being accessed by other users" not in str(exc):
+                    raise
+                time.sleep(attempt)
 
     def _on_every_node(self, statement: sql.Composed) -> None:
         for port in (self.port, self.port + 1, self.port + 2):
