@@ -1,5 +1,39 @@
--- pyflows 0016 rollback: the delete triggers as migration 0015 made them (every chunk through the
--- distributed chunks table).
+-- pyflows 0016 rollback: the delete triggers and _begin_events as migration 0015 made them (every
+-- chunk through the distributed chunks table; events through INSERT ... SELECT).
+
+-- Open events for an API action in the current tenant context (see migration 0012).
+create or replace function pyflows_audit._begin_events(p_action text, p_flow_ids uuid[], p_reason text,
+                                                       p_impacts jsonb[], p_snapshots jsonb[],
+                                                       p_forced boolean default false, p_details jsonb default '{}')
+returns bigint[]
+language plpgsql
+security definer
+set search_path = pg_catalog, pyflows_audit, pg_temp
+as $$
+declare
+    v_ids  bigint[];
+    v_xact text := pyflows_audit._xact()::text;
+begin
+    with opened as (
+        insert into pyflows_audit.events
+            (action, actor, client_id, engagement_id, flow_id, batch_id, reason, forced, impact, flow_snapshot,
+             statement, details)
+        select p_action, pyflows.current_actor(), pyflows.current_client_id(), pyflows.current_engagement_id(),
+               f.flow_id, nullif(current_setting('pyflows.audit_batch', true), '')::uuid, p_reason, p_forced,
+               f.impact, f.snapshot, current_query(),
+               coalesce(p_details, '{}')
+                 || case when p_action = 'flow.delete' then jsonb_build_object('open_txid', v_xact)
+                         else '{}'::jsonb end
+          from unnest(p_flow_ids, p_impacts, p_snapshots) with ordinality as f(flow_id, impact, snapshot, n)
+         order by f.n
+        returning id)
+    select array_agg(opened.id order by opened.id) into v_ids from opened;
+    if p_action = 'flow.delete' then
+        perform pyflows._set_local('pyflows.audit_open', v_ids[1]::text || ':' || v_ids[cardinality(v_ids)]::text);
+    end if;
+    return v_ids;
+end;
+$$;
 
 -- (Re)create pyflows_audit._on_delete_<p_table>() and the table's audit_delete trigger.
 --
