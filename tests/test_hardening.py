@@ -226,12 +226,21 @@ def forge(conn: psycopg.Connection[Any], audit_event: str) -> None:
         conn.execute(sql.SQL("set local {} = {}").format(sql.Identifier("pyflows", name), sql.Literal(value)))
 
 
-def one_login_per_shard_group(exc: psycopg.Error, citus: CitusCluster | None) -> None:
-    """On Citus a transaction may modify a shard group as one login only: after an API call, whose writes
-    are the owner's, the application login's own DELETE on that tenant is refused (25001), so the attack
-    cannot be made there. On one node it is no error."""
-    assert citus is not None and exc.sqlstate == "25001", exc
-    assert "modified in this transaction by a different user" in str(exc)
+def after_an_api_call(conn: psycopg.Connection[Any], owner: psycopg.Connection[Any],
+                      citus: CitusCluster | None, attack: Callable[[], Any]) -> Any:
+    """Run attack (an API call, then the application login's own DELETE) in one transaction of conn and
+    return what it returns. On Citus a transaction may modify a shard group as one login only: the API
+    call's writes are the owner's, so the login's DELETE on that tenant is refused (25001) and the attack
+    cannot be made there: then None, once nothing is found written."""
+    before = fingerprint(owner)
+    try:
+        with conn.transaction():
+            return attack()
+    except psycopg.Error as exc:
+        assert citus is not None and exc.sqlstate == "25001", exc
+        assert "modified in this transaction by a different user" in str(exc)
+        assert fingerprint(owner) == before
+        return None
 
 
 def events(owner: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
@@ -269,20 +278,19 @@ def test_forged_settings_cannot_hide_a_delete_under_a_lifecycle_event(
         pyflows_citus: CitusCluster | None) -> None:
     target = tree(owner, tenant_a, status="paused")
     conn = pyflows_connect("app")
-    before = fingerprint(owner)
-    try:
-        with conn.transaction():
-            bind(conn, tenant_a)
-            resumed = conn.execute("select pyflows.resume_flow(%s)", (target.flow_id,)).fetchone()[0]
-            resume_event = owner.execute("select coalesce(max(id), 0) + 1 from pyflows_audit.events").fetchone()[0]
-            forge(conn, str(resume_event))
-            conn.execute("delete from pyflows.raw_import_records where client_id = %s and import_id = %s",
-                         (tenant_a.client_id, target.import_id))
-    except psycopg.Error as exc:
-        one_login_per_shard_group(exc, pyflows_citus)
-        assert fingerprint(owner) == before
+
+    def attack() -> Any:
+        bind(conn, tenant_a)
+        resumed = conn.execute("select pyflows.resume_flow(%s)", (target.flow_id,)).fetchone()[0]
+        resume_event = owner.execute("select coalesce(max(id), 0) + 1 from pyflows_audit.events").fetchone()[0]
+        forge(conn, str(resume_event))
+        conn.execute("delete from pyflows.raw_import_records where client_id = %s and import_id = %s",
+                     (tenant_a.client_id, target.import_id))
+        return resumed
+
+    resumed = after_an_api_call(conn, owner, pyflows_citus, attack)
+    if resumed is None:
         return
-    assert pyflows_citus is None
     assert resumed["resumed"]
     rows = events(owner)
     assert [(r[1], r[4]) for r in rows] == [("flow.resume", {}), ("sql.delete", {"raw_import_records": 3})]
@@ -294,19 +302,18 @@ def test_an_event_stays_closed_after_its_api_call(owner: psycopg.Connection[Any]
                                                   pyflows_citus: CitusCluster | None) -> None:
     doomed, other = tree(owner, tenant_a, status="paused"), tree(owner, tenant_a, status="completed")
     conn = pyflows_connect("app")
-    before = fingerprint(owner)
-    try:
-        with conn.transaction():
-            bind(conn, acting(tenant_a, "dba"))
-            deleted = conn.execute("select pyflows.delete_flow(%s, 'x')", (doomed.flow_id,)).fetchone()[0]
-            forge(conn, str(deleted["event_id"]))
-            conn.execute("delete from pyflows.assets where client_id = %s and flow_id = %s",
-                         (tenant_a.client_id, other.flow_id))
-    except psycopg.Error as exc:
-        one_login_per_shard_group(exc, pyflows_citus)
-        assert fingerprint(owner) == before
+
+    def attack() -> Any:
+        bind(conn, acting(tenant_a, "dba"))
+        deleted = conn.execute("select pyflows.delete_flow(%s, 'x')", (doomed.flow_id,)).fetchone()[0]
+        forge(conn, str(deleted["event_id"]))
+        conn.execute("delete from pyflows.assets where client_id = %s and flow_id = %s",
+                     (tenant_a.client_id, other.flow_id))
+        return deleted
+
+    deleted = after_an_api_call(conn, owner, pyflows_citus, attack)
+    if deleted is None:
         return
-    assert pyflows_citus is None
     rows = events(owner)
     assert rows[0][1] == "flow.delete" and rows[0][4] == deleted["deleted"]
     assert [(r[1], r[3], r[4]) for r in rows[1:]] == [("sql.delete", other.flow_id,
