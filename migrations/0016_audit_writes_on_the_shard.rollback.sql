@@ -253,3 +253,5 @@ end;
 $$;
 
 drop function pyflows_audit._chunk_insert(text, uuid);
+
+alter function pyflows_audit._archived_counts(uuid, bigint[]) reset plan_cache_mode;

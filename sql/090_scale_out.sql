@@ -105,6 +105,13 @@ begin
     if not exists (select from pg_catalog.pg_extension where extname = 'citus') then
         return v_done;
     end if;
+    -- Citus routes _archived_counts' query by the bound client: it cannot keep the generic plan that
+    -- migration 0016 gives the function on PostgreSQL (a database moved here from one node has it).
+    if exists (select from pg_catalog.pg_proc as p
+                where p.oid = 'pyflows_audit._archived_counts(uuid, bigint[])'::pg_catalog.regprocedure
+                  and p.proconfig @> array['plan_cache_mode=force_generic_plan']) then
+        alter function pyflows_audit._archived_counts(uuid, bigint[]) reset plan_cache_mode;
+    end if;
     v_pending := pyflows.layout() -> 'pending';
     if jsonb_array_length(v_pending) = 0 then
         return v_done;
