@@ -1,0 +1,247 @@
+"""pyflows over HTTP: a FastAPI router for the flow-management calls, with RFC 9457 problem details.
+
+Install the extra (``pip install 'pyflows[http]'``). Each route is one call of the SQL API through
+:class:`~pyflows.api.AsyncFlows` over an ``AsyncConnectionPool`` of the application login. Who is
+calling (tenant, engagement, actor) is what the :func:`caller` dependency returns: the embedding
+application overrides it with its own authentication, and nothing in a request (a header, a query
+parameter) can name another tenant. Without an override every route is 401.
+
+    pool = AsyncConnectionPool(dsn, open=False)
+    app = FastAPI(lifespan=...)                      # opens and closes the pool
+    pyflows.http.install(app, AsyncFlows(pool))      # the routes, and the problem+json errors
+    app.dependency_overrides[pyflows.http.caller] = my_caller   # returns a pyflows.http.Caller
+
+docs/http-api.md lists the routes, their bodies and their errors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .api import AsyncFlows, AsyncTenantFlows
+from .errors import (
+    FlowBusy,
+    FlowNotFound,
+    Forbidden,
+    IncompleteFlowExists,
+    InvalidRequest,
+    NoContext,
+    PyflowsError,
+)
+from .models import (
+    AuditEvent,
+    BatchItem,
+    DeleteResult,
+    FlowDetails,
+    FlowRow,
+    FlowSummary,
+    Gate,
+    Impact,
+    RestoreResult,
+    ResumeResult,
+    StartedImport,
+)
+
+__all__ = ["Caller", "caller", "router", "install", "PROBLEM_JSON", "STATUS_OF"]
+
+PROBLEM_JSON = "application/problem+json"
+# The HTTP status of each pyflows error class (docs/http-api.md); any other error is a 500 without
+# its text, and the server's log has it.
+STATUS_OF: dict[type[PyflowsError], int] = {
+    NoContext: 401,
+    Forbidden: 403,
+    FlowNotFound: 404,
+    IncompleteFlowExists: 409,
+    InvalidRequest: 422,
+    FlowBusy: 423,
+}
+RETRY_AFTER_SECONDS = 1  # what a 423 (another transaction holds the flow's rows) asks a client to wait
+
+
+@dataclasses.dataclass(frozen=True)
+class Caller:
+    """Who calls: the tenant context every route acts in, and the actor the audit records."""
+
+    client_id: uuid.UUID
+    engagement_id: uuid.UUID
+    actor: str
+
+
+def caller() -> Caller:
+    """The calling tenant and actor. The embedding application overrides this dependency with its own
+    authentication (``app.dependency_overrides[caller] = ...``); until it does, every route is 401."""
+    raise NoContext("no caller: the application has not said how callers are authenticated",
+                    hint="Override pyflows.http.caller with a dependency that returns a pyflows.http.Caller.")
+
+
+def _flows(request: Request) -> AsyncFlows:
+    flows = getattr(request.app.state, "pyflows", None)
+    if not isinstance(flows, AsyncFlows):
+        raise RuntimeError("pyflows.http.install(app, flows) was not called for this application")
+    return flows
+
+
+def _tenant(request: Request, who: Annotated[Caller, Depends(caller)]) -> AsyncTenantFlows:
+    return _flows(request).tenant(who.client_id, who.engagement_id, who.actor)
+
+
+Tenant = Annotated[AsyncTenantFlows, Depends(_tenant)]
+FlowId = uuid.UUID
+
+
+class ImportRequest(BaseModel):
+    filename: str = Field(min_length=1, max_length=1000)
+    storage_uri: str = Field(min_length=1, max_length=2000)
+    byte_size: int = Field(ge=0)
+    name: str | None = Field(default=None, max_length=200, description="the new flow's name (the filename if absent)")
+
+
+class ProgressRequest(BaseModel):
+    phase: str = Field(min_length=1, max_length=100)
+    insight: Any = None
+
+
+class BatchDeleteRequest(BaseModel):
+    flow_ids: list[uuid.UUID] = Field(min_length=1, max_length=10_000)
+    reason: str = Field(min_length=1, max_length=1000)
+    force: bool = False
+    atomic: bool = True
+    dry_run: bool = False
+
+
+router = APIRouter()
+
+
+@router.get("/flows/gate", response_model=Gate, summary="Whether a new import may start here")
+async def gate(flows: Tenant) -> Gate:
+    return await flows.gate()
+
+
+@router.post("/imports", response_model=StartedImport, status_code=201,
+             summary="Start a flow with its first import (409 while the context has an incomplete flow)")
+async def start_import(body: ImportRequest, flows: Tenant) -> StartedImport:
+    return await flows.start_import(body.filename, body.storage_uri, body.byte_size, flow_name=body.name)
+
+
+@router.get("/flows", response_model=list[FlowRow], summary="The context's flows")
+async def list_flows(flows: Tenant, filter: str = "all",
+                     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+                     offset: Annotated[int, Query(ge=0)] = 0) -> list[FlowRow]:
+    return await flows.list_flows(filter, limit, offset)
+
+
+@router.get("/flows/incomplete", response_model=list[FlowRow], summary="The context's incomplete flows")
+async def list_incomplete(flows: Tenant, limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+                          offset: Annotated[int, Query(ge=0)] = 0) -> list[FlowRow]:
+    return await flows.list_incomplete(limit, offset)
+
+
+@router.get("/flows/{flow_id}/details", response_model=FlowDetails, summary="One flow, its phases and imports")
+async def details(flow_id: FlowId, flows: Tenant) -> FlowDetails:
+    return await flows.details(flow_id)
+
+
+@router.post("/flows/{flow_id}/progress", response_model=FlowSummary, summary="Record a completed phase")
+async def progress(flow_id: FlowId, body: ProgressRequest, flows: Tenant) -> FlowSummary:
+    return await flows.record_progress(flow_id, body.phase, body.insight)
+
+
+@router.post("/flows/{flow_id}/resume", response_model=ResumeResult, summary="Resume a paused or failed flow")
+async def resume(flow_id: FlowId, flows: Tenant) -> ResumeResult:
+    return await flows.resume(flow_id)
+
+
+@router.get("/flows/{flow_id}/impact", response_model=Impact, summary="What deleting the flow would remove")
+async def impact(flow_id: FlowId, flows: Tenant) -> Impact:
+    return await flows.deletion_impact(flow_id)
+
+
+@router.delete("/flows/{flow_id}", response_model=DeleteResult,
+               summary="Delete a flow and everything it created, audited and restorable")
+async def delete(flow_id: FlowId, flows: Tenant,
+                 reason: Annotated[str, Query(min_length=1, max_length=1000)],
+                 force: bool = False, dry_run: bool = False) -> DeleteResult:
+    return await flows.delete(flow_id, reason, force=force, dry_run=dry_run)
+
+
+@router.post("/flows/batch-delete", response_model=list[BatchItem],
+             summary="Delete several flows: all or nothing (atomic), or each on its own")
+async def batch_delete(body: BatchDeleteRequest, flows: Tenant) -> list[BatchItem]:
+    return await flows.delete_many(body.flow_ids, body.reason, force=body.force, atomic=body.atomic,
+                                   dry_run=body.dry_run)
+
+
+@router.get("/audit", response_model=list[AuditEvent], summary="The context's audit trail, newest first")
+async def audit(flows: Tenant, flow_id: uuid.UUID | None = None, since: datetime | None = None,
+                limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[AuditEvent]:
+    return await flows.audit_events(flow_id, since, limit)
+
+
+@router.get("/audit/{event_id}", response_model=AuditEvent, summary="One audit event")
+async def audit_event(event_id: int, flows: Tenant) -> AuditEvent:
+    return await flows.audit_event(event_id)
+
+
+@router.post("/audit/{event_id}/restore", response_model=RestoreResult,
+             summary="Put back what a deletion event removed")
+async def restore(event_id: int, flows: Tenant) -> RestoreResult:
+    return await flows.restore(event_id)
+
+
+def problem(status: int, title: str, detail: str | None = None, **extra: Any) -> JSONResponse:
+    """An RFC 9457 problem: type, title, status, detail, and the extension members given."""
+    body = {"type": "about:blank", "title": title, "status": status, **({"detail": detail} if detail else {}),
+            **extra}
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 423 else None
+    return JSONResponse(jsonable_encoder(body), status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def _pyflows_problem(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, PyflowsError)
+    status = next((s for cls, s in STATUS_OF.items() if isinstance(exc, cls)), None)
+    if status is None:
+        return problem(500, "Internal Server Error")
+    extra: dict[str, Any] = {"code": exc.sqlstate}
+    if exc.hint:
+        extra["hint"] = exc.hint
+    if exc.detail:
+        extra["context"] = exc.detail  # the PF error's JSON DETAIL: for a 409, the blocking flow
+    return problem(status, _TITLES[status], exc.message, **extra)
+
+
+def _validation_problem(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+              for e in exc.errors()]
+    return problem(422, "Unprocessable Content", "the request does not match what the route takes",
+                   code="PF422", errors=errors)
+
+
+def _http_problem(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    return problem(exc.status_code, _TITLES.get(exc.status_code, "Error"), str(exc.detail))
+
+
+_TITLES = {401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 409: "Conflict",
+           422: "Unprocessable Content", 423: "Locked", 500: "Internal Server Error"}
+
+
+def install(app: FastAPI, flows: AsyncFlows, prefix: str = "") -> None:
+    """Mount the routes under ``prefix`` and answer errors as problem+json: pyflows' errors with their
+    status (STATUS_OF), a request that does not validate with 422, any other HTTP error in the same
+    shape. ``flows`` serves every request (an AsyncFlows over the application's pool)."""
+    app.state.pyflows = flows
+    app.include_router(router, prefix=prefix)
+    app.add_exception_handler(PyflowsError, _pyflows_problem)
+    app.add_exception_handler(RequestValidationError, _validation_problem)
+    app.add_exception_handler(StarletteHTTPException, _http_problem)

@@ -1,0 +1,166 @@
+"""The HTTP routes (pyflows.http) in process, through FastAPI's TestClient, on the real database as the
+application login: problem+json for every error, the 409 with its blocking flow, 423 with Retry-After,
+validation as 422, and no tenant reaching another's rows whatever it sends."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import psycopg
+import pytest
+
+pytest.importorskip("fastapi")
+
+from fastapi import FastAPI, Header  # noqa: E402
+from fastapi.testclient import TestClient  # noqa: E402
+from psycopg_pool import AsyncConnectionPool  # noqa: E402
+
+from pyflows import http  # noqa: E402
+from pyflows.api import AsyncFlows  # noqa: E402
+from pyflows.models import Tenant  # noqa: E402
+
+from .helpers import fingerprint, write_flow_tree  # noqa: E402
+
+PROBLEM = "application/problem+json"
+
+
+def make_app(dsn: str, tenants: dict[str, Tenant] | None) -> FastAPI:
+    """An application that mounts pyflows' routes over a pool of dsn. Its own authentication (here: a
+    header naming one of `tenants`) is what decides the caller; None: the application configured none."""
+    pool = AsyncConnectionPool(dsn, open=False, min_size=1, max_size=4)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await pool.open()
+        yield
+        await pool.close()
+
+    app = FastAPI(lifespan=lifespan)
+    http.install(app, AsyncFlows(pool))
+    if tenants is not None:
+        def caller(x_tenant: str = Header()) -> http.Caller:
+            tenant = tenants[x_tenant]
+            return http.Caller(tenant.client_id, tenant.engagement_id, f"user of {x_tenant}")
+
+        app.dependency_overrides[http.caller] = caller
+    return app
+
+
+@pytest.fixture
+def client(pyflows_role_dsn: Callable[[str], str], tenant_a: Tenant, tenant_b: Tenant) -> Iterator[TestClient]:
+    with TestClient(make_app(pyflows_role_dsn("app"), {"a": tenant_a, "b": tenant_b})) as c:
+        yield c
+
+
+def is_problem(response: Any, status: int, code: str | None = None) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == PROBLEM
+    body = response.json()
+    assert body["status"] == status and body["title"] and "Traceback" not in response.text
+    if code is not None:
+        assert body["code"] == code, body
+    return dict(body)
+
+
+def test_without_the_applications_authentication_every_route_is_401(pyflows_role_dsn: Callable[[str], str]) -> None:
+    with TestClient(make_app(pyflows_role_dsn("app"), None)) as c:
+        for method, path in (("GET", "/flows/gate"), ("GET", "/flows"), ("POST", "/flows/batch-delete"),
+                             ("DELETE", f"/flows/{uuid.uuid4()}?reason=x")):
+            body = is_problem(c.request(method, path, json={"flow_ids": [str(uuid.uuid4())], "reason": "x"}),
+                              401, "PF401")
+            assert "pyflows.http.caller" in body["hint"]
+
+
+def test_the_upload_gate_and_the_409_that_names_the_blocking_flow(client: TestClient) -> None:
+    a = {"x-tenant": "a"}
+    assert client.get("/flows/gate", headers=a).json()["can_start"] is True
+    started = client.post("/imports", headers=a, json={"filename": "cmdb.csv", "storage_uri": "s3://b/cmdb.csv",
+                                                       "byte_size": 10, "name": "first"})
+    assert started.status_code == 201, started.text
+    flow_id = started.json()["flow_id"]
+    second = is_problem(client.post("/imports", headers=a, json={"filename": "again.csv",
+                                                                 "storage_uri": "s3://b/again.csv", "byte_size": 1}),
+                        409, "PF409")
+    assert second["context"]["flow_id"] == flow_id and second["context"]["status"] == "initialized"
+    assert second["context"]["next_steps"] and second["context"]["actions"]
+    gate = client.get("/flows/gate", headers=a).json()
+    assert gate["can_start"] is False and gate["blocking_flow"]["flow_id"] == flow_id
+    # Another tenant's gate is its own.
+    assert client.get("/flows/gate", headers={"x-tenant": "b"}).json()["can_start"] is True
+    assert [f["flow_id"] for f in client.get("/flows/incomplete", headers=a).json()] == [flow_id]
+
+
+def test_bad_requests_are_422_problems_and_write_nothing(client: TestClient, owner: psycopg.Connection[Any]) -> None:
+    a = {"x-tenant": "a"}
+    before = fingerprint(owner)
+    for method, path, body in (
+            ("POST", "/imports", {"filename": "x.csv", "storage_uri": "s3://b/x.csv", "byte_size": -1}),
+            ("POST", "/imports", {"filename": "", "storage_uri": "s3://b/x.csv", "byte_size": 1}),
+            ("POST", "/imports", None),
+            ("DELETE", f"/flows/{uuid.uuid4()}", None),  # no reason
+            ("DELETE", "/flows/not-a-uuid?reason=x", None),
+            ("GET", "/flows?limit=0", None),
+            ("POST", "/flows/batch-delete", {"flow_ids": [], "reason": "x"}),
+            ("GET", "/audit/not-a-number", None)):
+        problem = is_problem(client.request(method, path, headers=a, json=body), 422, "PF422")
+        assert problem["errors"], problem
+    # What the SQL API refuses is 422 too, with its message.
+    refused = is_problem(client.post("/imports", headers=a, json={"filename": "x.csv", "storage_uri": "file:///../x",
+                                                                  "byte_size": 1}), 422, "PF422")
+    assert refused["detail"]
+    assert fingerprint(owner) == before
+
+
+def test_no_tenant_reaches_another_tenants_flow(client: TestClient, owner: psycopg.Connection[Any],
+                                                tenant_a: Tenant) -> None:
+    with owner.transaction():
+        tree = write_flow_tree(owner, tenant_a, status="paused")
+    b = {"x-tenant": "b"}
+    before = fingerprint(owner)
+    for method, path, body in (
+            ("GET", f"/flows/{tree.flow_id}/details", None), ("GET", f"/flows/{tree.flow_id}/impact", None),
+            ("POST", f"/flows/{tree.flow_id}/resume", None),
+            ("POST", f"/flows/{tree.flow_id}/progress", {"phase": "data_import"}),
+            ("DELETE", f"/flows/{tree.flow_id}?reason=not+mine&force=true", None)):
+        is_problem(client.request(method, path, headers=b, json=body), 404, "PF404")
+    batch = client.post("/flows/batch-delete", headers=b, json={"flow_ids": [str(tree.flow_id)], "reason": "x",
+                                                                "force": True})
+    is_problem(batch, 404, "PF404")
+    assert client.get("/flows", headers=b).json() == [] and client.get("/audit", headers=b).json() == []
+    assert fingerprint(owner) == before
+
+
+def test_delete_audit_and_restore(client: TestClient, owner: psycopg.Connection[Any], tenant_a: Tenant) -> None:
+    with owner.transaction():
+        tree = write_flow_tree(owner, tenant_a, status="paused", records=4, assets=3)
+    a = {"x-tenant": "a"}
+    impact = client.get(f"/flows/{tree.flow_id}/impact", headers=a).json()
+    dry = client.delete(f"/flows/{tree.flow_id}?reason=try&dry_run=true", headers=a).json()
+    assert dry["dry_run"] is True and dry["deleted"] == impact["counts"]
+    deleted = client.delete(f"/flows/{tree.flow_id}?reason=obsolete+import", headers=a)
+    assert deleted.status_code == 200, deleted.text
+    event_id = deleted.json()["event_id"]
+    assert deleted.json()["deleted"] == impact["counts"]
+    is_problem(client.get(f"/flows/{tree.flow_id}/details", headers=a), 404, "PF404")
+    event = client.get(f"/audit/{event_id}", headers=a).json()
+    assert event["action"] == "flow.delete" and event["actor"] == "user of a" and event["reason"] == "obsolete import"
+    assert [e["event_id"] for e in client.get("/audit", headers=a).json()] == [event_id]
+    is_problem(client.get(f"/audit/{event_id}", headers={"x-tenant": "b"}), 404, "PF404")
+    restored = client.post(f"/audit/{event_id}/restore", headers=a)
+    assert restored.status_code == 200 and restored.json()["restored"] == impact["counts"]
+    assert client.get(f"/flows/{tree.flow_id}/details", headers=a).json()["flow"]["flow_id"] == str(tree.flow_id)
+
+
+def test_a_busy_flow_is_423_with_retry_after(client: TestClient, owner: psycopg.Connection[Any], tenant_a: Tenant,
+                                             pyflows_dsn: str) -> None:
+    with owner.transaction():
+        tree = write_flow_tree(owner, tenant_a, status="paused")
+    with psycopg.connect(pyflows_dsn) as holder:
+        holder.execute("select 1 from pyflows.discovery_flows where client_id = %s and id = %s for update",
+                       (tenant_a.client_id, tree.flow_id))
+        busy = client.delete(f"/flows/{tree.flow_id}?reason=x", headers={"x-tenant": "a"})
+        is_problem(busy, 423, "PF423")
+        assert busy.headers["retry-after"] == str(http.RETRY_AFTER_SECONDS)
