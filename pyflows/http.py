@@ -11,20 +11,25 @@ parameter) can name another tenant. Without an override every route is 401.
     pyflows.http.install(app, AsyncFlows(pool))      # the routes, and the problem+json errors
     app.dependency_overrides[pyflows.http.caller] = my_caller   # returns a pyflows.http.Caller
 
-docs/http-api.md lists the routes, their bodies and their errors.
+`pyflows serve` runs :func:`create_app`: the same routes at the root, callers authenticated by bearer
+JWTs (:class:`JWTCaller`). docs/http-api.md lists the routes, their bodies and their errors.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import uuid
-from datetime import datetime
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Query, Request
+import jwt
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -39,6 +44,7 @@ from .errors import (
     PyflowsError,
 )
 from .models import (
+    AdminFlowRow,
     AuditEvent,
     BatchItem,
     DeleteResult,
@@ -52,7 +58,8 @@ from .models import (
     StartedImport,
 )
 
-__all__ = ["Caller", "caller", "router", "install", "PROBLEM_JSON", "STATUS_OF"]
+__all__ = ["Caller", "caller", "router", "admin_router", "install", "create_app", "JWTCaller", "PROBLEM_JSON",
+           "STATUS_OF"]
 
 PROBLEM_JSON = "application/problem+json"
 # The HTTP status of each pyflows error class (docs/http-api.md); any other error is a 500 without
@@ -75,6 +82,7 @@ class Caller:
     client_id: uuid.UUID
     engagement_id: uuid.UUID
     actor: str
+    admin: bool = False  # may use the admin routes (across tenants), with the admin login's pool
 
 
 def caller() -> Caller:
@@ -198,11 +206,32 @@ async def restore(event_id: int, flows: Tenant) -> RestoreResult:
     return await flows.restore(event_id)
 
 
+admin_router = APIRouter()
+
+
+def _admin(request: Request, who: Annotated[Caller, Depends(caller)]) -> AsyncFlows:
+    if not who.admin:
+        raise Forbidden("the admin routes are for admin callers")
+    flows = getattr(request.app.state, "pyflows_admin", None)
+    if not isinstance(flows, AsyncFlows):
+        raise Forbidden("this application has no admin login: the admin routes are off",
+                        hint="Give install() (or pyflows serve --admin-dsn) a pool of a pyflows_admin login.")
+    return flows
+
+
+@admin_router.get("/admin/flows/incomplete", response_model=list[AdminFlowRow],
+                  summary="Incomplete flows of every tenant, idle at least idle_for (admins)")
+async def admin_incomplete(flows: Annotated[AsyncFlows, Depends(_admin)],
+                           idle_for: timedelta | None = None) -> list[AdminFlowRow]:
+    return await flows.admin_list_incomplete(idle_for)
+
+
 def problem(status: int, title: str, detail: str | None = None, **extra: Any) -> JSONResponse:
     """An RFC 9457 problem: type, title, status, detail, and the extension members given."""
     body = {"type": "about:blank", "title": title, "status": status, **({"detail": detail} if detail else {}),
             **extra}
-    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 423 else None
+    headers = ({"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 423
+               else {"WWW-Authenticate": "Bearer"} if status == 401 else None)
     return JSONResponse(jsonable_encoder(body), status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
@@ -236,12 +265,76 @@ _TITLES = {401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method
            422: "Unprocessable Content", 423: "Locked", 500: "Internal Server Error"}
 
 
-def install(app: FastAPI, flows: AsyncFlows, prefix: str = "") -> None:
+def install(app: FastAPI, flows: AsyncFlows, prefix: str = "", admin: AsyncFlows | None = None) -> None:
     """Mount the routes under ``prefix`` and answer errors as problem+json: pyflows' errors with their
     status (STATUS_OF), a request that does not validate with 422, any other HTTP error in the same
-    shape. ``flows`` serves every request (an AsyncFlows over the application's pool)."""
+    shape. ``flows`` serves every request (an AsyncFlows over the application login's pool); ``admin``,
+    over a pool of a pyflows_admin login, serves the admin routes to callers with ``admin`` set (403
+    without it)."""
     app.state.pyflows = flows
+    app.state.pyflows_admin = admin
     app.include_router(router, prefix=prefix)
+    app.include_router(admin_router, prefix=prefix)
     app.add_exception_handler(PyflowsError, _pyflows_problem)
     app.add_exception_handler(RequestValidationError, _validation_problem)
     app.add_exception_handler(StarletteHTTPException, _http_problem)
+
+
+# What a public key may sign with: never HMAC (a public key used as a shared secret would let anyone
+# who has it sign), never "none".
+ASYMMETRIC = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
+
+
+class JWTCaller:
+    """The caller from a bearer JWT: an HS256 ``secret``, or a ``public_key`` (PEM) for RS/PS/ES/EdDSA.
+    Claims: ``client_id`` and ``engagement_id`` (UUIDs), ``sub`` (the actor), ``exp`` if present (checked),
+    ``pyflows_admin: true`` for the admin routes. A missing, malformed, badly signed or expired token is
+    401."""
+
+    def __init__(self, secret: str | None = None, public_key: str | None = None) -> None:
+        if bool(secret) == bool(public_key):
+            raise ValueError("give an HS256 secret or a public key, one of them")
+        self.key: str = secret or public_key or ""
+        self.algorithms = ["HS256"] if secret else ASYMMETRIC
+
+    def __call__(self, authorization: Annotated[str | None, Header()] = None) -> Caller:
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise NoContext("a bearer token is required (Authorization: Bearer <JWT>)")
+        try:
+            claims = jwt.decode(token.strip(), self.key, algorithms=self.algorithms,
+                                options={"require": ["sub", "client_id", "engagement_id"]})
+            who = Caller(uuid.UUID(str(claims["client_id"])), uuid.UUID(str(claims["engagement_id"])),
+                         str(claims["sub"]), claims.get("pyflows_admin") is True)
+        except (jwt.PyJWTError, ValueError) as exc:
+            raise NoContext(f"the bearer token was refused: {exc}") from exc
+        if not who.actor.strip():
+            raise NoContext("the bearer token was refused: its sub (the actor) is empty")
+        return who
+
+
+def create_app(dsn: str, authenticate: Callable[..., Caller], admin_dsn: str | None = None,
+               pool_size: int = 10) -> FastAPI:
+    """The standalone application (``pyflows serve``): the routes at the root over a pool of ``dsn`` (the
+    application login), callers from ``authenticate`` (a dependency, e.g. a JWTCaller), the admin
+    routes over a pool of ``admin_dsn`` when given."""
+    pool = AsyncConnectionPool(dsn, open=False, min_size=1, max_size=pool_size, name="pyflows-http")
+    admin_pool = (AsyncConnectionPool(admin_dsn, open=False, min_size=1, max_size=2, name="pyflows-http-admin")
+                  if admin_dsn else None)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await pool.open(wait=True, timeout=30)
+        if admin_pool is not None:
+            await admin_pool.open(wait=True, timeout=30)
+        try:
+            yield
+        finally:
+            await pool.close()
+            if admin_pool is not None:
+                await admin_pool.close()
+
+    app = FastAPI(title="pyflows", lifespan=lifespan)
+    install(app, AsyncFlows(pool), admin=None if admin_pool is None else AsyncFlows(admin_pool))
+    app.dependency_overrides[caller] = authenticate
+    return app

@@ -4,6 +4,14 @@ validation as 422, and no tenant reaching another's rows whatever it sends."""
 
 from __future__ import annotations
 
+import base64
+import hmac
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -14,12 +22,16 @@ import pytest
 
 pytest.importorskip("fastapi")
 
+import httpx  # noqa: E402
+import jwt  # noqa: E402
+from click.testing import CliRunner  # noqa: E402
 from fastapi import FastAPI, Header  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 from psycopg_pool import AsyncConnectionPool  # noqa: E402
 
 from pyflows import http  # noqa: E402
 from pyflows.api import AsyncFlows  # noqa: E402
+from pyflows.cli import cli  # noqa: E402
 from pyflows.models import Tenant  # noqa: E402
 
 from .helpers import fingerprint, write_flow_tree  # noqa: E402
@@ -164,3 +176,144 @@ def test_a_busy_flow_is_423_with_retry_after(client: TestClient, owner: psycopg.
         busy = client.delete(f"/flows/{tree.flow_id}?reason=x", headers={"x-tenant": "a"})
         is_problem(busy, 423, "PF423")
         assert busy.headers["retry-after"] == str(http.RETRY_AFTER_SECONDS)
+
+
+# ---- pyflows serve: the standalone application, callers from bearer JWTs ----------------------------------
+
+SECRET = "s" * 40
+
+
+def token(tenant: Tenant, *, key: str = SECRET, algorithm: str = "HS256", **claims: Any) -> str:
+    payload = {"client_id": str(tenant.client_id), "engagement_id": str(tenant.engagement_id), "sub": "alice",
+               "exp": int(time.time()) + 300, **claims}
+    return jwt.encode({k: v for k, v in payload.items() if v is not None}, key, algorithm=algorithm)
+
+
+def bearer(value: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {value}"}
+
+
+@pytest.fixture
+def served(pyflows_role_dsn: Callable[[str], str]) -> Iterator[TestClient]:
+    app = http.create_app(pyflows_role_dsn("app"), http.JWTCaller(SECRET), admin_dsn=pyflows_role_dsn("admin"))
+    with TestClient(app) as c:
+        yield c
+
+
+def test_only_a_valid_token_reaches_the_routes(served: TestClient, tenant_a: Tenant) -> None:
+    assert served.get("/flows/gate", headers=bearer(token(tenant_a))).json()["can_start"] is True
+    forged = jwt.encode({"client_id": str(tenant_a.client_id), "engagement_id": str(tenant_a.engagement_id),
+                         "sub": "mallory"}, "another secret of forty bytes, not ours!", algorithm="HS256")
+    unsigned = jwt.encode({"client_id": str(tenant_a.client_id), "engagement_id": str(tenant_a.engagement_id),
+                           "sub": "mallory"}, None, algorithm="none")
+    for headers in ({}, {"Authorization": "Basic YWxpY2U6cHc="}, bearer(""), bearer("not.a.jwt"), bearer(forged),
+                    bearer(unsigned), bearer(token(tenant_a, exp=int(time.time()) - 10)),
+                    bearer(token(tenant_a, client_id="not-a-uuid")), bearer(token(tenant_a, sub=None)),
+                    bearer(token(tenant_a, engagement_id=None)), bearer(token(tenant_a, sub=" "))):
+        response = served.get("/flows/gate", headers=headers)
+        is_problem(response, 401, "PF401")
+        assert response.headers["www-authenticate"] == "Bearer"
+
+
+def test_a_token_reaches_its_own_tenant_only(served: TestClient, owner: psycopg.Connection[Any], tenant_a: Tenant,
+                                             tenant_b: Tenant) -> None:
+    with owner.transaction():
+        tree = write_flow_tree(owner, tenant_a, status="paused")
+    b = bearer(token(tenant_b))
+    is_problem(served.get(f"/flows/{tree.flow_id}/details", headers=b), 404, "PF404")
+    is_problem(served.delete(f"/flows/{tree.flow_id}?reason=x&force=true", headers=b), 404, "PF404")
+    assert served.get(f"/flows/{tree.flow_id}/details", headers=bearer(token(tenant_a))).status_code == 200
+
+
+def test_the_admin_routes_need_an_admin_token(served: TestClient, owner: psycopg.Connection[Any],
+                                              tenant_a: Tenant, tenant_b: Tenant,
+                                              pyflows_role_dsn: Callable[[str], str]) -> None:
+    with owner.transaction():
+        a_flow = write_flow_tree(owner, tenant_a, status="paused")
+        b_flow = write_flow_tree(owner, tenant_b, status="running")
+    is_problem(served.get("/admin/flows/incomplete", headers=bearer(token(tenant_a))), 403, "PF403")
+    is_problem(served.get("/admin/flows/incomplete", headers=bearer(token(tenant_a, pyflows_admin="true"))),
+               403, "PF403")  # only the JSON true
+    rows = served.get("/admin/flows/incomplete", headers=bearer(token(tenant_a, pyflows_admin=True))).json()
+    assert {r["flow_id"] for r in rows} == {str(a_flow.flow_id), str(b_flow.flow_id)}
+    idle = served.get("/admin/flows/incomplete?idle_for=PT1H", headers=bearer(token(tenant_a, pyflows_admin=True)))
+    assert idle.status_code == 200 and idle.json() == []
+    is_problem(served.get("/admin/flows/incomplete?idle_for=soon", headers=bearer(token(tenant_a, pyflows_admin=True))),
+               422, "PF422")
+    # Without an admin login configured, the admin routes are off for everyone.
+    with TestClient(http.create_app(pyflows_role_dsn("app"), http.JWTCaller(SECRET))) as plain:
+        body = is_problem(plain.get("/admin/flows/incomplete", headers=bearer(token(tenant_a, pyflows_admin=True))),
+                          403, "PF403")
+        assert "no admin login" in body["detail"]
+
+
+def test_a_public_key_checks_asymmetric_tokens_and_never_hmac(pyflows_role_dsn: Callable[[str], str],
+                                                              tenant_a: Tenant) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    private = ec.generate_private_key(ec.SECP256R1())
+    public_pem = private.public_key().public_bytes(serialization.Encoding.PEM,
+                                                   serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    app = http.create_app(pyflows_role_dsn("app"), http.JWTCaller(public_key=public_pem))
+    with TestClient(app) as c:
+        assert c.get("/flows/gate", headers=bearer(token(tenant_a, key=private, algorithm="ES256"))).status_code == 200
+        # The public key used as an HMAC secret (the algorithm-confusion attack) is refused: a token
+        # signed with HS256 and the public PEM as its key, made by hand (PyJWT will not make one).
+        def b64(data: bytes) -> str:
+            return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+        signing_input = ".".join(b64(json.dumps(part).encode()) for part in (
+            {"alg": "HS256", "typ": "JWT"},
+            {"client_id": str(tenant_a.client_id), "engagement_id": str(tenant_a.engagement_id), "sub": "mallory"}))
+        forged = signing_input + "." + b64(hmac.new(public_pem.encode(), signing_input.encode(), "sha256").digest())
+        is_problem(c.get("/flows/gate", headers=bearer(forged)), 401, "PF401")
+
+
+def test_serve_refuses_to_start_without_a_key(pyflows_role_dsn: Callable[[str], str]) -> None:
+    runner = CliRunner()
+    env = {"PYFLOWS_JWT_SECRET": None, "PYFLOWS_JWT_PUBLIC_KEY": None}
+    for extra, message in (({}, "no key to check callers' tokens with"),
+                           ({"PYFLOWS_JWT_SECRET": "short"}, "shorter than 32 bytes"),
+                           ({"PYFLOWS_JWT_SECRET": SECRET, "PYFLOWS_JWT_PUBLIC_KEY": "x"}, "both set"),
+                           ({"PYFLOWS_JWT_PUBLIC_KEY": "/nonexistent/key.pem"}, "neither a PEM public key")):
+        result = runner.invoke(cli, ["--dsn", pyflows_role_dsn("app"), "serve"], env={**env, **extra})
+        assert result.exit_code == 2 and message in result.stderr, result.output
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_pyflows_serve_end_to_end(pyflows_role_dsn: Callable[[str], str], tenant_a: Tenant, tenant_b: Tenant) -> None:
+    """A real server process (uvicorn on 127.0.0.1) and a real HTTP client: start an import as tenant A, the
+    409 for a second, B's own gate open."""
+    port = free_port()
+    env = {**os.environ, "PYFLOWS_JWT_SECRET": SECRET}
+    env.pop("PYFLOWS_JWT_PUBLIC_KEY", None)
+    server = subprocess.Popen([sys.executable, "-m", "pyflows", "--dsn", pyflows_role_dsn("app"), "serve",
+                               "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(100):
+            try:
+                httpx.get(f"{base}/openapi.json", timeout=1)
+                break
+            except httpx.TransportError:
+                assert server.poll() is None, server.stdout.read() if server.stdout else ""
+                time.sleep(0.1)
+        a, b = bearer(token(tenant_a)), bearer(token(tenant_b))
+        body = {"filename": "cmdb.csv", "storage_uri": "s3://bucket/cmdb.csv", "byte_size": 3}
+        started = httpx.post(f"{base}/imports", headers=a, json=body)
+        assert started.status_code == 201, started.text
+        conflict = httpx.post(f"{base}/imports", headers=a, json=body)
+        assert conflict.status_code == 409 and conflict.headers["content-type"] == PROBLEM
+        assert conflict.json()["context"]["flow_id"] == started.json()["flow_id"]
+        assert httpx.get(f"{base}/flows/gate", headers=b).json()["can_start"] is True
+        assert httpx.get(f"{base}/flows/gate").status_code == 401
+    finally:
+        server.terminate()
+        server.wait(timeout=20)

@@ -8,7 +8,7 @@ import click
 from click.core import ParameterSource
 
 from .. import __version__
-from . import audit, files, flows, schema, server, tenants
+from . import audit, files, flows, schema, serve, server, tenants
 from .base import Group, Target
 
 
@@ -35,7 +35,7 @@ def cli(ctx: click.Context, dsn: str | None, use_embedded: bool, data_dir: Path 
 
 
 for command in (schema.migrate, schema.rollback, schema.check, server.demo, server.embedded_group, tenants.tenants,
-                flows.flows, audit.audit, files.files):
+                flows.flows, audit.audit, files.files, serve.serve):
     cli.add_command(command)
 
 

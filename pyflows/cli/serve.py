@@ -1,0 +1,53 @@
+"""``pyflows serve``: the HTTP API (pyflows.http) as a server of its own, callers authenticated by JWT."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from .base import Exit, Target, fail
+
+
+def _public_key(value: str) -> str:
+    """PYFLOWS_JWT_PUBLIC_KEY: the PEM itself, or the path of a file holding it."""
+    if value.lstrip().startswith("-----BEGIN"):
+        return value
+    path = Path(value)
+    if not path.is_file():
+        fail(f"PYFLOWS_JWT_PUBLIC_KEY is neither a PEM public key nor a file: {value!r}", Exit.USAGE)
+    return path.read_text()
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (give 0.0.0.0 to listen on every interface).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535), help="Port to listen on.")
+@click.option("--admin-dsn", envvar="PYFLOWS_ADMIN_DSN", metavar="DSN",
+              help="A pyflows_admin login for the admin routes (default: $PYFLOWS_ADMIN_DSN; none: routes off).")
+@click.pass_obj
+def serve(target: Target, host: str, port: int, admin_dsn: str | None) -> None:
+    """Serve the HTTP API (docs/http-api.md) over the database's application login. Callers send a bearer JWT:
+    signed with the HS256 secret in $PYFLOWS_JWT_SECRET, or with the private key of the public key (PEM, or a
+    file) in $PYFLOWS_JWT_PUBLIC_KEY; claims client_id, engagement_id, sub (the actor), exp, and pyflows_admin
+    for the admin routes. Refuses to start without a key. Needs the http extra: pip install 'pyflows[http]'."""
+    try:
+        import uvicorn
+
+        from .. import http
+    except ImportError as exc:
+        fail(f"pyflows serve needs the http extra (pip install 'pyflows[http]'): {exc}", Exit.USAGE)
+    secret = os.environ.get("PYFLOWS_JWT_SECRET") or None
+    public_key = os.environ.get("PYFLOWS_JWT_PUBLIC_KEY") or None
+    if not secret and not public_key:
+        fail("no key to check callers' tokens with: set PYFLOWS_JWT_SECRET (HS256) or PYFLOWS_JWT_PUBLIC_KEY (PEM); "
+             "pyflows serve does not start without one", Exit.USAGE)
+    if secret and public_key:
+        fail("PYFLOWS_JWT_SECRET and PYFLOWS_JWT_PUBLIC_KEY are both set: give one", Exit.USAGE)
+    if secret and len(secret.encode()) < 32:
+        fail("PYFLOWS_JWT_SECRET is shorter than 32 bytes: too short for HS256", Exit.USAGE)
+    authenticate = http.JWTCaller(secret, _public_key(public_key) if public_key else None)
+    dsn = target.resolve()
+    target.announce()
+    uvicorn.run(http.create_app(dsn, authenticate, admin_dsn), host=host, port=port, log_level="info")
