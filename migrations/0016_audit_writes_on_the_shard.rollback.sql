@@ -255,3 +255,5 @@ $$;
 drop function pyflows_audit._chunk_insert(text, uuid);
 
 alter function pyflows_audit._archived_counts(uuid, bigint[]) reset plan_cache_mode;
+drop index pyflows_audit.events_occurred;
+drop index pyflows.discovery_flows_deleting;

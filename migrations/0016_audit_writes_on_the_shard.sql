@@ -19,6 +19,9 @@
 -- PostgreSQL estimated its generic plan for ten events and planned it again on every call, about a
 -- tenth of a millisecond of a small delete_flow. Citus cannot run a generic plan of it (it routes by
 -- the bound client): there pyflows._distribute() takes the setting away.
+--
+-- Two indexes for pyflows.admin_metrics() (what a monitoring system reads across tenants): the flows
+-- being purged ('deleting', few) by when they were marked, and the audit events by time.
 -- depends: 0015_audit_by_client
 
 -- The INSERT of one archive chunk of p_table (parameters: client, event, row count, rows) into the
@@ -353,3 +356,6 @@ begin
     end if;
 end;
 $$;
+
+create index discovery_flows_deleting on pyflows.discovery_flows (updated_at) where status = 'deleting';
+create index events_occurred on pyflows_audit.events (occurred_at);

@@ -42,6 +42,7 @@ from .models import (
     Heartbeat,
     Impact,
     LoadResult,
+    Metrics,
     NewClient,
     NewEngagement,
     PruneResult,
@@ -164,6 +165,10 @@ def _resume(flow_id: uuid.UUID) -> _Call[ResumeResult]:
 
 def _admin_list_incomplete(idle_for: timedelta | None) -> _Call[list[AdminFlowRow]]:
     return _Call("admin_list_incomplete_flows", {"idle_for": idle_for}, _each(AdminFlowRow))
+
+
+def _admin_metrics() -> _Call[Metrics]:
+    return _Call("admin_metrics", {}, _one(Metrics))
 
 
 def _impact(flow_id: uuid.UUID) -> _Call[Impact]:
@@ -395,6 +400,10 @@ class Flows:
         """Incomplete flows of every tenant (members of pyflows_admin only, Forbidden otherwise)."""
         return self._run(_admin_list_incomplete(idle_for), None)
 
+    def admin_metrics(self) -> Metrics:
+        """What a monitoring system watches, across tenants (members of pyflows_admin only)."""
+        return self._run(_admin_metrics(), None)
+
     def _purge(self, tenant: Tenant, params: dict[str, Any],
                handler: Callable[[psycopg.errors.Diagnostic], None]) -> AuditEvent:
         with self._connection() as conn, wrap_errors():
@@ -597,6 +606,9 @@ class AsyncFlows:
 
     async def admin_list_incomplete(self, idle_for: timedelta | None = None) -> list[AdminFlowRow]:
         return await self._run(_admin_list_incomplete(idle_for), None)
+
+    async def admin_metrics(self) -> Metrics:
+        return await self._run(_admin_metrics(), None)
 
     async def _purge(self, tenant: Tenant, params: dict[str, Any],
                      handler: Callable[[psycopg.errors.Diagnostic], None]) -> AuditEvent:

@@ -28,7 +28,10 @@ import jwt
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -53,6 +56,7 @@ from .models import (
     FlowSummary,
     Gate,
     Impact,
+    Metrics,
     RestoreResult,
     ResumeResult,
     StartedImport,
@@ -224,6 +228,49 @@ def _admin(request: Request, who: Annotated[Caller, Depends(caller)]) -> AsyncFl
 async def admin_incomplete(flows: Annotated[AsyncFlows, Depends(_admin)],
                            idle_for: timedelta | None = None) -> list[AdminFlowRow]:
     return await flows.admin_list_incomplete(idle_for)
+
+
+class _Snapshot(Collector):
+    """One scrape's figures, from one call of pyflows.admin_metrics(), as Prometheus gauges."""
+
+    def __init__(self, m: Metrics) -> None:
+        self.m = m
+
+    def collect(self) -> Any:
+        m = self.m
+        by_status = GaugeMetricFamily("pyflows_incomplete_flows", "Incomplete flows, by status.", labels=["status"])
+        for status, n in sorted(m.incomplete_flows.items()):
+            by_status.add_metric([status], n)
+        yield by_status
+        for name, text, value in (
+                ("pyflows_idle_flows", "Incomplete flows with no activity for longer than the active lease.",
+                 m.idle_flows),
+                ("pyflows_oldest_idle_flow_seconds", "How long the longest-idle of them has been idle.",
+                 m.oldest_idle_seconds),
+                ("pyflows_active_lease_seconds", "The active lease (pyflows.active_lease).", m.active_lease_seconds),
+                ("pyflows_file_cleanup_pending", "Stored files queued for removal, not removed yet.",
+                 m.file_cleanup_pending),
+                ("pyflows_file_cleanup_failed", "Of those, the ones an earlier removal failed for.",
+                 m.file_cleanup_failed),
+                ("pyflows_file_cleanup_oldest_seconds", "Age of the oldest pending removal.",
+                 m.file_cleanup_oldest_seconds),
+                ("pyflows_purges_running", "Flows being purged (status deleting).", m.purges_running),
+                ("pyflows_oldest_purge_seconds", "How long the oldest running purge has run.",
+                 m.oldest_purge_seconds)):
+            yield GaugeMetricFamily(name, text, value=float(value))
+        events = GaugeMetricFamily("pyflows_audit_events_last_day", "Audit events of the last 24 hours, by action.",
+                                   labels=["action"])
+        for action, n in sorted(m.audit_events_last_day.items()):
+            events.add_metric([action], n)
+        yield events
+
+
+@admin_router.get("/metrics", response_class=Response,
+                  summary="Prometheus metrics from pyflows.admin_metrics() (admins)")
+async def metrics(flows: Annotated[AsyncFlows, Depends(_admin)]) -> Response:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Snapshot(await flows.admin_metrics()))
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 
 def problem(status: int, title: str, detail: str | None = None, **extra: Any) -> JSONResponse:

@@ -15,7 +15,7 @@ __all__ = [
     "FLOW_TABLES", "Tenant", "FlowSummary", "Gate", "StartedImport", "FlowRow", "PhaseState", "FlowDetails",
     "StatusChange", "Heartbeat", "ResumeResult", "AdminFlowRow", "SafetyItem", "Safety", "FileSample", "Impact",
     "DeleteResult", "BatchItem", "AuditEvent", "FileCleanup", "CleanupOutcome", "RestoreResult", "PruneResult",
-    "LoadResult",
+    "LoadResult", "Metrics",
     "from_json",
 ]
 
@@ -334,6 +334,22 @@ class RestoreResult:
 class PruneResult:
     events: int
     dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """admin_metrics(): what a monitoring system watches, across tenants. Ages in seconds, 0 when none."""
+
+    incomplete_flows: dict[str, int]  # by status
+    idle_flows: int  # incomplete, no activity for longer than the active lease
+    oldest_idle_seconds: Decimal
+    active_lease_seconds: Decimal
+    file_cleanup_pending: int
+    file_cleanup_failed: int  # pending, with an error from an earlier attempt
+    file_cleanup_oldest_seconds: Decimal
+    purges_running: int  # flows marked 'deleting'
+    oldest_purge_seconds: Decimal
+    audit_events_last_day: dict[str, int]  # by action
 
 
 def _convert(value: Any, hint: Any) -> Any:

@@ -173,6 +173,9 @@ select pyflows.resume_flow(p_flow_id => %(flow_id)s)
 -- name: admin_list_incomplete_flows
 select * from pyflows.admin_list_incomplete_flows(p_idle_for => %(idle_for)s)
 
+-- name: admin_metrics
+select pyflows.admin_metrics()
+
 -- name: deletion_impact
 select pyflows.deletion_impact(p_flow_id => %(flow_id)s)
 

@@ -77,6 +77,68 @@ revoke all on function pyflows._require_owner_across_tenants(), pyflows._require
 -- Granted to applications on purpose: a non-admin caller gets PF403 from the function, not 42501.
 grant execute on function pyflows._require_admin(), pyflows.admin_list_incomplete_flows(interval) to pyflows_app;
 
+-- What a monitoring system watches, across tenants, as one jsonb (pyflows.http's /metrics, or any SQL
+-- client such as postgres_exporter): incomplete flows by status; those idle past the active lease
+-- (pyflows.active_lease) and the oldest one's idle time; the file-cleanup backlog (pending, failed:
+-- pending with an error, the oldest pending entry's age); purges running (flows marked 'deleting')
+-- and the oldest one's age; audit events of the last day by action. Ages in seconds, 0 when there is
+-- none. Every count reads an index: incomplete flows through the one-incomplete index, the
+-- backlog through its pending index, purges and events through migration 0016's.
+create or replace function pyflows.admin_metrics()
+returns jsonb
+language plpgsql
+stable
+security definer
+set search_path = pg_catalog, pyflows, pg_temp
+as $$
+declare
+    v_lease      interval := pyflows._active_lease();
+    v_by_status  jsonb;
+    v_idle       bigint;
+    v_idle_age   double precision;
+    v_pending    bigint;
+    v_failed     bigint;
+    v_queue_age  double precision;
+    v_purges     bigint;
+    v_purge_age  double precision;
+    v_events     jsonb;
+    v_global     jsonb;
+begin
+    perform pyflows._require_admin();
+    select coalesce(jsonb_object_agg(s.status, s.n), '{}') into v_by_status
+      from (select f.status, count(*) as n from pyflows.discovery_flows as f
+             where f.status = any (pyflows._incomplete_statuses())
+             group by f.status) as s;
+    select count(*), coalesce(extract(epoch from now() - min(f.last_activity_at)), 0) into v_idle, v_idle_age
+      from pyflows.discovery_flows as f
+     where f.status = any (pyflows._incomplete_statuses()) and f.last_activity_at < now() - v_lease;
+    select count(*), count(*) filter (where q.last_error is not null),
+           coalesce(extract(epoch from now() - min(q.enqueued_at)), 0)
+      into v_pending, v_failed, v_queue_age
+      from pyflows.file_cleanup_queue as q
+     where q.done_at is null;
+    select count(*), coalesce(extract(epoch from now() - min(f.updated_at)), 0) into v_purges, v_purge_age
+      from pyflows.discovery_flows as f
+     where f.status = 'deleting';
+    select coalesce(jsonb_object_agg(s.action, s.n), '{}') into v_events
+      from (select e.action, count(*) as n from pyflows_audit.events as e
+             where e.occurred_at > now() - interval '1 day' group by e.action) as s;
+    select coalesce(jsonb_object_agg(s.action, s.n), '{}') into v_global
+      from (select e.action, count(*) as n from pyflows_audit.global_events as e
+             where e.occurred_at > now() - interval '1 day' group by e.action) as s;
+    return jsonb_build_object(
+        'incomplete_flows', v_by_status,
+        'idle_flows', v_idle, 'oldest_idle_seconds', v_idle_age, 'active_lease_seconds', extract(epoch from v_lease),
+        'file_cleanup_pending', v_pending, 'file_cleanup_failed', v_failed, 'file_cleanup_oldest_seconds', v_queue_age,
+        'purges_running', v_purges, 'oldest_purge_seconds', v_purge_age,
+        'audit_events_last_day', v_events || v_global);
+end;
+$$;
+
+revoke all on function pyflows.admin_metrics() from public;
+-- Granted to applications on purpose, as the listings are: a non-admin caller gets PF403, not 42501.
+grant execute on function pyflows.admin_metrics() to pyflows_app;
+
 -- Audit events of every tenant, newest first, including those of no tenant (audit.prune): what a DBA
 -- reads to see who pruned the audit, and what else happened across tenants. p_action narrows to one
 -- action.

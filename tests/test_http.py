@@ -27,14 +27,16 @@ import jwt  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 from fastapi import FastAPI, Header  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 from psycopg_pool import AsyncConnectionPool  # noqa: E402
 
 from pyflows import http  # noqa: E402
-from pyflows.api import AsyncFlows  # noqa: E402
+from pyflows.api import AsyncFlows, Flows  # noqa: E402
 from pyflows.cli import cli  # noqa: E402
+from pyflows.errors import Forbidden  # noqa: E402
 from pyflows.models import Tenant  # noqa: E402
 
-from .helpers import fingerprint, write_flow_tree  # noqa: E402
+from .helpers import fingerprint, mark_deleting, write_flow_tree  # noqa: E402
 
 PROBLEM = "application/problem+json"
 
@@ -317,3 +319,58 @@ def test_pyflows_serve_end_to_end(pyflows_role_dsn: Callable[[str], str], tenant
     finally:
         server.terminate()
         server.wait(timeout=20)
+
+
+# ---- metrics: pyflows.admin_metrics() and /metrics ---------------------------------------------------------
+
+def monitored_world(owner: psycopg.Connection[Any], tenant_a: Tenant, tenant_b: Tenant) -> dict[str, Any]:
+    """An idle paused flow (A), a running flow just active (B's), a purge left running, a deleted flow's
+    stored file queued for removal that failed once, and the audit events all that wrote."""
+    with owner.transaction():
+        idle = write_flow_tree(owner, tenant_a, status="paused")
+        write_flow_tree(owner, tenant_b, status="running")
+        owner.execute("update pyflows.discovery_flows set last_activity_at = now() - interval '2 hours' "
+                      "where id = %s", (idle.flow_id,))
+    other = Tenant(tenant_a.client_id, uuid.uuid4(), "x")
+    with owner.transaction():
+        owner.execute("select pyflows.add_engagement(%s, 'purged', %s)", (other.client_id, other.engagement_id))
+        doomed = write_flow_tree(owner, other, status="completed")
+        mark_deleting(owner, other, doomed.flow_id)  # a purge left running: its flow is 'deleting'
+    with owner.transaction():
+        gone = write_flow_tree(owner, tenant_b, status="completed", name="gone")
+        owner.execute("delete from pyflows.discovery_flows where id = %s", (gone.flow_id,))  # its file is queued
+        owner.execute("update pyflows.file_cleanup_queue set attempts = 1, last_error = 'denied', "
+                      "enqueued_at = now() - interval '10 minutes' where flow_id = %s", (gone.flow_id,))
+    return {"idle": idle.flow_id}
+
+
+def test_admin_metrics_counts_what_monitoring_watches(owner: psycopg.Connection[Any], tenant_a: Tenant,
+                                                      tenant_b: Tenant, pyflows_role_dsn: Callable[[str], str]) -> None:
+    monitored_world(owner, tenant_a, tenant_b)
+    with psycopg.connect(pyflows_role_dsn("admin"), autocommit=True) as conn:
+        m = Flows(conn).admin_metrics()
+    assert m.incomplete_flows == {"paused": 1, "running": 1}
+    assert m.idle_flows == 1 and 7100 < m.oldest_idle_seconds < 7300 and m.active_lease_seconds == 300
+    assert (m.file_cleanup_pending, m.file_cleanup_failed) == (1, 1)  # the deleted flow's stored file
+    assert 590 < m.file_cleanup_oldest_seconds < 700
+    assert m.purges_running == 1 and 0 <= m.oldest_purge_seconds < 60
+    assert m.audit_events_last_day == {"flow.purge": 1, "sql.delete": 1}
+    with psycopg.connect(pyflows_role_dsn("app"), autocommit=True) as conn, pytest.raises(Forbidden):
+        Flows(conn).admin_metrics()
+
+
+def test_metrics_in_prometheus_format_for_admins(served: TestClient, owner: psycopg.Connection[Any],
+                                                 tenant_a: Tenant, tenant_b: Tenant) -> None:
+    monitored_world(owner, tenant_a, tenant_b)
+    is_problem(served.get("/metrics", headers=bearer(token(tenant_a))), 403, "PF403")
+    is_problem(served.get("/metrics"), 401, "PF401")
+    scraped = served.get("/metrics", headers=bearer(token(tenant_a, pyflows_admin=True)))
+    assert scraped.status_code == 200 and scraped.headers["content-type"].startswith("text/plain; version=")
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(scraped.text) for s in family.samples}
+    assert samples[("pyflows_incomplete_flows", (("status", "paused"),))] == 1
+    assert samples[("pyflows_incomplete_flows", (("status", "running"),))] == 1
+    assert samples[("pyflows_idle_flows", ())] == 1 and samples[("pyflows_oldest_idle_flow_seconds", ())] > 7100
+    assert samples[("pyflows_file_cleanup_pending", ())] == 1 and samples[("pyflows_file_cleanup_failed", ())] == 1
+    assert samples[("pyflows_purges_running", ())] == 1
+    assert samples[("pyflows_audit_events_last_day", (("action", "flow.purge"),))] == 1

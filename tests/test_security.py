@@ -41,6 +41,8 @@ DEFINER: dict[str, tuple[frozenset[str], str]] = {
         frozenset({"pyflows_app"}), "reads every tenant; refuses all but pyflows_admin and the schema owner"),
     "pyflows.admin_list_incomplete_flows(interval)": (
         frozenset({"pyflows_app"}), "reads every tenant; refuses non-members of pyflows_admin itself"),
+    "pyflows.admin_metrics()": (
+        frozenset({"pyflows_app"}), "counts across tenants; refuses non-members of pyflows_admin itself"),
     "pyflows.claim_file_cleanups(integer,interval)": (
         frozenset({"pyflows_app"}), "reads every tenant's queue; refuses non-members of pyflows_admin itself"),
     "pyflows.finish_file_cleanup(bigint,text)": (
