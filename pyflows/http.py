@@ -62,8 +62,8 @@ from .models import (
     StartedImport,
 )
 
-__all__ = ["Caller", "caller", "router", "admin_router", "install", "create_app", "JWTCaller", "PROBLEM_JSON",
-           "STATUS_OF"]
+__all__ = ["Caller", "caller", "router", "admin_router", "install", "create_app", "JWTCaller", "Problem",
+           "PROBLEM_JSON", "STATUS_OF", "openapi_markdown"]
 
 PROBLEM_JSON = "application/problem+json"
 # The HTTP status of each pyflows error class (docs/http-api.md); any other error is a 500 without
@@ -131,7 +131,28 @@ class BatchDeleteRequest(BaseModel):
     dry_run: bool = False
 
 
-router = APIRouter()
+class Problem(BaseModel):
+    """An RFC 9457 problem, as every error is answered."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str | None = None
+    code: str | None = Field(default=None, description="the PF SQLSTATE (PF401, PF404, PF409, ...)")
+    hint: str | None = None
+    context: dict[str, Any] | None = Field(default=None, description="the error's JSON DETAIL: for a 409, "
+                                                                     "the blocking flow")
+    errors: list[dict[str, Any]] | None = Field(default=None, description="for a request that does not validate")
+
+
+_PROBLEMS: dict[int | str, dict[str, Any]] = {
+    status: {"model": Problem, "description": text, "content": {PROBLEM_JSON: {}}}
+    for status, text in ((401, "no caller, or a bad token"), (403, "not allowed"), (404, "no such flow or event here"),
+                         (409, "the context has an incomplete flow (context: that flow)"),
+                         (422, "a request or value that is refused"),
+                         (423, "another transaction holds the flow's rows (Retry-After)"))}
+
+router = APIRouter(responses=_PROBLEMS)
 
 
 @router.get("/flows/gate", response_model=Gate, summary="Whether a new import may start here")
@@ -210,7 +231,7 @@ async def restore(event_id: int, flows: Tenant) -> RestoreResult:
     return await flows.restore(event_id)
 
 
-admin_router = APIRouter()
+admin_router = APIRouter(responses=_PROBLEMS)
 
 
 def _admin(request: Request, who: Annotated[Caller, Depends(caller)]) -> AsyncFlows:
@@ -325,6 +346,25 @@ def install(app: FastAPI, flows: AsyncFlows, prefix: str = "", admin: AsyncFlows
     app.add_exception_handler(PyflowsError, _pyflows_problem)
     app.add_exception_handler(RequestValidationError, _validation_problem)
     app.add_exception_handler(StarletteHTTPException, _http_problem)
+    _problems_in_openapi(app)
+
+
+def _problems_in_openapi(app: FastAPI) -> None:
+    """The application's OpenAPI schema says the errors are application/problem+json (FastAPI would list
+    a response model under application/json)."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        spec = generate()
+        for operations in spec.get("paths", {}).values():
+            for operation in operations.values():
+                for response in operation.get("responses", {}).values():
+                    content = response.get("content", {})
+                    if PROBLEM_JSON in content and "application/json" in content:
+                        content[PROBLEM_JSON] = content.pop("application/json")
+        return spec
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 # What a public key may sign with: never HMAC (a public key used as a shared secret would let anyone
@@ -385,3 +425,71 @@ def create_app(dsn: str, authenticate: Callable[..., Caller], admin_dsn: str | N
     install(app, AsyncFlows(pool), admin=None if admin_pool is None else AsyncFlows(admin_pool))
     app.dependency_overrides[caller] = authenticate
     return app
+
+
+# ---- docs/http-api.md's reference, from the OpenAPI schema --------------------------------------------------
+
+OPENAPI_START, OPENAPI_END = "<!-- openapi:start -->", "<!-- openapi:end -->"
+
+
+def _type(schema: dict[str, Any]) -> str:
+    if "$ref" in schema:
+        return f"`{schema['$ref'].rsplit('/', 1)[-1]}`"
+    if "anyOf" in schema:
+        return " or ".join(_type(s) for s in schema["anyOf"])
+    kind = schema.get("type", "any")
+    if kind == "array":
+        return f"list of {_type(schema.get('items', {}))}"
+    if kind == "object" and isinstance(schema.get("additionalProperties"), dict):
+        return f"object of {_type(schema['additionalProperties'])}"
+    return f"{kind} ({schema['format']})" if "format" in schema else str(kind)
+
+
+def openapi_markdown() -> str:
+    """The routes and schemas of ``pyflows serve``'s OpenAPI schema as Markdown: docs/http-api.md's
+    reference section (``python -m pyflows.http docs/http-api.md`` rewrites it; a test keeps them equal)."""
+    spec = create_app("", JWTCaller("openapi" * 8)).openapi()
+    out = ["## Reference", "", "Generated from the OpenAPI schema of `pyflows serve` (`python -m pyflows.http "
+           "docs/http-api.md`).", ""]
+    for path, operations in spec["paths"].items():
+        for method, op in operations.items():
+            out += [f"### `{method.upper()} {path}`", "", f"{op['summary']}.", ""]
+            params = op.get("parameters", [])
+            if params:
+                out += ["| parameter | in | type | required | default |", "|---|---|---|---|---|"]
+                out += [f"| `{p['name']}` | {p['in']} | {_type(p['schema'])} | {'yes' if p.get('required') else 'no'} "
+                        f"| {p['schema'].get('default', '')} |" for p in params]
+                out.append("")
+            body = op.get("requestBody")
+            if body:
+                out += [f"Body: {_type(body['content']['application/json']['schema'])}.", ""]
+            for status, response in op["responses"].items():
+                content = response.get("content", {})
+                media = next(iter(content), None)
+                schema = _type(content[media]["schema"]) if media and content[media].get("schema") else ""
+                out.append(f"- {status} {response['description']}" + (f": {schema} ({media})" if schema else ""))
+            out.append("")
+    out += ["### Schemas", ""]
+    for name, schema in spec["components"]["schemas"].items():
+        if name in ("HTTPValidationError", "ValidationError"):
+            continue
+        required = set(schema.get("required", []))
+        out += [f"#### `{name}`", "", "| field | type | required |", "|---|---|---|"]
+        out += [f"| `{field}` | {_type(prop)} | {'yes' if field in required else 'no'} |"
+                for field, prop in schema.get("properties", {}).items()]
+        out.append("")
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _rewrite(path: str) -> None:
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    start, end = text.index(OPENAPI_START) + len(OPENAPI_START), text.index(OPENAPI_END)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text[:start] + "\n" + openapi_markdown() + text[end:])
+
+
+if __name__ == "__main__":
+    import sys
+
+    _rewrite(sys.argv[1]) if len(sys.argv) > 1 else print(openapi_markdown(), end="")

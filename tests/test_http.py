@@ -15,10 +15,13 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+
+pytestmark = pytest.mark.citus  # the HTTP API holds on Citus too (docs/scale-out.md)
 
 pytest.importorskip("fastapi")
 
@@ -374,3 +377,14 @@ def test_metrics_in_prometheus_format_for_admins(served: TestClient, owner: psyc
     assert samples[("pyflows_file_cleanup_pending", ())] == 1 and samples[("pyflows_file_cleanup_failed", ())] == 1
     assert samples[("pyflows_purges_running", ())] == 1
     assert samples[("pyflows_audit_events_last_day", (("action", "flow.purge"),))] == 1
+
+
+def test_the_reference_in_the_docs_is_the_openapi_schema() -> None:
+    page = (Path(__file__).resolve().parent.parent / "docs" / "http-api.md").read_text()
+    section = page.split(http.OPENAPI_START, 1)[1].split(http.OPENAPI_END, 1)[0]
+    assert section.strip() == http.openapi_markdown().strip(), "run: python -m pyflows.http docs/http-api.md"
+    spec = http.create_app("", http.JWTCaller(SECRET)).openapi()
+    for operations in spec["paths"].values():  # every error is documented as a problem
+        for operation in operations.values():
+            for status in ("401", "404", "409", "422", "423"):
+                assert list(operation["responses"][status]["content"]) == [PROBLEM]
