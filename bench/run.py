@@ -10,8 +10,9 @@ vs cascade), ``batches`` (many small flows in one call), ``memory`` (the CLI's p
 ``ingest`` (loading a flow through the bulk path and INSERTs, against copies with only keys) and
 ``race`` (concurrent uploads against the gate, and against the application-level check it replaced)
 and ``peers`` (an ORM's cascade, hand-written DELETEs and the unaudited cascade beside delete_flow)
-and ``scale`` (gate and concurrency on one node and on a local 3-node Citus cluster, side by side; needs
---citus or PYFLOWS_CITUS_DIR, the folder with Citus' install.sh and cluster.sh).
+and ``http`` (``pyflows serve`` beside the SQL calls it wraps, and a /metrics scrape) and ``scale``
+(gate and concurrency on one node and on a local 3-node Citus cluster, side by side; needs --citus
+or PYFLOWS_CITUS_DIR, the folder with Citus' install.sh and cluster.sh).
 
 Absolute seconds on a shared machine mean little; the ratios against the baseline measured in the
 same run are the result. ``--record`` writes each suite's table into docs/benchmarks.md.
@@ -29,12 +30,13 @@ from typing import Any
 
 import psycopg
 
-from . import batches, concurrency, delete, gate, ingest, memory, peers, purge, race, scale
+from . import batches, concurrency, delete, gate, http_layer, ingest, memory, peers, purge, race, scale
 from .common import Conn, app_dsn, describe, environment, scratch_database
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "benchmarks.md"
-SUITES = ("delete", "growth", "gate", "concurrency", "purge", "batches", "memory", "ingest", "race", "peers", "scale")
+SUITES = ("delete", "growth", "gate", "concurrency", "purge", "batches", "memory", "ingest", "race", "peers", "http",
+          "scale")
 # Suites a plain run leaves out: each needs something beyond one PostgreSQL server.
 OPT_IN = ("scale",)
 
@@ -70,6 +72,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--race-seconds", type=float, default=5.0, help="race: how long they upload.")
     p.add_argument("--peer-assets", type=int, default=62_500, help="peers: assets of the flow (about 4 rows each).")
     p.add_argument("--peer-runs", type=int, default=1, help="peers: runs of each variant.")
+    p.add_argument("--http-calls", type=int, default=400,
+                   help="http: calls per variant by one client (each of --clients makes a quarter as many).")
     p.add_argument("--citus", default=os.environ.get("PYFLOWS_CITUS_DIR", str(ROOT.parent / "shared" / "citus")),
                    help="scale: the folder with Citus' install.sh and cluster.sh (a local 3-node cluster).")
     p.add_argument("--record", action="store_true", help="Write the results into docs/benchmarks.md.")
@@ -98,6 +102,8 @@ def suites(args: argparse.Namespace, bench_dsn: str) -> dict[str, tuple[Callable
                    ingest.markdown),
         "race": (lambda c: race.run(c, bench_dsn, args.race_clients, args.race_seconds), race.markdown),
         "peers": (lambda c: peers.run(c, bench_dsn, args.peer_assets, args.peer_runs), peers.markdown),
+        "http": (lambda c: http_layer.run(c, bench_dsn, app_dsn(bench_dsn), args.engagements, args.flows,
+                                          args.clients, args.http_calls), http_layer.markdown),
         "scale": (lambda c: scale.run(args.dsn, args.citus, args.engagements, args.flows, args.list_calls,
                                       args.clients, args.contexts, args.seconds, args.assets, args.runs),
                   scale.markdown),

@@ -13,7 +13,7 @@ from pyflows.testing import CitusCluster, ServerInfo
 TINY = ["--runs", "1", "--assets", "50", "--growth", "10,40", "--engagements", "20", "--flows", "200",
         "--list-calls", "10", "--clients", "3", "--contexts", "4", "--seconds", "1", "--purge-assets", "100",
         "--batch-rows", "60", "--batch-flows", "10", "--ids", "5,20", "--records", "300", "--ingest-assets", "40",
-        "--race-clients", "4", "--race-seconds", "0.5", "--peer-assets", "20"]
+        "--race-clients", "4", "--race-seconds", "0.5", "--peer-assets", "20", "--http-calls", "8"]
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +69,16 @@ def test_batches_and_memory_report_each_variant_and_size(reports: dict[str, dict
         "delete_flow": 10, "DELETE, audited": 10, "DELETE, unaudited": 10}
     assert [p["ids"] for p in reports["memory"]["points"]] == [5, 20]
     assert all(p["delete_max_rss_mb"] > 10 for p in reports["memory"]["points"])
+
+
+def test_the_http_layer_is_timed_beside_the_sql_calls(reports: dict[str, dict]) -> None:
+    report = reports["http"]
+    assert list(report["results"]) == ["1 client", "3 clients"]
+    assert {name: r["n"] for name, r in report["results"]["1 client"].items()} == {
+        "flow_gate (SQL)": 8, "GET /flows/gate": 8, "start_import + delete_flow (SQL)": 8,
+        "POST /imports + DELETE /flows/{id}": 8}
+    assert all(r["n"] == 3 * 2 for r in report["results"]["3 clients"].values())
+    assert report["scrape"]["GET /metrics"]["n"] == 20 and report["flows"] >= 200 + 10  # every flow of the database
 
 
 def test_record_replaces_only_its_own_section(tmp_path: Path) -> None:

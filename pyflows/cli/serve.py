@@ -24,10 +24,12 @@ def _public_key(value: str) -> str:
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on (give 0.0.0.0 to listen on every interface).")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535), help="Port to listen on.")
+@click.option("--pool-size", default=10, show_default=True, type=click.IntRange(1, 1000),
+              help="Connections to the database (the application login's pool).")
 @click.option("--admin-dsn", envvar="PYFLOWS_ADMIN_DSN", metavar="DSN",
               help="A pyflows_admin login for the admin routes (default: $PYFLOWS_ADMIN_DSN; none: routes off).")
 @click.pass_obj
-def serve(target: Target, host: str, port: int, admin_dsn: str | None) -> None:
+def serve(target: Target, host: str, port: int, pool_size: int, admin_dsn: str | None) -> None:
     """Serve the HTTP API (docs/http-api.md) over the database's application login. Callers send a bearer JWT:
     signed with the HS256 secret in $PYFLOWS_JWT_SECRET, or with the private key of the public key (PEM, or a
     file) in $PYFLOWS_JWT_PUBLIC_KEY; claims client_id, engagement_id, sub (the actor), exp, and pyflows_admin
@@ -50,4 +52,4 @@ def serve(target: Target, host: str, port: int, admin_dsn: str | None) -> None:
     authenticate = http.JWTCaller(secret, _public_key(public_key) if public_key else None)
     dsn = target.resolve()
     target.announce()
-    uvicorn.run(http.create_app(dsn, authenticate, admin_dsn), host=host, port=port, log_level="info")
+    uvicorn.run(http.create_app(dsn, authenticate, admin_dsn, pool_size), host=host, port=port, log_level="info")
