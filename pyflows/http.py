@@ -89,7 +89,7 @@ class Caller:
     admin: bool = False  # may use the admin routes (across tenants), with the admin login's pool
 
 
-def caller() -> Caller:
+async def caller() -> Caller:
     """The calling tenant and actor. The embedding application overrides this dependency with its own
     authentication (``app.dependency_overrides[caller] = ...``); until it does, every route is 401."""
     raise NoContext("no caller: the application has not said how callers are authenticated",
@@ -103,10 +103,12 @@ def _flows(request: Request) -> AsyncFlows:
     return flows
 
 
-def _tenant(request: Request, who: Annotated[Caller, Depends(caller)]) -> AsyncTenantFlows:
+async def _tenant(request: Request, who: Annotated[Caller, Depends(caller)]) -> AsyncTenantFlows:
     return _flows(request).tenant(who.client_id, who.engagement_id, who.actor)
 
 
+# The dependencies are coroutines (they never block): FastAPI runs a plain function's dependency in its
+# thread pool, a hop there and back on every request.
 Tenant = Annotated[AsyncTenantFlows, Depends(_tenant)]
 FlowId = uuid.UUID
 
@@ -234,7 +236,7 @@ async def restore(event_id: int, flows: Tenant) -> RestoreResult:
 admin_router = APIRouter(responses=_PROBLEMS)
 
 
-def _admin(request: Request, who: Annotated[Caller, Depends(caller)]) -> AsyncFlows:
+async def _admin(request: Request, who: Annotated[Caller, Depends(caller)]) -> AsyncFlows:
     if not who.admin:
         raise Forbidden("the admin routes are for admin callers")
     flows = getattr(request.app.state, "pyflows_admin", None)
@@ -384,7 +386,7 @@ class JWTCaller:
         self.key: str = secret or public_key or ""
         self.algorithms = ["HS256"] if secret else ASYMMETRIC
 
-    def __call__(self, authorization: Annotated[str | None, Header()] = None) -> Caller:
+    async def __call__(self, authorization: Annotated[str | None, Header()] = None) -> Caller:
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise NoContext("a bearer token is required (Authorization: Bearer <JWT>)")
@@ -400,7 +402,7 @@ class JWTCaller:
         return who
 
 
-def create_app(dsn: str, authenticate: Callable[..., Caller], admin_dsn: str | None = None,
+def create_app(dsn: str, authenticate: Callable[..., Any], admin_dsn: str | None = None,
                pool_size: int = 10) -> FastAPI:
     """The standalone application (``pyflows serve``): the routes at the root over a pool of ``dsn`` (the
     application login), callers from ``authenticate`` (a dependency, e.g. a JWTCaller), the admin
