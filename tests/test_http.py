@@ -29,6 +29,7 @@ import httpx  # noqa: E402
 import jwt  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 from fastapi import FastAPI, Header  # noqa: E402
+from fastapi.routing import APIRoute  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 from psycopg_pool import AsyncConnectionPool  # noqa: E402
@@ -388,3 +389,46 @@ def test_the_reference_in_the_docs_is_the_openapi_schema() -> None:
         for operation in operations.values():
             for status in ("401", "404", "409", "422", "423"):
                 assert list(operation["responses"][status]["content"]) == [PROBLEM]
+
+
+# Bodies and queries for routes that need them; every route of the router must be covered here, so that a
+# new route is attacked too (the test fails on a route it does not know).
+ATTACK: dict[tuple[str, str], dict[str, Any]] = {
+    ("GET", "/flows/gate"): {}, ("GET", "/flows"): {"params": {"filter": "all"}}, ("GET", "/flows/incomplete"): {},
+    ("POST", "/imports"): {"json": {"filename": "b.csv", "storage_uri": "s3://b/b.csv", "byte_size": 1}},
+    ("GET", "/flows/{flow_id}/details"): {}, ("GET", "/flows/{flow_id}/impact"): {},
+    ("POST", "/flows/{flow_id}/progress"): {"json": {"phase": "data_import"}},
+    ("POST", "/flows/{flow_id}/resume"): {},
+    ("DELETE", "/flows/{flow_id}"): {"params": {"reason": "not mine", "force": "true"}},
+    ("POST", "/flows/batch-delete"): {"json": {"flow_ids": ["{flow_id}"], "reason": "x", "force": True}},
+    ("GET", "/audit"): {}, ("GET", "/audit/{event_id}"): {}, ("POST", "/audit/{event_id}/restore"): {},
+    ("GET", "/admin/flows/incomplete"): {}, ("GET", "/metrics"): {},
+}
+
+
+def test_every_route_keeps_a_caller_to_its_own_tenant(client: TestClient, owner: psycopg.Connection[Any],
+                                                      tenant_a: Tenant) -> None:
+    """Every route of the routers, called by tenant B with A's flow and A's audit
+    event wherever it takes an id: a 404 (or 403 for the admin routes, B not being an admin), or B's own
+    empty answer; A's rows unchanged."""
+    with owner.transaction():
+        kept = write_flow_tree(owner, tenant_a, status="paused")
+        gone = write_flow_tree(owner, tenant_a, status="completed", name="gone")
+    a = {"x-tenant": "a"}
+    event = client.delete(f"/flows/{gone.flow_id}?reason=for+the+event&force=true", headers=a).json()["event_id"]
+    before = fingerprint(owner, tenant_a.client_id)
+    routes = {(method, route.path) for route in [*http.router.routes, *http.admin_router.routes]
+              if isinstance(route, APIRoute) for method in route.methods}
+    assert routes == set(ATTACK), "a route was added or removed: say how to attack it in ATTACK"
+    for (method, path), request in ATTACK.items():
+        url = path.replace("{flow_id}", str(kept.flow_id)).replace("{event_id}", str(event))
+        body = json.loads(json.dumps(request.get("json")).replace("{flow_id}", str(kept.flow_id)))
+        response = client.request(method, url, headers={"x-tenant": "b"}, json=body, params=request.get("params"))
+        if "{" in path or path == "/flows/batch-delete":
+            is_problem(response, 404, "PF404")
+        elif path.startswith("/admin") or path == "/metrics":
+            is_problem(response, 403, "PF403")
+        else:
+            assert response.status_code in (200, 201), (path, response.text)
+            assert str(tenant_a.client_id) not in response.text and str(kept.flow_id) not in response.text
+    assert fingerprint(owner, tenant_a.client_id) == before
