@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 import uuid
@@ -375,8 +376,14 @@ def _convert(value: Any, hint: Any) -> Any:
     return value
 
 
+@functools.cache
+def _fields(cls: type) -> tuple[dict[str, Any], frozenset[str]]:
+    """A dataclass's resolved field types and names, once per class (resolving the annotations, strings
+    here, evaluates each of them: a measurable share of a small call when done every time)."""
+    return typing.get_type_hints(cls), frozenset(f.name for f in dataclasses.fields(cls))
+
+
 def from_json(cls: type[T], data: dict[str, Any]) -> T:
     """Build dataclass ``cls`` from a jsonb object, converting ids, timestamps and numbers by field type."""
-    hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    hints, fields = _fields(cls)  # type: ignore[arg-type]  # a class is hashable
     return cls(**{k: _convert(v, hints[k]) for k, v in data.items() if k in fields})
