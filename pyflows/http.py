@@ -18,6 +18,7 @@ JWTs (:class:`JWTCaller`). docs/http-api.md lists the routes, their bodies and t
 from __future__ import annotations
 
 import dataclasses
+import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -62,8 +63,8 @@ from .models import (
     StartedImport,
 )
 
-__all__ = ["Caller", "caller", "router", "admin_router", "install", "create_app", "JWTCaller", "Problem",
-           "PROBLEM_JSON", "STATUS_OF", "openapi_markdown"]
+__all__ = ["Caller", "caller", "router", "admin_router", "install", "create_app", "app_from_environment", "JWTCaller",
+           "Problem", "PROBLEM_JSON", "STATUS_OF", "openapi_markdown"]
 
 PROBLEM_JSON = "application/problem+json"
 # The HTTP status of each pyflows error class (docs/http-api.md); any other error is a 500 without
@@ -434,6 +435,19 @@ def create_app(dsn: str, authenticate: Callable[[str | None], Awaitable[Caller]]
     install(app, AsyncFlows(pool), admin=None if admin_pool is None else AsyncFlows(admin_pool))
     app.state.pyflows_authenticate = authenticate
     return app
+
+
+def app_from_environment() -> FastAPI:
+    """``create_app`` from the environment ``pyflows serve --workers N`` sets for its worker processes:
+    PYFLOWS_SERVE_DSN, PYFLOWS_SERVE_POOL_SIZE, PYFLOWS_ADMIN_DSN, and the key (PYFLOWS_JWT_SECRET, or the
+    PEM in PYFLOWS_JWT_PUBLIC_KEY). Refuses to build an application without a DSN or a key."""
+    dsn = os.environ.get("PYFLOWS_SERVE_DSN")
+    if dsn is None:
+        raise RuntimeError("PYFLOWS_SERVE_DSN is not set: start the workers with pyflows serve --workers N")
+    authenticate = JWTCaller(os.environ.get("PYFLOWS_JWT_SECRET") or None,
+                             os.environ.get("PYFLOWS_JWT_PUBLIC_KEY") or None)
+    return create_app(dsn, authenticate, os.environ.get("PYFLOWS_ADMIN_DSN") or None,
+                      int(os.environ.get("PYFLOWS_SERVE_POOL_SIZE", "10")))
 
 
 # ---- docs/http-api.md's reference, from the OpenAPI schema --------------------------------------------------

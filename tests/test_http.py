@@ -293,15 +293,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_pyflows_serve_end_to_end(pyflows_role_dsn: Callable[[str], str], tenant_a: Tenant, tenant_b: Tenant) -> None:
-    """A real server process (uvicorn on 127.0.0.1) and a real HTTP client: start an import as tenant A, the
-    409 for a second, B's own gate open."""
+@pytest.mark.parametrize("workers", [1, 2])
+def test_pyflows_serve_end_to_end(pyflows_role_dsn: Callable[[str], str], tenant_a: Tenant, tenant_b: Tenant,
+                                  workers: int) -> None:
+    """A real server (uvicorn on 127.0.0.1; with --workers 2, two processes built by app_from_environment) and
+    a real HTTP client: start an import as tenant A, the 409 for a second, B's own gate open."""
     port = free_port()
     env = {**os.environ, "PYFLOWS_JWT_SECRET": SECRET}
-    env.pop("PYFLOWS_JWT_PUBLIC_KEY", None)
+    for name in ("PYFLOWS_JWT_PUBLIC_KEY", "PYFLOWS_SERVE_DSN", "PYFLOWS_ADMIN_DSN"):
+        env.pop(name, None)
     server = subprocess.Popen([sys.executable, "-m", "pyflows", "--dsn", pyflows_role_dsn("app"), "serve",
-                               "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True)
+                               "--port", str(port), "--workers", str(workers)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
     try:
         base = f"http://127.0.0.1:{port}"
         for _ in range(100):
@@ -320,9 +323,11 @@ def test_pyflows_serve_end_to_end(pyflows_role_dsn: Callable[[str], str], tenant
         assert conflict.json()["context"]["flow_id"] == started.json()["flow_id"]
         assert httpx.get(f"{base}/flows/gate", headers=b).json()["can_start"] is True
         assert httpx.get(f"{base}/flows/gate").status_code == 401
+        for _ in range(6):  # each worker answers alike
+            assert httpx.get(f"{base}/flows/gate", headers=a).json()["can_start"] is False
     finally:
         server.terminate()
-        server.wait(timeout=20)
+        server.wait(timeout=30)
 
 
 # ---- metrics: pyflows.admin_metrics() and /metrics ---------------------------------------------------------
@@ -432,3 +437,15 @@ def test_every_route_keeps_a_caller_to_its_own_tenant(client: TestClient, owner:
             assert response.status_code in (200, 201), (path, response.text)
             assert str(tenant_a.client_id) not in response.text and str(kept.flow_id) not in response.text
     assert fingerprint(owner, tenant_a.client_id) == before
+
+
+def test_a_worker_refuses_to_build_without_its_dsn_or_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("PYFLOWS_SERVE_DSN", "PYFLOWS_JWT_SECRET", "PYFLOWS_JWT_PUBLIC_KEY", "PYFLOWS_ADMIN_DSN"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(RuntimeError, match="PYFLOWS_SERVE_DSN is not set"):
+        http.app_from_environment()
+    monkeypatch.setenv("PYFLOWS_SERVE_DSN", "host=/nonexistent")
+    with pytest.raises(ValueError, match="one of them"):
+        http.app_from_environment()
+    monkeypatch.setenv("PYFLOWS_JWT_SECRET", SECRET)
+    assert http.app_from_environment().state.pyflows_authenticate.algorithms == ["HS256"]

@@ -25,11 +25,13 @@ def _public_key(value: str) -> str:
               help="Address to listen on (give 0.0.0.0 to listen on every interface).")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535), help="Port to listen on.")
 @click.option("--pool-size", default=10, show_default=True, type=click.IntRange(1, 1000),
-              help="Connections to the database (the application login's pool).")
+              help="Connections to the database (the application login's pool), in each worker.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Server processes: one is CPU-bound at a few hundred requests a second.")
 @click.option("--admin-dsn", envvar="PYFLOWS_ADMIN_DSN", metavar="DSN",
               help="A pyflows_admin login for the admin routes (default: $PYFLOWS_ADMIN_DSN; none: routes off).")
 @click.pass_obj
-def serve(target: Target, host: str, port: int, pool_size: int, admin_dsn: str | None) -> None:
+def serve(target: Target, host: str, port: int, pool_size: int, workers: int, admin_dsn: str | None) -> None:
     """Serve the HTTP API (docs/http-api.md) over the database's application login. Callers send a bearer JWT:
     signed with the HS256 secret in $PYFLOWS_JWT_SECRET, or with the private key of the public key (PEM, or a
     file) in $PYFLOWS_JWT_PUBLIC_KEY; claims client_id, engagement_id, sub (the actor), exp, and pyflows_admin
@@ -49,7 +51,18 @@ def serve(target: Target, host: str, port: int, pool_size: int, admin_dsn: str |
         fail("PYFLOWS_JWT_SECRET and PYFLOWS_JWT_PUBLIC_KEY are both set: give one", Exit.USAGE)
     if secret and len(secret.encode()) < 32:
         fail("PYFLOWS_JWT_SECRET is shorter than 32 bytes: too short for HS256", Exit.USAGE)
-    authenticate = http.JWTCaller(secret, _public_key(public_key) if public_key else None)
+    pem = _public_key(public_key) if public_key else None
+    authenticate = http.JWTCaller(secret, pem)
     dsn = target.resolve()
     target.announce()
-    uvicorn.run(http.create_app(dsn, authenticate, admin_dsn, pool_size), host=host, port=port, log_level="info")
+    if workers == 1:
+        uvicorn.run(http.create_app(dsn, authenticate, admin_dsn, pool_size), host=host, port=port, log_level="info")
+        return
+    # Each worker process builds the same application from what this one checked (http.app_from_environment).
+    os.environ.update({"PYFLOWS_SERVE_DSN": dsn, "PYFLOWS_SERVE_POOL_SIZE": str(pool_size)})
+    if pem:
+        os.environ["PYFLOWS_JWT_PUBLIC_KEY"] = pem
+    if admin_dsn:
+        os.environ["PYFLOWS_ADMIN_DSN"] = admin_dsn
+    uvicorn.run("pyflows.http:app_from_environment", factory=True, workers=workers, host=host, port=port,
+                log_level="info")
