@@ -61,15 +61,15 @@ def token(client: uuid.UUID, engagement: uuid.UUID, admin: bool = False) -> str:
 
 
 @contextmanager
-def server(app_login: str, admin_login: str, pool_size: int) -> Iterator[str]:
-    """``pyflows serve`` on a free port of 127.0.0.1; its base URL."""
+def server(app_login: str, admin_login: str, pool_size: int, workers: int = 1) -> Iterator[str]:
+    """``pyflows serve`` (with `workers` processes) on a free port of 127.0.0.1; its base URL."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "PYFLOWS_JWT_SECRET": SECRET}
     env.pop("PYFLOWS_JWT_PUBLIC_KEY", None)
     process = subprocess.Popen([sys.executable, "-m", "pyflows", "-q", "--dsn", app_login, "serve", "--port", str(port),
-                                "--pool-size", str(pool_size), "--admin-dsn", admin_login],
+                                "--pool-size", str(pool_size), "--workers", str(workers), "--admin-dsn", admin_login],
                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -147,7 +147,7 @@ def run(conn: Conn, bench_dsn: str, app_login: str, engagements: int, flows: int
             api.delete(started.flow_id, "bench")
         return cycle
 
-    with server(app_login, admin_login, clients) as base:
+    def http_variants(base: str) -> tuple[Callable[[int], Callable[[], None]], Callable[[int], Callable[[], None]]]:
         def http_gate(i: int) -> Callable[[], None]:
             auth = f"Bearer {token(*contexts[(i * 7919) % len(contexts)])}"
             h = httpx.Client(base_url=base, headers={"Authorization": auth})
@@ -167,16 +167,24 @@ def run(conn: Conn, bench_dsn: str, app_login: str, engagements: int, flows: int
                 started.raise_for_status()
                 h.delete(f"/flows/{started.json()['flow_id']}", params={"reason": "bench"}).raise_for_status()
             return cycle
+        return http_gate, http_cycle
 
-        for label, n in (("1 client", 1), (f"{clients} clients", clients)):
-            for name, variant in (("flow_gate (SQL)", sql_gate), ("GET /flows/gate", http_gate),
-                                  ("start_import + delete_flow (SQL)", sql_cycle),
-                                  ("POST /imports + DELETE /flows/{id}", http_cycle)):
-                timings = concurrently(n, calls if n == 1 else max(1, calls // 4), variant)
-                results.setdefault(label, {})[name] = timings.summary()
-                for resource in opened:
-                    resource.close()
-                opened.clear()
+    def measure(base: str, label: str, n: int) -> None:
+        http_gate, http_cycle = http_variants(base)
+        for name, variant in (("flow_gate (SQL)", sql_gate), ("GET /flows/gate", http_gate),
+                              ("start_import + delete_flow (SQL)", sql_cycle),
+                              ("POST /imports + DELETE /flows/{id}", http_cycle)):
+            timings = concurrently(n, calls if n == 1 else max(1, calls // 4), variant)
+            results.setdefault(label, {})[name] = timings.summary()
+            for resource in opened:
+                resource.close()
+            opened.clear()
+
+    with server(app_login, admin_login, max(1, clients // 2), workers=2) as base:
+        measure(base, f"{clients} clients, 2 server processes", clients)
+    with server(app_login, admin_login, clients) as base:
+        measure(base, "1 client", 1)
+        measure(base, f"{clients} clients", clients)
         with psycopg.connect(admin_login, autocommit=True) as admin_conn:
             admin = Flows(admin_conn)
             sql_scrape = Timings("admin_metrics")
@@ -203,7 +211,7 @@ def markdown(report: dict[str, Any]) -> list[str]:
              f"login; each client a thread with its own connection; {report['calls']} calls per client alone, "
              f"{max(1, report['calls'] // 4)} each with {report['clients']} clients.", ""]
     rows = []
-    for label, variants in report["results"].items():
+    for label, variants in sorted(report["results"].items(), key=lambda kv: len(kv[0])):
         names = list(variants)
         for sql_name, http_name in ((names[0], names[1]), (names[2], names[3])):
             a, b = variants[sql_name], variants[http_name]
