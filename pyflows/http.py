@@ -394,6 +394,27 @@ class JWTCaller:
         self.key: str = secret or public_key or ""
         self.algorithms = ["HS256"] if secret else ASYMMETRIC
 
+    @classmethod
+    def from_environment(cls) -> JWTCaller:
+        """The key of ``pyflows serve`` and its workers: PYFLOWS_JWT_SECRET (HS256, at least 32 bytes), or
+        PYFLOWS_JWT_PUBLIC_KEY (a PEM, or the path of a file holding one). ValueError, saying what to set,
+        for no key, both, a short secret or a public key that is neither."""
+        secret = os.environ.get("PYFLOWS_JWT_SECRET") or None
+        public_key = os.environ.get("PYFLOWS_JWT_PUBLIC_KEY") or None
+        if not secret and not public_key:
+            raise ValueError("no key to check callers' tokens with: set PYFLOWS_JWT_SECRET (HS256) or "
+                             "PYFLOWS_JWT_PUBLIC_KEY (PEM), one of them; pyflows serve does not start without one")
+        if secret and public_key:
+            raise ValueError("PYFLOWS_JWT_SECRET and PYFLOWS_JWT_PUBLIC_KEY are both set: give one")
+        if secret and len(secret.encode()) < 32:
+            raise ValueError("PYFLOWS_JWT_SECRET is shorter than 32 bytes: too short for HS256")
+        if public_key and not public_key.lstrip().startswith("-----BEGIN"):
+            if not os.path.isfile(public_key):
+                raise ValueError(f"PYFLOWS_JWT_PUBLIC_KEY is neither a PEM public key nor a file: {public_key!r}")
+            with open(public_key, encoding="utf-8") as f:
+                public_key = f.read()
+        return cls(secret, public_key)
+
     async def __call__(self, authorization: Annotated[str | None, Header()] = None) -> Caller:
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
@@ -439,14 +460,12 @@ def create_app(dsn: str, authenticate: Callable[[str | None], Awaitable[Caller]]
 
 def app_from_environment() -> FastAPI:
     """``create_app`` from the environment ``pyflows serve --workers N`` sets for its worker processes:
-    PYFLOWS_SERVE_DSN, PYFLOWS_SERVE_POOL_SIZE, PYFLOWS_ADMIN_DSN, and the key (PYFLOWS_JWT_SECRET, or the
-    PEM in PYFLOWS_JWT_PUBLIC_KEY). Refuses to build an application without a DSN or a key."""
+    PYFLOWS_SERVE_DSN, PYFLOWS_SERVE_POOL_SIZE, PYFLOWS_ADMIN_DSN, and the key (JWTCaller.from_environment).
+    Refuses to build an application without a DSN or a key."""
     dsn = os.environ.get("PYFLOWS_SERVE_DSN")
     if dsn is None:
         raise RuntimeError("PYFLOWS_SERVE_DSN is not set: start the workers with pyflows serve --workers N")
-    authenticate = JWTCaller(os.environ.get("PYFLOWS_JWT_SECRET") or None,
-                             os.environ.get("PYFLOWS_JWT_PUBLIC_KEY") or None)
-    return create_app(dsn, authenticate, os.environ.get("PYFLOWS_ADMIN_DSN") or None,
+    return create_app(dsn, JWTCaller.from_environment(), os.environ.get("PYFLOWS_ADMIN_DSN") or None,
                       int(os.environ.get("PYFLOWS_SERVE_POOL_SIZE", "10")))
 
 

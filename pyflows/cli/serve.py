@@ -3,21 +3,10 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import click
 
 from .base import Exit, Target, fail
-
-
-def _public_key(value: str) -> str:
-    """PYFLOWS_JWT_PUBLIC_KEY: the PEM itself, or the path of a file holding it."""
-    if value.lstrip().startswith("-----BEGIN"):
-        return value
-    path = Path(value)
-    if not path.is_file():
-        fail(f"PYFLOWS_JWT_PUBLIC_KEY is neither a PEM public key nor a file: {value!r}", Exit.USAGE)
-    return path.read_text()
 
 
 @click.command()
@@ -42,26 +31,17 @@ def serve(target: Target, host: str, port: int, pool_size: int, workers: int, ad
         from .. import http
     except ImportError as exc:
         fail(f"pyflows serve needs the http extra (pip install 'pyflows[http]'): {exc}", Exit.USAGE)
-    secret = os.environ.get("PYFLOWS_JWT_SECRET") or None
-    public_key = os.environ.get("PYFLOWS_JWT_PUBLIC_KEY") or None
-    if not secret and not public_key:
-        fail("no key to check callers' tokens with: set PYFLOWS_JWT_SECRET (HS256) or PYFLOWS_JWT_PUBLIC_KEY (PEM); "
-             "pyflows serve does not start without one", Exit.USAGE)
-    if secret and public_key:
-        fail("PYFLOWS_JWT_SECRET and PYFLOWS_JWT_PUBLIC_KEY are both set: give one", Exit.USAGE)
-    if secret and len(secret.encode()) < 32:
-        fail("PYFLOWS_JWT_SECRET is shorter than 32 bytes: too short for HS256", Exit.USAGE)
-    pem = _public_key(public_key) if public_key else None
-    authenticate = http.JWTCaller(secret, pem)
+    try:
+        authenticate = http.JWTCaller.from_environment()
+    except ValueError as exc:
+        fail(str(exc), Exit.USAGE)
     dsn = target.resolve()
     target.announce()
     if workers == 1:
         uvicorn.run(http.create_app(dsn, authenticate, admin_dsn, pool_size), host=host, port=port, log_level="info")
         return
-    # Each worker process builds the same application from what this one checked (http.app_from_environment).
+    # Each worker process builds the same application from the same environment (http.app_from_environment).
     os.environ.update({"PYFLOWS_SERVE_DSN": dsn, "PYFLOWS_SERVE_POOL_SIZE": str(pool_size)})
-    if pem:
-        os.environ["PYFLOWS_JWT_PUBLIC_KEY"] = pem
     if admin_dsn:
         os.environ["PYFLOWS_ADMIN_DSN"] = admin_dsn
     uvicorn.run("pyflows.http:app_from_environment", factory=True, workers=workers, host=host, port=port,
