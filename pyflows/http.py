@@ -18,7 +18,9 @@ JWTs (:class:`JWTCaller`). docs/http-api.md lists the routes, their bodies and t
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -77,6 +79,7 @@ STATUS_OF: dict[type[PyflowsError], int] = {
     InvalidRequest: 422,
     FlowBusy: 423,
 }
+CONSOLE_PREFIX, SESSION_COOKIE = "/console", "pyflows_session"  # the operator console (pyflows.console)
 RETRY_AFTER_SECONDS = 1  # what a 423 (another transaction holds the flow's rows) asks a client to wait
 
 
@@ -99,7 +102,13 @@ async def caller(request: Request) -> Caller:
     if authenticate is None:
         raise NoContext("no caller: the application has not said how callers are authenticated",
                         hint="Override pyflows.http.caller with a dependency that returns a pyflows.http.Caller.")
-    who = await authenticate(request.headers.get("authorization"))
+    authorization = request.headers.get("authorization")
+    if authorization is None and request.url.path.startswith(CONSOLE_PREFIX + "/"):
+        # The console's sign-in form keeps the token in a cookie that browsers send to /console only
+        # (HttpOnly, SameSite=Strict, Path=/console); its state-changing requests are CSRF-checked.
+        session = request.cookies.get(SESSION_COOKIE)
+        authorization = f"Bearer {session}" if session else None
+    who = await authenticate(authorization)
     assert isinstance(who, Caller)
     return who
 
@@ -388,11 +397,16 @@ class JWTCaller:
     ``pyflows_admin: true`` for the admin routes. A missing, malformed, badly signed or expired token is
     401."""
 
-    def __init__(self, secret: str | None = None, public_key: str | None = None) -> None:
+    def __init__(self, secret: str | None = None, public_key: str | None = None, cache_size: int = 4096) -> None:
         if bool(secret) == bool(public_key):
             raise ValueError("give an HS256 secret or a public key, one of them")
         self.key: str = secret or public_key or ""
         self.algorithms = ["HS256"] if secret else ASYMMETRIC
+        # A token is checked once and its caller kept while it is valid: PyJWT's checks cost about 0.3 ms a
+        # request (measured), and a client sends the same token with every request. The key is the whole
+        # token, signature included, so only a token that was checked can hit; its exp is checked again on
+        # every hit; a refused token is never kept (lru_cache keeps no exception).
+        self._verified = functools.lru_cache(maxsize=cache_size)(self._verify)
 
     @classmethod
     def from_environment(cls) -> JWTCaller:
@@ -419,8 +433,15 @@ class JWTCaller:
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise NoContext("a bearer token is required (Authorization: Bearer <JWT>)")
+        who, expires = self._verified(token.strip())
+        if expires is not None and time.time() >= expires:
+            raise NoContext("the bearer token was refused: Signature has expired")
+        return who
+
+    def _verify(self, token: str) -> tuple[Caller, float | None]:
+        """The caller a token names and when it expires (None: never), or NoContext if it is refused."""
         try:
-            claims = jwt.decode(token.strip(), self.key, algorithms=self.algorithms,
+            claims = jwt.decode(token, self.key, algorithms=self.algorithms,
                                 options={"require": ["sub", "client_id", "engagement_id"]})
             who = Caller(uuid.UUID(str(claims["client_id"])), uuid.UUID(str(claims["engagement_id"])),
                          str(claims["sub"]), claims.get("pyflows_admin") is True)
@@ -428,14 +449,18 @@ class JWTCaller:
             raise NoContext(f"the bearer token was refused: {exc}") from exc
         if not who.actor.strip():
             raise NoContext("the bearer token was refused: its sub (the actor) is empty")
-        return who
+        expires = claims.get("exp")
+        return who, None if expires is None else float(expires)
 
 
 def create_app(dsn: str, authenticate: Callable[[str | None], Awaitable[Caller]], admin_dsn: str | None = None,
-               pool_size: int = 10) -> FastAPI:
+               pool_size: int = 10, console_secret: bytes | None = None) -> FastAPI:
     """The standalone application (``pyflows serve``): the routes at the root over a pool of ``dsn`` (the
     application login), callers from ``authenticate`` (given the Authorization header, e.g. a JWTCaller), the admin
-    routes over a pool of ``admin_dsn`` when given."""
+    routes over a pool of ``admin_dsn`` when given, and the operator console under /console (pyflows.console;
+    ``console_secret`` keys its CSRF tokens, the same in every worker)."""
+    from . import console
+
     pool = AsyncConnectionPool(dsn, open=False, min_size=1, max_size=pool_size, name="pyflows-http")
     admin_pool = (AsyncConnectionPool(admin_dsn, open=False, min_size=1, max_size=2, name="pyflows-http-admin")
                   if admin_dsn else None)
@@ -454,19 +479,23 @@ def create_app(dsn: str, authenticate: Callable[[str | None], Awaitable[Caller]]
 
     app = FastAPI(title="pyflows", lifespan=lifespan)
     install(app, AsyncFlows(pool), admin=None if admin_pool is None else AsyncFlows(admin_pool))
+    console.install(app, console_secret)
     app.state.pyflows_authenticate = authenticate
     return app
 
 
 def app_from_environment() -> FastAPI:
     """``create_app`` from the environment ``pyflows serve --workers N`` sets for its worker processes:
-    PYFLOWS_SERVE_DSN, PYFLOWS_SERVE_POOL_SIZE, PYFLOWS_ADMIN_DSN, and the key (JWTCaller.from_environment).
+    PYFLOWS_SERVE_DSN, PYFLOWS_SERVE_POOL_SIZE, PYFLOWS_ADMIN_DSN, PYFLOWS_CONSOLE_SECRET (the console's CSRF
+    key, shared by the workers) and the JWT key (JWTCaller.from_environment).
     Refuses to build an application without a DSN or a key."""
     dsn = os.environ.get("PYFLOWS_SERVE_DSN")
     if dsn is None:
         raise RuntimeError("PYFLOWS_SERVE_DSN is not set: start the workers with pyflows serve --workers N")
+    secret = os.environ.get("PYFLOWS_CONSOLE_SECRET")
     return create_app(dsn, JWTCaller.from_environment(), os.environ.get("PYFLOWS_ADMIN_DSN") or None,
-                      int(os.environ.get("PYFLOWS_SERVE_POOL_SIZE", "10")))
+                      int(os.environ.get("PYFLOWS_SERVE_POOL_SIZE", "10")),
+                      console_secret=secret.encode() if secret else None)
 
 
 # ---- docs/http-api.md's reference, from the OpenAPI schema --------------------------------------------------

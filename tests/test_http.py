@@ -8,13 +8,14 @@ import base64
 import hmac
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 from psycopg_pool import AsyncConnectionPool  # noqa: E402
 
-from pyflows import http  # noqa: E402
+from pyflows import console, http  # noqa: E402
 from pyflows.api import AsyncFlows, Flows  # noqa: E402
 from pyflows.cli import cli  # noqa: E402
 from pyflows.errors import Forbidden  # noqa: E402
@@ -221,6 +222,22 @@ def test_only_a_valid_token_reaches_the_routes(served: TestClient, tenant_a: Ten
         assert response.headers["www-authenticate"] == "Bearer"
 
 
+def test_a_token_checked_once_is_still_refused_when_it_expires(served: TestClient, tenant_a: Tenant) -> None:
+    """JWTCaller keeps a checked token's caller; its exp is checked again on every request."""
+    expires = int(time.time()) + 2
+    short = bearer(token(tenant_a, exp=expires))
+    assert served.get("/flows/gate", headers=short).status_code == 200
+    assert served.get("/flows/gate", headers=short).status_code == 200  # from the cache
+    time.sleep(max(0.0, expires - time.time()) + 0.05)
+    body = is_problem(served.get("/flows/gate", headers=short), 401, "PF401")
+    assert "expired" in body["detail"]
+    # A refused token is not kept: the same forged token is refused every time.
+    forged = bearer(jwt.encode({"client_id": str(tenant_a.client_id), "engagement_id": str(tenant_a.engagement_id),
+                                "sub": "mallory"}, "another secret of forty bytes, not ours!", algorithm="HS256"))
+    for _ in range(2):
+        is_problem(served.get("/flows/gate", headers=forged), 401, "PF401")
+
+
 def test_a_token_reaches_its_own_tenant_only(served: TestClient, owner: psycopg.Connection[Any], tenant_a: Tenant,
                                              tenant_b: Tenant) -> None:
     with owner.transaction():
@@ -293,27 +310,38 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_pyflows_serve_end_to_end(pyflows_role_dsn: Callable[[str], str], tenant_a: Tenant, tenant_b: Tenant,
-                                  workers: int) -> None:
-    """A real server (uvicorn on 127.0.0.1; with --workers 2, two processes built by app_from_environment) and
-    a real HTTP client: start an import as tenant A, the 409 for a second, B's own gate open."""
+@contextmanager
+def serving(app_dsn: str, log: Path, *args: str) -> Iterator[str]:
+    """``pyflows serve`` (with the HS256 SECRET) on a free port of 127.0.0.1, its output in `log`; its base URL,
+    once it answers."""
     port = free_port()
     env = {**os.environ, "PYFLOWS_JWT_SECRET": SECRET}
-    for name in ("PYFLOWS_JWT_PUBLIC_KEY", "PYFLOWS_SERVE_DSN", "PYFLOWS_ADMIN_DSN"):
+    for name in ("PYFLOWS_JWT_PUBLIC_KEY", "PYFLOWS_SERVE_DSN", "PYFLOWS_ADMIN_DSN", "PYFLOWS_CONSOLE_SECRET"):
         env.pop(name, None)
-    server = subprocess.Popen([sys.executable, "-m", "pyflows", "--dsn", pyflows_role_dsn("app"), "serve",
-                               "--port", str(port), "--workers", str(workers)], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        for _ in range(100):
-            try:
-                httpx.get(f"{base}/openapi.json", timeout=1)
-                break
-            except httpx.TransportError:
-                assert server.poll() is None, server.stdout.read() if server.stdout else ""
-                time.sleep(0.1)
+    with log.open("w") as out:
+        server = subprocess.Popen([sys.executable, "-m", "pyflows", "--dsn", app_dsn, "serve", "--port", str(port),
+                                   *args], env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
+        try:
+            base = f"http://127.0.0.1:{port}"
+            for _ in range(100):
+                try:
+                    httpx.get(f"{base}/openapi.json", timeout=1)
+                    break
+                except httpx.TransportError:
+                    assert server.poll() is None, log.read_text()
+                    time.sleep(0.1)
+            yield base
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_pyflows_serve_end_to_end(pyflows_role_dsn: Callable[[str], str], tenant_a: Tenant, tenant_b: Tenant,
+                                  workers: int, tmp_path: Path) -> None:
+    """A real server (uvicorn on 127.0.0.1; with --workers 2, two processes built by app_from_environment) and
+    a real HTTP client: start an import as tenant A, the 409 for a second, B's own gate open."""
+    with serving(pyflows_role_dsn("app"), tmp_path / "serve.log", "--workers", str(workers)) as base:
         a, b = bearer(token(tenant_a)), bearer(token(tenant_b))
         body = {"filename": "cmdb.csv", "storage_uri": "s3://bucket/cmdb.csv", "byte_size": 3}
         started = httpx.post(f"{base}/imports", headers=a, json=body)
@@ -325,9 +353,15 @@ def test_pyflows_serve_end_to_end(pyflows_role_dsn: Callable[[str], str], tenant
         assert httpx.get(f"{base}/flows/gate").status_code == 401
         for _ in range(6):  # each worker answers alike
             assert httpx.get(f"{base}/flows/gate", headers=a).json()["can_start"] is False
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+        if workers == 2:  # a console form made by one worker is accepted by the other (one CSRF secret)
+            session = token(tenant_b)
+            with httpx.Client(base_url=base) as browser:
+                assert browser.post("/console/login", data={"token": session}).status_code == 303
+                csrf = re.search(r'name="csrf" value="([0-9a-f]{64})"', browser.get("/console/").text)
+                assert csrf
+                for _ in range(6):
+                    assert browser.post("/console/logout", data={"csrf": csrf.group(1)}).status_code == 303
+                    browser.cookies.set(console.SESSION_COOKIE, session, path="/console")
 
 
 # ---- metrics: pyflows.admin_metrics() and /metrics ---------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 
 import click
 
@@ -19,8 +20,11 @@ from .base import Exit, Target, fail
               help="Server processes: one is CPU-bound at a few hundred requests a second.")
 @click.option("--admin-dsn", envvar="PYFLOWS_ADMIN_DSN", metavar="DSN",
               help="A pyflows_admin login for the admin routes (default: $PYFLOWS_ADMIN_DSN; none: routes off).")
+@click.option("--access-log/--no-access-log", default=True, show_default=True,
+              help="Log a line for every request (uvicorn's access log, on standard output).")
 @click.pass_obj
-def serve(target: Target, host: str, port: int, pool_size: int, workers: int, admin_dsn: str | None) -> None:
+def serve(target: Target, host: str, port: int, pool_size: int, workers: int, admin_dsn: str | None,
+          access_log: bool) -> None:
     """Serve the HTTP API (docs/http-api.md) over the database's application login. Callers send a bearer JWT:
     signed with the HS256 secret in $PYFLOWS_JWT_SECRET, or with the private key of the public key (PEM, or a
     file) in $PYFLOWS_JWT_PUBLIC_KEY; claims client_id, engagement_id, sub (the actor), exp, and pyflows_admin
@@ -38,11 +42,16 @@ def serve(target: Target, host: str, port: int, pool_size: int, workers: int, ad
     dsn = target.resolve()
     target.announce()
     if workers == 1:
-        uvicorn.run(http.create_app(dsn, authenticate, admin_dsn, pool_size), host=host, port=port, log_level="info")
+        console_secret = os.environ.get("PYFLOWS_CONSOLE_SECRET")
+        app = http.create_app(dsn, authenticate, admin_dsn, pool_size,
+                              console_secret=console_secret.encode() if console_secret else None)
+        uvicorn.run(app, host=host, port=port, log_level="info", access_log=access_log)
         return
-    # Each worker process builds the same application from the same environment (http.app_from_environment).
+    # Each worker process builds the same application from the same environment (http.app_from_environment),
+    # with one console secret (CSRF tokens made by one worker are checked by another).
     os.environ.update({"PYFLOWS_SERVE_DSN": dsn, "PYFLOWS_SERVE_POOL_SIZE": str(pool_size)})
+    os.environ.setdefault("PYFLOWS_CONSOLE_SECRET", secrets.token_hex(32))
     if admin_dsn:
         os.environ["PYFLOWS_ADMIN_DSN"] = admin_dsn
     uvicorn.run("pyflows.http:app_from_environment", factory=True, workers=workers, host=host, port=port,
-                log_level="info")
+                log_level="info", access_log=access_log)
