@@ -14,6 +14,8 @@ from typing import Any
 import psycopg
 import pytest
 
+pytestmark = pytest.mark.citus  # the console holds on Citus too (docs/scale-out.md)
+
 pytest.importorskip("fastapi")
 pytest.importorskip("jinja2")
 

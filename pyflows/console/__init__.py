@@ -293,7 +293,8 @@ async def event_page(request: Request, who: Who, event_id: int,
     event = await _flows(request, who).audit_event(event_id)
     tables = sorted(set((event.impact or {}).get("counts", {})) | set(event.deleted))
     return page(request, "event.html", who, e=event, tables=tables, notice=notice,
-                restorable=event.action in ("flow.delete", "flow.purge") and event.restored_by_event_id is None)
+                restorable=event.action in ("flow.delete", "flow.purge") and event.restored_by_event_id is None
+                and (event.details or {}).get("state") != "running")  # a purge still running restores nothing
 
 
 @router.post("/audit/{event_id}/restore")
