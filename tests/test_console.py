@@ -26,7 +26,7 @@ from pyflows import console, http  # noqa: E402
 from pyflows.models import Tenant  # noqa: E402
 
 from .helpers import write_flow_tree  # noqa: E402
-from .test_http import SECRET, bearer, token  # noqa: E402
+from .test_http import PROBLEM, SECRET, bearer, make_app, token  # noqa: E402
 
 C = console.PREFIX
 
@@ -288,3 +288,28 @@ def test_every_console_route_refuses_strangers_and_other_tenants(app_client: Tes
         assert as_b.status_code < 500, (method, path, as_b.text)
         assert "only-for-a" not in as_b.text, (method, path)  # nothing of A's: not its flows, not its events
         assert count_flows(owner, tenant_a) == before, (method, path)
+
+
+def test_an_application_mounts_the_console_with_its_own_authentication(pyflows_role_dsn: Callable[[str], str],
+                                                                       owner: psycopg.Connection[Any],
+                                                                       tenant_a: Tenant, tenant_b: Tenant) -> None:
+    """The embedding application's override of pyflows.http.caller decides the console's caller too; its
+    forms still need the CSRF token; the sign-in form is off; errors outside /console stay problem+json."""
+    app = make_app(pyflows_role_dsn("app"), {"a": tenant_a, "b": tenant_b})
+    with pytest.raises(ValueError, match="32 bytes"):
+        console.install(app, secret=b"short")
+    console.install(app, secret=b"s" * 32)
+    with owner.transaction():
+        tree = write_flow_tree(owner, tenant_a, status="paused", name="mounted-flow")
+    with TestClient(app, follow_redirects=False) as c:
+        a = {"x-tenant": "a"}
+        flows = c.get(f"{C}/", headers=a)
+        assert flows.status_code == 200 and "mounted-flow" in flows.text and "user of a" in flows.text
+        assert "mounted-flow" not in c.get(f"{C}/", headers={"x-tenant": "b"}).text
+        form = {"reason": "r", "confirm": "yes"}
+        assert c.post(f"{C}/flows/{tree.flow_id}/delete", headers=a, data=form).status_code == 403
+        assert count_flows(owner, tenant_a) == 1
+        done = c.post(f"{C}/flows/{tree.flow_id}/delete", headers=a, data={**form, "csrf": csrf_of(flows.text)})
+        assert done.status_code == 200 and count_flows(owner, tenant_a) == 0
+        assert c.post(f"{C}/login", data={"token": "x"}).status_code == 403
+        assert c.get(f"/flows/{tree.flow_id}/details", headers=a).headers["content-type"] == PROBLEM
