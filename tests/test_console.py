@@ -13,6 +13,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 
 pytestmark = pytest.mark.citus  # the console holds on Citus too (docs/scale-out.md)
 
@@ -123,6 +124,9 @@ def test_every_page_is_escaped_and_carries_the_security_headers(app_client: Test
     evil = '<script>alert("owned")</script><img src=x onerror=alert(1)>'
     with owner.transaction():
         tree = write_flow_tree(owner, tenant_a, status="paused", name=evil)
+        owner.execute("update pyflows.discovery_flows set error = %s, agent_insights = %s where id = %s",
+                      (Jsonb({"phase": evil, "message": evil}), Jsonb([{"insight": evil}, {"raw": evil}]),
+                       tree.flow_id))
     csrf = sign_in(app_client, tenant_a, sub=evil, pyflows_admin=True)
     app_client.post(f"{C}/flows/{tree.flow_id}/delete", data={"reason": evil, "confirm": "yes", "csrf": csrf})
     event = app_client.get(f"{C}/audit").text

@@ -17,6 +17,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 
 pytest.importorskip("fastapi")
 webdriver = pytest.importorskip("selenium.webdriver")
@@ -111,7 +112,11 @@ def test_the_operators_path_in_a_real_browser(browser: WebDriver, owner: psycopg
                                               tenant_b: Tenant, pyflows_role_dsn: Callable[[str], str],
                                               tmp_path: Path) -> None:
     done = [_flow(owner, tenant_a, f"cmdb-2026-0{m}.csv", "completed", 99) for m in (7, 8)]
-    stuck = _flow(owner, tenant_a, "cmdb-2026-09.csv", "paused", 3)
+    stuck = _flow(owner, tenant_a, "cmdb-2026-09.csv", "failed", 3)
+    owner.execute("update pyflows.discovery_flows set error = %s, agent_insights = %s where id = %s",
+                  (Jsonb({"phase": "data_cleansing", "message": "37 rows have no hostname"}),
+                   Jsonb([{"phase": "field_mapping", "insight": "Mapped 14 of 16 columns; 'Owner' looks like an "
+                                                                "e-mail address"}]), stuck))
     _flow(owner, tenant_b, "servers-export.xlsx", "running", 1)
     with serving(pyflows_role_dsn("app"), tmp_path / "serve.log", "--admin-dsn", pyflows_role_dsn("admin")) as base:
         op = Operator(browser, base, tmp_path / "screenshots")
@@ -129,8 +134,10 @@ def test_the_operators_path_in_a_real_browser(browser: WebDriver, owner: psycopg
 
         # Continue the blocking flow: its timeline, then Resume.
         op.click("#continue-blocking", then="#timeline")
-        assert "paused" in op.text("#flow-status")
+        assert "failed" in op.text("#flow-status")
         assert len(browser.find_elements(By.CSS_SELECTOR, "#timeline li.completed")) == 3
+        assert "data_cleansing: 37 rows have no hostname" in op.text("#errors")
+        assert "Mapped 14 of 16 columns" in op.text("#insights")
         op.shot("flow")
         op.click("#resume", then=".notice")
         assert op.text("#flow-status") == "running"
