@@ -205,6 +205,11 @@ def test_delete_shows_the_impact_then_needs_a_reason_and_a_confirmation(app_clie
     restored = app_client.post(f"{C}/audit/{event_id.group(1)}/restore", data={"csrf": csrf})
     assert restored.status_code == 303 and count_flows(owner, tenant_a) == 1
     assert 'id="restore"' not in app_client.get(f"{C}/audit/{event_id.group(1)}").text  # restored once only
+    # A link cannot put words of its own on a page: notices are named, their texts fixed.
+    notice = app_client.get(restored.headers["location"]).text
+    assert re.search(r'class="notice" role="status">Restored by audit event \d+\.<', notice)
+    forged = app_client.get(f"{C}/flows/{tree.flow_id}?done=Your+session+expired")
+    assert forged.status_code == 422 and "Your session expired" not in forged.text
 
 
 def test_force_is_offered_only_where_the_verdict_allows_it(app_client: TestClient, owner: psycopg.Connection[Any],

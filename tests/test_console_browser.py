@@ -165,7 +165,7 @@ def test_the_operators_path_in_a_real_browser(browser: WebDriver, owner: psycopg
         assert op.text("#event-reason") == "duplicate of the August export"
         op.shot("audit-event")
         op.click("#restore", then=".notice")
-        assert "restored by audit event" in op.text(".notice") and op.text("#flow-name") == "cmdb-2026-09.csv"
+        assert "Restored by audit event" in op.text(".notice") and op.text("#flow-name") == "cmdb-2026-09.csv"
         op.shot("restored")
 
         # A batch: the restored flow and the two finished ones, their combined impact, one by one; the finished

@@ -210,23 +210,34 @@ async def start_import(request: Request, who: Checked, filename: Annotated[str, 
                        byte_size: Annotated[int, Form(ge=0)],
                        name: Annotated[str | None, Form(max_length=200)] = None) -> Response:
     started = await _flows(request, who).start_import(filename, storage_uri, byte_size, flow_name=name or None)
-    return _see(f"/flows/{started.flow_id}", notice="import started")
+    return _see(f"/flows/{started.flow_id}", done="started")
 
 
 # ---- one flow: timeline, resume, delete with its impact -------------------------------------------------
 
 
+# What a page says after an action redirected to it: a fixed text by name (a link cannot put words of its
+# own on a page), and the number of the audit event it names, if any.
+NOTICES = {"started": "The import started: this is its flow.", "resumed": "Resumed.",
+           "restored": "Restored by audit event {event}."}
+Done = Annotated[str | None, Query(pattern="^(" + "|".join(NOTICES) + ")$")]
+
+
+def _notice(done: str | None, event: int | None) -> str | None:
+    return NOTICES[done].format(event=event) if done else None
+
+
 @router.get("/flows/{flow_id}", response_class=HTMLResponse)
-async def flow_page(request: Request, who: Who, flow_id: uuid.UUID,
-                    notice: Annotated[str | None, Query(max_length=200)] = None) -> HTMLResponse:
+async def flow_page(request: Request, who: Who, flow_id: uuid.UUID, done: Done = None,
+                    event: int | None = None) -> HTMLResponse:
     details = await _flows(request, who).details(flow_id)
-    return page(request, "flow.html", who, d=details, f=details.flow, notice=notice)
+    return page(request, "flow.html", who, d=details, f=details.flow, notice=_notice(done, event))
 
 
 @router.post("/flows/{flow_id}/resume")
 async def resume(request: Request, who: Checked, flow_id: uuid.UUID) -> Response:
-    result = await _flows(request, who).resume(flow_id)
-    return _see(f"/flows/{flow_id}", notice=result.message)
+    await _flows(request, who).resume(flow_id)
+    return _see(f"/flows/{flow_id}", done="resumed")
 
 
 def _force_allowed(safety: Any) -> bool:
@@ -288,11 +299,10 @@ async def audit_page(request: Request, who: Who, flow_id: uuid.UUID | None = Non
 
 
 @router.get("/audit/{event_id}", response_class=HTMLResponse)
-async def event_page(request: Request, who: Who, event_id: int,
-                     notice: Annotated[str | None, Query(max_length=200)] = None) -> HTMLResponse:
+async def event_page(request: Request, who: Who, event_id: int) -> HTMLResponse:
     event = await _flows(request, who).audit_event(event_id)
     tables = sorted(set((event.impact or {}).get("counts", {})) | set(event.deleted))
-    return page(request, "event.html", who, e=event, tables=tables, notice=notice,
+    return page(request, "event.html", who, e=event, tables=tables,
                 restorable=event.action in ("flow.delete", "flow.purge") and event.restored_by_event_id is None
                 and (event.details or {}).get("state") != "running")  # a purge still running restores nothing
 
@@ -300,7 +310,7 @@ async def event_page(request: Request, who: Who, event_id: int,
 @router.post("/audit/{event_id}/restore")
 async def restore(request: Request, who: Checked, event_id: int) -> Response:
     result = await _flows(request, who).restore(event_id)
-    return _see(f"/flows/{result.flow_id}", notice=f"restored by audit event {result.event_id}")
+    return _see(f"/flows/{result.flow_id}", done="restored", event=result.event_id)
 
 
 # ---- admins: incomplete flows of every tenant -------------------------------------------------------------
