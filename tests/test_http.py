@@ -353,6 +353,7 @@ def test_pyflows_serve_end_to_end(pyflows_role_dsn: Callable[[str], str], tenant
         assert httpx.get(f"{base}/flows/gate").status_code == 401
         for _ in range(6):  # each worker answers alike
             assert httpx.get(f"{base}/flows/gate", headers=a).json()["can_start"] is False
+        assert f"the operator console: {base}/console/" in (tmp_path / "serve.log").read_text()
         if workers == 2:  # a console form made by one worker is accepted by the other (one CSRF secret)
             session = token(tenant_b)
             with httpx.Client(base_url=base) as browser:

@@ -41,6 +41,8 @@ def serve(target: Target, host: str, port: int, pool_size: int, workers: int, ad
         fail(str(exc), Exit.USAGE)
     dsn = target.resolve()
     target.announce()
+    shown = f"[{host}]" if ":" in host else host
+    click.echo(f"pyflows: the operator console: http://{shown}:{port}/console/ (docs/console.md)", err=True)
     if workers == 1:
         console_secret = os.environ.get("PYFLOWS_CONSOLE_SECRET")
         app = http.create_app(dsn, authenticate, admin_dsn, pool_size,
