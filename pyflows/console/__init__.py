@@ -35,8 +35,8 @@ from ..errors import Forbidden, IncompleteFlowExists, InvalidRequest, NoContext,
 
 __all__ = ["router", "install", "SESSION_COOKIE", "CSP"]
 
-PREFIX = "/console"
-SESSION_COOKIE = "pyflows_session"  # the sign-in form's JWT: HttpOnly, SameSite=Strict, Path=/console
+PREFIX = http.CONSOLE_PREFIX
+SESSION_COOKIE = http.SESSION_COOKIE  # the sign-in form's JWT: HttpOnly, SameSite=Strict, Path=/console
 CSRF_FIELD, CSRF_HEADER = "csrf", "x-csrf-token"
 PAGE = 20
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
