@@ -236,6 +236,13 @@ def test_a_batch_shows_the_combined_impact_and_a_result_per_flow(app_client: Tes
     summary = app_client.get(f"{C}/batch?{query}").text
     assert "raw_import_records</th><td>6</td>" in summary and "Delete 3 flows" in summary
     assert 'id="force"' in summary  # finished flows: deleting them is a forced delete
+    # Every filter the page links to lists; the finished flows are under all and finished, not incomplete.
+    links = re.findall(r'href="\?filter=(\w+)"', app_client.get(f"{C}/").text)
+    assert sorted(links) == ["all", "incomplete", "terminal"]
+    for link in links:
+        listing = app_client.get(f"{C}/?filter={link}")
+        assert listing.status_code == 200 and ("f0" in listing.text) == (link != "incomplete"), link
+    assert app_client.get(f"{C}/?filter=finished").status_code == 422  # list_flows' own PF422
     form = {"flow_id": [str(t.flow_id) for t in trees], "reason": "batch", "confirm": "yes", "csrf": csrf}
     refused = app_client.post(f"{C}/batch", data=form)  # all or nothing, unforced: each one is refused
     assert refused.status_code == 423 and count_flows(owner, tenant_a) == 3
