@@ -230,7 +230,8 @@ def test_force_is_offered_only_where_the_verdict_allows_it(app_client: TestClien
 def test_a_batch_shows_the_combined_impact_and_a_result_per_flow(app_client: TestClient, owner: psycopg.Connection[Any],
                                                                  tenant_a: Tenant) -> None:
     with owner.transaction():
-        trees = [write_flow_tree(owner, tenant_a, status="completed", records=2, name=f"f{i}") for i in range(3)]
+        trees = [write_flow_tree(owner, tenant_a, status="completed", records=2, name=f"finished-{i}")
+                 for i in range(3)]
     csrf = sign_in(app_client, tenant_a)
     query = "&".join(f"flow_id={t.flow_id}" for t in trees)
     summary = app_client.get(f"{C}/batch?{query}").text
@@ -241,7 +242,7 @@ def test_a_batch_shows_the_combined_impact_and_a_result_per_flow(app_client: Tes
     assert sorted(links) == ["all", "incomplete", "terminal"]
     for link in links:
         listing = app_client.get(f"{C}/?filter={link}")
-        assert listing.status_code == 200 and ("f0" in listing.text) == (link != "incomplete"), link
+        assert listing.status_code == 200 and ("finished-0" in listing.text) == (link != "incomplete"), link
     assert app_client.get(f"{C}/?filter=finished").status_code == 422  # list_flows' own PF422
     form = {"flow_id": [str(t.flow_id) for t in trees], "reason": "batch", "confirm": "yes", "csrf": csrf}
     refused = app_client.post(f"{C}/batch", data=form)  # all or nothing, unforced: each one is refused
