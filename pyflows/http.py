@@ -492,10 +492,18 @@ def app_from_environment() -> FastAPI:
     dsn = os.environ.get("PYFLOWS_SERVE_DSN")
     if dsn is None:
         raise RuntimeError("PYFLOWS_SERVE_DSN is not set: start the workers with pyflows serve --workers N")
-    secret = os.environ.get("PYFLOWS_CONSOLE_SECRET")
     return create_app(dsn, JWTCaller.from_environment(), os.environ.get("PYFLOWS_ADMIN_DSN") or None,
                       int(os.environ.get("PYFLOWS_SERVE_POOL_SIZE", "10")),
-                      console_secret=secret.encode() if secret else None)
+                      console_secret=console_secret_from_environment())
+
+
+def console_secret_from_environment() -> bytes | None:
+    """PYFLOWS_CONSOLE_SECRET (at least 32 characters), the key of the console's CSRF tokens; None when unset
+    (the console makes a random one). ValueError for a shorter one."""
+    secret = os.environ.get("PYFLOWS_CONSOLE_SECRET") or None
+    if secret is not None and len(secret.encode()) < 32:
+        raise ValueError("PYFLOWS_CONSOLE_SECRET is shorter than 32 bytes: give at least 32 (openssl rand -hex 32)")
+    return secret.encode() if secret else None
 
 
 # ---- docs/http-api.md's reference, from the OpenAPI schema --------------------------------------------------

@@ -295,11 +295,13 @@ def test_a_public_key_checks_asymmetric_tokens_and_never_hmac(pyflows_role_dsn: 
 
 def test_serve_refuses_to_start_without_a_key(pyflows_role_dsn: Callable[[str], str]) -> None:
     runner = CliRunner()
-    env = {"PYFLOWS_JWT_SECRET": None, "PYFLOWS_JWT_PUBLIC_KEY": None}
+    env = {"PYFLOWS_JWT_SECRET": None, "PYFLOWS_JWT_PUBLIC_KEY": None, "PYFLOWS_CONSOLE_SECRET": None}
     for extra, message in (({}, "no key to check callers' tokens with"),
                            ({"PYFLOWS_JWT_SECRET": "short"}, "shorter than 32 bytes"),
                            ({"PYFLOWS_JWT_SECRET": SECRET, "PYFLOWS_JWT_PUBLIC_KEY": "x"}, "both set"),
-                           ({"PYFLOWS_JWT_PUBLIC_KEY": "/nonexistent/key.pem"}, "neither a PEM public key")):
+                           ({"PYFLOWS_JWT_PUBLIC_KEY": "/nonexistent/key.pem"}, "neither a PEM public key"),
+                           ({"PYFLOWS_JWT_SECRET": SECRET, "PYFLOWS_CONSOLE_SECRET": "short"},
+                            "PYFLOWS_CONSOLE_SECRET is shorter than 32 bytes")):
         result = runner.invoke(cli, ["--dsn", pyflows_role_dsn("app"), "serve"], env={**env, **extra})
         assert result.exit_code == 2 and message in result.stderr, result.output
 

@@ -37,6 +37,7 @@ def serve(target: Target, host: str, port: int, pool_size: int, workers: int, ad
         fail(f"pyflows serve needs the http extra (pip install 'pyflows[http]'): {exc}", Exit.USAGE)
     try:
         authenticate = http.JWTCaller.from_environment()
+        console_secret = http.console_secret_from_environment()
     except ValueError as exc:
         fail(str(exc), Exit.USAGE)
     dsn = target.resolve()
@@ -44,9 +45,7 @@ def serve(target: Target, host: str, port: int, pool_size: int, workers: int, ad
     shown = f"[{host}]" if ":" in host else host
     click.echo(f"pyflows: the operator console: http://{shown}:{port}/console/ (docs/console.md)", err=True)
     if workers == 1:
-        console_secret = os.environ.get("PYFLOWS_CONSOLE_SECRET")
-        app = http.create_app(dsn, authenticate, admin_dsn, pool_size,
-                              console_secret=console_secret.encode() if console_secret else None)
+        app = http.create_app(dsn, authenticate, admin_dsn, pool_size, console_secret=console_secret)
         uvicorn.run(app, host=host, port=port, log_level="info", access_log=access_log)
         return
     # Each worker process builds the same application from the same environment (http.app_from_environment),
