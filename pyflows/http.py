@@ -253,11 +253,17 @@ async def restore(event_id: int, flows: Tenant) -> RestoreResult:
 admin_router = APIRouter(responses=_PROBLEMS)
 
 
+def admin_flows(request: Request) -> AsyncFlows | None:
+    """The admin login's AsyncFlows that install() was given, or None (the admin routes are off)."""
+    flows = getattr(request.app.state, "pyflows_admin", None)
+    return flows if isinstance(flows, AsyncFlows) else None
+
+
 async def _admin(request: Request, who: Annotated[Caller, Depends(caller)]) -> AsyncFlows:
     if not who.admin:
         raise Forbidden("the admin routes are for admin callers")
-    flows = getattr(request.app.state, "pyflows_admin", None)
-    if not isinstance(flows, AsyncFlows):
+    flows = admin_flows(request)
+    if flows is None:
         raise Forbidden("this application has no admin login: the admin routes are off",
                         hint="Give install() (or pyflows serve --admin-dsn) a pool of a pyflows_admin login.")
     return flows

@@ -115,8 +115,7 @@ def _flows(request: Request, who: http.Caller) -> AsyncTenantFlows:
 
 
 def _admin_flows(request: Request, who: http.Caller) -> AsyncFlows | None:
-    admin = getattr(request.app.state, "pyflows_admin", None)
-    return admin if who.admin and isinstance(admin, AsyncFlows) else None
+    return http.admin_flows(request) if who.admin else None
 
 
 def page(request: Request, template: str, who: http.Caller | None, status: int = 200, **context: Any) -> HTMLResponse:
