@@ -154,7 +154,8 @@ def set_context(conn: Conn, client: uuid.UUID, engagement: uuid.UUID) -> None:
 
 
 def enable_triggers(conn: Conn) -> None:
-    """Every user trigger of the tenant tables on again (after disable_triggers, before a commit)."""
+    """Every user trigger of the tenant tables on again (after disable_triggers), in the caller's transaction."""
+    _allow_trigger_ddl(conn)
     for table in TABLES:
         conn.execute(sql.SQL("alter table {} enable trigger user").format(sql.Identifier("pyflows", table)))
 
@@ -163,10 +164,14 @@ def disable_triggers(conn: Conn) -> None:
     """Every user trigger of the tenant tables off (in the caller's transaction): the unaudited baseline.
     On Citus, which refuses DDL on the triggers of its tables otherwise, with citus.enable_unsafe_triggers
     for the transaction (the change then reaches the shards, and is rolled back with the transaction)."""
-    if conn.execute("select current_setting('citus.enable_unsafe_triggers', true) is not null").fetchone() == (True,):
-        conn.execute("set local citus.enable_unsafe_triggers = on")
+    _allow_trigger_ddl(conn)
     for table in TABLES:
         conn.execute(sql.SQL("alter table {} disable trigger user").format(sql.Identifier("pyflows", table)))
+
+
+def _allow_trigger_ddl(conn: Conn) -> None:
+    if conn.execute("select current_setting('citus.enable_unsafe_triggers', true) is not null").fetchone() == (True,):
+        conn.execute("set local citus.enable_unsafe_triggers = on")
 
 
 def rolled_back(conn: Conn, statements: Callable[[Conn], Any]) -> float:

@@ -324,10 +324,14 @@ set search_path = pg_catalog, pyflows, pg_temp
 as $$
 declare
     v_text    text := nullif(btrim(current_setting('pyflows.lock_timeout', true)), '');
-    v_parts   text[] := regexp_match(coalesce(v_text, '200'), '^([0-9]{1,9}) *(ms|s|min)?$');
+    v_parts   text[];
     v_ms      bigint;
     v_session bigint;
 begin
+    if v_text is null and current_setting('lock_timeout') = '0' then
+        return '200';  -- the default and no bound of the session's own: most calls, without parsing
+    end if;
+    v_parts := regexp_match(coalesce(v_text, '200'), '^([0-9]{1,9}) *(ms|s|min)?$');
     v_ms := v_parts[1]::bigint * case v_parts[2] when 's' then 1000 when 'min' then 60000 else 1 end;
     if v_ms is null or v_ms < 1 or v_ms > 60000 then
         raise exception 'pyflows.lock_timeout must be between 1ms and 1min (got %)', quote_literal(v_text)
