@@ -2,8 +2,8 @@
 
 Each table's rows are loaded five ways, interleaved, each into a flow (and import) of its own:
 
-- ``bulk``: the bulk path (``TenantFlows.copy_records``/``copy_assets``/``copy_dependencies``: COPY
-  into a session staging table, then one ``load_*`` call that inserts under RLS), as the app login;
+- ``bulk``: the bulk path (``TenantFlows.copy_records``/``copy_assets``/``copy_dependencies``: batches of
+  rows as JSON arrays, one ``add_*`` call each, pipelined, inserted under RLS), as the app login;
 - ``insert``: plain multi-row INSERTs of 1,000 rows a statement, as the app login;
 - ``keys (copy)`` and ``keys (insert)``: the same rows by COPY and by the same INSERTs into copies of
   the tables that keep only their keys, indexes and foreign keys (what a team would keep anyway: no

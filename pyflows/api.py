@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import ipaddress
+import itertools
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
@@ -20,7 +23,6 @@ from decimal import Decimal
 from typing import Any, Generic, TypeVar
 
 import psycopg
-from psycopg import sql
 from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb, set_json_loads
@@ -68,23 +70,38 @@ AsyncSource = psycopg.AsyncConnection[Any] | AsyncConnectionPool[Any]
 _ASYNC: tuple[type, ...] = (psycopg.AsyncConnection, AsyncConnectionPool)
 
 
+# How many rows a bulk load sends in one add_* call (one JSON array).
+BATCH_ROWS = 10_000
+
+
+def _json_value(value: Any) -> str:
+    """What JSON has no type for, among the values the loaded columns take: exact numbers (confidence)
+    and addresses (ip_address) as their text, which PostgreSQL reads back into the column's type."""
+    if isinstance(value, Decimal | ipaddress.IPv4Address | ipaddress.IPv6Address):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} {value!r} is not a JSON value")
+
+
+_dumps = functools.partial(json.dumps, default=_json_value)
+
+
 @dataclass(frozen=True)
-class _Stage:
-    """Rows to COPY into a temporary staging table before the call (dropped at commit): the bulk path,
-    since PostgreSQL refuses COPY into a table with row-level security (sql/080_bulk.sql)."""
+class _Batches:
+    """Rows for the bulk path: sent as JSON arrays of at most BATCH_ROWS rows, one add_* call each, with
+    psycopg's executemany, which pipelines them: the client encodes a batch while the server inserts
+    the one before, all in the call's one transaction (PostgreSQL refuses COPY into a table with
+    row-level security; sql/080_bulk.sql). Always at least one call, so that an empty load is checked
+    like any other. The call's ``build`` gets one row per batch, ``{"rows": <that call's rows>}``."""
 
-    table: str
-    columns: tuple[tuple[str, str], ...]  # (name, type)
-    rows: Iterable[Sequence[Any]]
+    rows: Iterable[Any]
 
-    def create(self) -> sql.Composed:
-        return sql.SQL("create temporary table {} ({}) on commit drop").format(
-            sql.Identifier(self.table),
-            sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(t)) for n, t in self.columns))
-
-    def copy(self) -> sql.Composed:
-        return sql.SQL("copy {} ({}) from stdin").format(
-            sql.Identifier(self.table), sql.SQL(", ").join(sql.Identifier(n) for n, _ in self.columns))
+    def params(self, fixed: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+        rows = iter(self.rows)
+        while True:
+            batch = list(itertools.islice(rows, BATCH_ROWS))
+            yield {**fixed, "rows": Jsonb(batch, dumps=_dumps)}
+            if len(batch) < BATCH_ROWS:
+                return
 
 
 @dataclass(frozen=True)
@@ -93,7 +110,7 @@ class _Call(Generic[T]):
     params: Mapping[str, Any]
     build: Callable[[Rows], T]
     rollback: bool = False  # run for real, then roll the transaction back (a dry run)
-    stage: _Stage | None = None
+    batches: _Batches | None = None
 
 
 def _one(cls: type[T], **extra: Any) -> Callable[[Rows], T]:
@@ -242,73 +259,75 @@ def _prune(older_than: timedelta, dry_run: bool, actor: str | None) -> _Call[Pru
                  lambda rows: PruneResult(int(rows[0]["events"]), dry_run), rollback=dry_run)
 
 
-# The bulk path: each loader COPYs its rows into pg_temp.<table>, then one SQL call moves them.
-RECORD_COLUMNS = (("ord", "bigint"), ("data", "jsonb"))
-MAPPING_COLUMNS = (("source_field", "text"), ("target_attribute", "text"), ("confidence", "numeric"),
-                   ("status", "text"))
-ASSET_COLUMNS = (("ord", "bigint"), ("name", "text"), ("asset_type", "text"), ("hostname", "text"),
-                 ("ip_address", "inet"), ("operating_system", "text"), ("attributes", "jsonb"))
-EDGE_COLUMNS = (("source_asset_id", "bigint"), ("target_asset_id", "bigint"), ("dependency_type", "text"))
+# The bulk path (see _Batches): each loader sends its rows in add_* calls.
+MAPPING_KEYS = ("source_field", "target_attribute", "confidence", "status")
+ASSET_KEYS = ("name", "asset_type", "hostname", "ip_address", "operating_system", "attributes")
+EDGE_KEYS = ("source_asset_id", "target_asset_id", "dependency_type")
 
 
-def _fields(columns: Sequence[tuple[str, str]], what: str) -> Callable[[Mapping[str, Any]], list[Any]]:
-    """A function that turns one mapping into the staged row of these columns (jsonb values wrapped); a key
-    that names no column is InvalidRequest. Made once per load: this runs for every row."""
-    names = tuple(name for name, _ in columns)
-    known = frozenset(names)
-    wrapped = tuple(type_ == "jsonb" for _, type_ in columns)
-
-    def row_of(row: Mapping[str, Any]) -> list[Any]:
-        if not known.issuperset(row):
-            raise InvalidRequest(f"{what} has unknown fields {sorted(set(row) - known)}; known: {list(names)}")
-        get = row.get
-        return [_jsonb(get(name)) if jsonb else get(name) for name, jsonb in zip(names, wrapped, strict=True)]
-
-    return row_of
+def _loaded(batches: Rows) -> LoadResult:
+    """The results of a load's add_* calls (one jsonb each) as one: the rows of every call, the rest
+    (record_count after the load) from the last."""
+    results = [from_json(LoadResult, next(iter(b["rows"][0].values()))) for b in batches]
+    return dataclasses.replace(results[-1], loaded=sum(r.loaded for r in results))
 
 
-def _in_order(rows: Rows) -> list[int]:
-    """load_assets' (ord, asset_id) rows as the ids in the order of ord (1, 2, …: the order given)."""
-    ids = [0] * len(rows)
-    for row in rows:
-        ids[int(row["ord"]) - 1] = int(row["asset_id"])
+def _in_order(batches: Rows) -> list[int]:
+    """add_assets' (ord, asset_id) rows, call after call, as the ids in the order given (ord: the
+    position in its call's batch, from 1)."""
+    ids: list[int] = []
+    for batch in batches:
+        part = [0] * len(batch["rows"])
+        for row in batch["rows"]:
+            part[int(row["ord"]) - 1] = int(row["asset_id"])
+        ids += part
     return ids
 
 
+def _edge(edge: Sequence[Any] | Mapping[str, Any]) -> Any:
+    """An edge as add_dependencies takes it: a mapping as it is, a (source, target, type) sequence as one."""
+    if isinstance(edge, Mapping):
+        return edge
+    values = tuple(edge)
+    if len(values) != len(EDGE_KEYS):
+        raise InvalidRequest(f"an edge is (source_asset_id, target_asset_id, dependency_type), got {values!r}")
+    return dict(zip(EDGE_KEYS, values, strict=True))
+
+
 def _load_records(import_id: uuid.UUID, rows: Iterable[Any]) -> _Call[LoadResult]:
-    staged = ([n, Jsonb(data)] for n, data in enumerate(rows, 1))
-    return _Call("load_records", {"import_id": import_id, "stage": "pg_temp.pyflows_stage_records"},
-                 _one(LoadResult), stage=_Stage("pyflows_stage_records", RECORD_COLUMNS, staged))
+    return _Call("add_records", {"import_id": import_id}, _loaded, batches=_Batches(rows))
 
 
 def _load_mappings(import_id: uuid.UUID, mappings: Iterable[Mapping[str, Any]]) -> _Call[LoadResult]:
-    staged = map(_fields(MAPPING_COLUMNS, "a mapping"), mappings)
-    return _Call("load_mappings", {"import_id": import_id, "stage": "pg_temp.pyflows_stage_mappings"},
-                 _one(LoadResult), stage=_Stage("pyflows_stage_mappings", MAPPING_COLUMNS, staged))
+    return _Call("add_mappings", {"import_id": import_id}, _loaded, batches=_Batches(mappings))
 
 
 def _load_assets(flow_id: uuid.UUID, assets: Iterable[Mapping[str, Any]]) -> _Call[list[int]]:
-    row_of = _fields(ASSET_COLUMNS[1:], "an asset")
-    staged = ([n, *row_of(a)] for n, a in enumerate(assets, 1))
-    return _Call("load_assets", {"flow_id": flow_id, "stage": "pg_temp.pyflows_stage_assets"}, _in_order,
-                 stage=_Stage("pyflows_stage_assets", ASSET_COLUMNS, staged))
+    return _Call("add_assets", {"flow_id": flow_id}, _in_order, batches=_Batches(assets))
 
 
 def _load_dependencies(flow_id: uuid.UUID, edges: Iterable[Sequence[Any] | Mapping[str, Any]]) -> _Call[LoadResult]:
-    row_of = _fields(EDGE_COLUMNS, "an edge")
-    staged = (row_of(e) if isinstance(e, Mapping) else list(e) for e in edges)
-    return _Call("load_dependencies", {"flow_id": flow_id, "stage": "pg_temp.pyflows_stage_dependencies"},
-                 _one(LoadResult), stage=_Stage("pyflows_stage_dependencies", EDGE_COLUMNS, staged))
+    return _Call("add_dependencies", {"flow_id": flow_id}, _loaded, batches=_Batches(map(_edge, edges)))
 
 
 @contextlib.contextmanager
-def _staging_errors() -> Iterator[None]:
-    """A row PostgreSQL refuses while it is staged (a value of the wrong type, a NUL in JSON) is bad
-    input like any other: InvalidRequest, and the transaction (the staging table with it) rolls back."""
+def _batch_errors() -> Iterator[None]:
+    """A batch that cannot be sent (a value JSON has no type for) or that PostgreSQL refuses as a value
+    (a NUL in a JSON string) is bad input like any other: InvalidRequest, and the transaction rolls back."""
     try:
         yield
+    except TypeError as exc:
+        raise InvalidRequest(f"a row could not be sent as JSON: {exc}") from exc
     except psycopg.errors.DataError as exc:
-        raise InvalidRequest(f"a row could not be staged: {exc.diag.message_primary}") from exc
+        raise InvalidRequest(f"a row could not be read: {exc.diag.message_primary}") from exc
+
+
+def _batch_results(cur: psycopg.Cursor[Any]) -> Rows:
+    """Each result set executemany(returning=True) left on cur, as one row {"rows": ...} per call."""
+    batches = [{"rows": cur.fetchall()}]
+    while cur.nextset():
+        batches.append({"rows": cur.fetchall()})
+    return batches
 
 
 def _purge_params(flow_id: uuid.UUID, reason: str, batch_rows: int, force: bool) -> dict[str, Any]:
@@ -381,13 +400,13 @@ class Flows:
             set_json_loads(_loads, cur)
             if tenant is not None:
                 cur.execute(query("set_context"), _context_params(tenant))
-            if call.stage is not None:
-                cur.execute(call.stage.create())
-                with _staging_errors(), cur.copy(call.stage.copy()) as copy:
-                    for row in call.stage.rows:
-                        copy.write_row(row)
-            cur.execute(query(call.query), call.params)
-            rows = cur.fetchall()
+            if call.batches is not None:
+                with _batch_errors():
+                    cur.executemany(query(call.query), call.batches.params(call.params), returning=True)
+                rows = _batch_results(cur)
+            else:
+                cur.execute(query(call.query), call.params)
+                rows = cur.fetchall()
         return call.build(rows)
 
     def tenant(self, client_id: uuid.UUID | str, engagement_id: uuid.UUID | str,
@@ -538,7 +557,8 @@ class TenantFlows:
 
     def copy_records(self, import_id: uuid.UUID, rows: Iterable[Any]) -> LoadResult:
         """Bulk-load an import's raw records (each row its ``data``, any JSON value), numbered after the
-        import's last one, streamed with COPY; keeps ``record_count``. One transaction; nothing on error."""
+        import's last one, sent in pipelined batches (add_records); keeps ``record_count``. One
+        transaction; nothing on error."""
         return self._run(_load_records(import_id, rows))
 
     def copy_mappings(self, import_id: uuid.UUID, mappings: Iterable[Mapping[str, Any]]) -> LoadResult:
@@ -589,14 +609,16 @@ class AsyncFlows:
                     set_json_loads(_loads, cur)
                     if tenant is not None:
                         await cur.execute(query("set_context"), _context_params(tenant))
-                    if call.stage is not None:
-                        await cur.execute(call.stage.create())
-                        with _staging_errors():
-                            async with cur.copy(call.stage.copy()) as copy:
-                                for row in call.stage.rows:
-                                    await copy.write_row(row)
-                    await cur.execute(query(call.query), call.params)
-                    rows = await cur.fetchall()
+                    if call.batches is not None:
+                        with _batch_errors():
+                            await cur.executemany(query(call.query), call.batches.params(call.params),
+                                                  returning=True)
+                        rows = [{"rows": await cur.fetchall()}]
+                        while cur.nextset():
+                            rows.append({"rows": await cur.fetchall()})
+                    else:
+                        await cur.execute(query(call.query), call.params)
+                        rows = await cur.fetchall()
         return call.build(rows)
 
     def tenant(self, client_id: uuid.UUID | str, engagement_id: uuid.UUID | str,

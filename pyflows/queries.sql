@@ -226,17 +226,17 @@ select pyflows.prune_audit(p_older_than => %(older_than)s, p_actor => %(actor)s)
 -- name: admin_list_audit_events
 select * from pyflows.admin_list_audit_events(p_since => %(since)s, p_action => %(action)s, p_limit => %(limit)s)
 
--- name: load_records
-select pyflows.load_records(p_import_id => %(import_id)s, p_stage => %(stage)s)
+-- name: add_records
+select pyflows.add_records(p_import_id => %(import_id)s, p_records => %(rows)s)
 
--- name: load_mappings
-select pyflows.load_mappings(p_import_id => %(import_id)s, p_stage => %(stage)s)
+-- name: add_mappings
+select pyflows.add_mappings(p_import_id => %(import_id)s, p_mappings => %(rows)s)
 
--- name: load_assets
-select ord, asset_id from pyflows.load_assets(p_flow_id => %(flow_id)s, p_stage => %(stage)s)
+-- name: add_assets
+select ord, asset_id from pyflows.add_assets(p_flow_id => %(flow_id)s, p_assets => %(rows)s)
 
--- name: load_dependencies
-select pyflows.load_dependencies(p_flow_id => %(flow_id)s, p_stage => %(stage)s)
+-- name: add_dependencies
+select pyflows.add_dependencies(p_flow_id => %(flow_id)s, p_edges => %(rows)s)
 
 -- name: add_client
 select pyflows.add_client(p_name => %(name)s, p_client_id => %(client_id)s)

@@ -14,6 +14,13 @@
 -- with one, Citus sends the rows to the workers as intermediate results and inserts them there with
 -- plain INSERTs, which the policies check (docs/scale-out.md).
 --
+-- Or without a staging table: the add_* functions take a batch of rows as one JSON array (of values
+-- for add_records, of objects with the staging tables' column names for the others), which a worker
+-- sends as one parameter and can pipeline, a batch after another, in one transaction. Each batch is
+-- the same INSERT ... SELECT as the load_* functions (one function per table does both), reading the
+-- array with jsonb_array_elements or jsonb_to_recordset; an object with a key that names no column,
+-- or an element that is not an object, is PF422 before anything is written.
+--
 -- The staging tables' columns (names as listed; any order; extra columns are ignored):
 --   load_records       ord bigint, data jsonb
 --   load_mappings      source_field text, target_attribute text, confidence numeric, status text
@@ -53,6 +60,39 @@ begin
             using errcode = 'PF422', detail = json_build_object('stage', v_stage::text, 'needs', p_columns)::text;
     end if;
     return v_stage;
+end;
+$$;
+
+-- The batch p_rows of an add_* call, checked: a JSON array; with p_keys, of objects whose keys are
+-- among p_keys. PF422 otherwise, naming what is wrong. (One pass that takes the known keys off each
+-- object: a jsonpath over every key cost more than reading the batch.)
+create or replace function pyflows._batch(p_rows jsonb, p_keys text[])
+returns jsonb
+language plpgsql
+immutable
+set search_path = pg_catalog, pyflows, pg_temp
+as $$
+declare
+    v_bad jsonb;
+begin
+    if p_rows is null or pg_catalog.jsonb_typeof(p_rows) <> 'array' then
+        raise exception 'rows must be a JSON array (got %)', coalesce(pg_catalog.jsonb_typeof(p_rows), 'NULL')
+            using errcode = 'PF422';
+    end if;
+    if p_keys is not null then
+        select e into v_bad from pg_catalog.jsonb_array_elements(p_rows) as e
+         where case when pg_catalog.jsonb_typeof(e) = 'object' then e - p_keys <> '{}'::jsonb else true end
+         limit 1;
+        if pg_catalog.jsonb_typeof(v_bad) <> 'object' then
+            raise exception 'each row must be a JSON object (got %)', left(v_bad::text, 200)
+                using errcode = 'PF422', detail = json_build_object('keys', p_keys)::text;
+        elsif v_bad is not null then
+            raise exception 'a row has unknown keys: %',
+                (select string_agg(k, ', ' order by k) from pg_catalog.jsonb_object_keys(v_bad - p_keys) as k)
+                using errcode = 'PF422', detail = json_build_object('keys', p_keys)::text;
+        end if;
+    end if;
+    return p_rows;
 end;
 $$;
 
@@ -115,9 +155,10 @@ begin
 end;
 $$;
 
--- The raw records of an import, from p_stage (ord, data), numbered after the import's last row in
--- the order of ord. Result: {import_id, flow_id, loaded, record_count}.
-create or replace function pyflows.load_records(p_import_id uuid, p_stage text)
+-- The raw records of an import, from the staging table p_stage (ord, data; checked by _stage) or, when
+-- it is NULL, the JSON array p_rows (checked by _batch), numbered after the import's last row in the
+-- order of ord (of the array). Result: {import_id, flow_id, loaded, record_count}. load_records and add_records only.
+create or replace function pyflows._load_records(p_import_id uuid, p_stage regclass, p_rows jsonb)
 returns jsonb
 language plpgsql
 set search_path = pg_catalog, pyflows, pg_temp
@@ -125,7 +166,6 @@ as $$
 declare
     c_client     constant uuid := pyflows.current_client_id();
     c_engagement constant uuid := pyflows.current_engagement_id();
-    v_stage      regclass;
     v_flow_id    uuid;
     v_last       integer;
     v_n          bigint;
@@ -136,7 +176,6 @@ declare
 begin
     perform pyflows._require_context();
     v_flow_id := pyflows._import_for_loading(p_import_id);
-    v_stage := pyflows._stage(p_stage, array['ord bigint', 'data jsonb']);
     select coalesce(max(r.row_number), 0) into v_last from pyflows.raw_import_records as r
      where r.client_id = c_client and r.engagement_id = c_engagement and r.import_id = p_import_id;
     v_wait := pyflows._bound_lock_waits();
@@ -144,12 +183,15 @@ begin
         execute format('with inserted as (
                             insert into pyflows.raw_import_records (client_id, engagement_id, import_id, row_number,
                                                                     data)
-                            select $1, $2, $3, $4 + row_number() over (order by s.ord), s.data from %s as s
+                            select $1, $2, $3, $4 + s.n, s.data from %s
                             returning 1)
-                        select count(*) from inserted', v_stage)
-          using c_client, c_engagement, p_import_id, v_last
+                        select count(*) from inserted',
+                       case when p_stage is null then 'pg_catalog.jsonb_array_elements($5) with ordinality as s(data, n)'
+                            else format('(select row_number() over (order by t.ord) as n, t.data from %s as t) as s',
+                                        p_stage) end)
+          using c_client, c_engagement, p_import_id, v_last, p_rows
           into v_n;
-    exception when not_null_violation or check_violation or unique_violation or numeric_value_out_of_range then
+    exception when not_null_violation or check_violation or unique_violation or data_exception then
         get stacked diagnostics v_message = message_text, v_constraint = constraint_name;
         perform pyflows._refuse_rows('raw records', v_message, v_constraint);
     when lock_not_available or deadlock_detected then
@@ -166,9 +208,34 @@ begin
 end;
 $$;
 
--- The field mappings of an import, from p_stage (source_field, target_attribute, confidence, status;
--- a NULL status is 'suggested'). Result: {import_id, flow_id, loaded}.
-create or replace function pyflows.load_mappings(p_import_id uuid, p_stage text)
+-- The raw records of an import, from p_stage (ord, data), numbered after the import's last row in
+-- the order of ord. Result: {import_id, flow_id, loaded, record_count}.
+create or replace function pyflows.load_records(p_import_id uuid, p_stage text)
+returns jsonb
+language plpgsql
+set search_path = pg_catalog, pyflows, pg_temp
+as $$
+begin
+    return pyflows._load_records(p_import_id, pyflows._stage(p_stage, array['ord bigint', 'data jsonb']), null);
+end;
+$$;
+
+-- The raw records of an import from p_records, a JSON array of the records' data (any JSON values),
+-- numbered after the import's last row in the array's order. Result: as load_records.
+create or replace function pyflows.add_records(p_import_id uuid, p_records jsonb)
+returns jsonb
+language plpgsql
+set search_path = pg_catalog, pyflows, pg_temp
+as $$
+begin
+    return pyflows._load_records(p_import_id, null, pyflows._batch(p_records, null));
+end;
+$$;
+
+-- The field mappings of an import, from the staging table p_stage or, when it is NULL, the JSON array
+-- p_rows (source_field, target_attribute, confidence, status; a NULL status is 'suggested'). Result:
+-- {import_id, flow_id, loaded}. load_mappings and add_mappings only.
+create or replace function pyflows._load_mappings(p_import_id uuid, p_stage regclass, p_rows jsonb)
 returns jsonb
 language plpgsql
 set search_path = pg_catalog, pyflows, pg_temp
@@ -176,7 +243,6 @@ as $$
 declare
     c_client     constant uuid := pyflows.current_client_id();
     c_engagement constant uuid := pyflows.current_engagement_id();
-    v_stage      regclass;
     v_flow_id    uuid;
     v_n          bigint;
     v_message    text;
@@ -185,8 +251,6 @@ declare
 begin
     perform pyflows._require_context();
     v_flow_id := pyflows._import_for_loading(p_import_id);
-    v_stage := pyflows._stage(p_stage, array['source_field text', 'target_attribute text', 'confidence numeric',
-                                             'status text']);
     v_wait := pyflows._bound_lock_waits();
     begin
         execute format('with inserted as (
@@ -195,12 +259,16 @@ begin
                                                                        status)
                             select $1, $2, $3, s.source_field, s.target_attribute, s.confidence,
                                    coalesce(s.status, ''suggested'')
-                              from %s as s
+                              from %s
                             returning 1)
-                        select count(*) from inserted', v_stage)
-          using c_client, c_engagement, p_import_id
+                        select count(*) from inserted',
+                       case when p_stage is null
+                            then 'pg_catalog.jsonb_to_recordset($5) as s(source_field text, target_attribute text, '
+                                 'confidence numeric, status text)'
+                            else format('%s as s', p_stage) end)
+          using c_client, c_engagement, p_import_id, null::bigint, p_rows
           into v_n;
-    exception when not_null_violation or check_violation or unique_violation or numeric_value_out_of_range then
+    exception when not_null_violation or check_violation or unique_violation or data_exception then
         get stacked diagnostics v_message = message_text, v_constraint = constraint_name;
         perform pyflows._refuse_rows('field mappings', v_message, v_constraint);
     when lock_not_available or deadlock_detected then
@@ -211,12 +279,40 @@ begin
 end;
 $$;
 
--- The assets of a flow, from p_stage (ord, name, asset_type, hostname, ip_address, operating_system,
--- attributes; a NULL attributes is {}). Returns each staged row's ord with the id its asset got, so
--- that the caller can build dependency edges. The ids are drawn from the column's identity sequence
--- first (the staged rows read once, nothing sorted), then inserted with the rows: pyflows_app has
--- USAGE on that sequence, which lets it draw ids and nothing else.
-create or replace function pyflows.load_assets(p_flow_id uuid, p_stage text)
+-- The field mappings of an import, from p_stage (source_field, target_attribute, confidence, status;
+-- a NULL status is 'suggested'). Result: {import_id, flow_id, loaded}.
+create or replace function pyflows.load_mappings(p_import_id uuid, p_stage text)
+returns jsonb
+language plpgsql
+set search_path = pg_catalog, pyflows, pg_temp
+as $$
+begin
+    return pyflows._load_mappings(p_import_id, pyflows._stage(
+        p_stage, array['source_field text', 'target_attribute text', 'confidence numeric', 'status text']), null);
+end;
+$$;
+
+-- The field mappings of an import from p_mappings, a JSON array of objects with the keys
+-- source_field, target_attribute, confidence, status (each optional but source_field). Result: as
+-- load_mappings.
+create or replace function pyflows.add_mappings(p_import_id uuid, p_mappings jsonb)
+returns jsonb
+language plpgsql
+set search_path = pg_catalog, pyflows, pg_temp
+as $$
+begin
+    return pyflows._load_mappings(p_import_id, null, pyflows._batch(p_mappings, array['source_field', 'target_attribute', 'confidence', 'status']));
+end;
+$$;
+
+-- The assets of a flow, from the staging table p_stage (ord, name, asset_type, hostname, ip_address,
+-- operating_system, attributes; a NULL attributes is {}) or, when it is NULL, the JSON array p_rows
+-- (the same keys; ord is each object's position, from 1). Returns each row's
+-- ord with the id its asset got, so that the caller can build dependency edges. The ids are drawn
+-- from the column's identity sequence first (the rows read once, nothing sorted), then inserted with
+-- the rows: pyflows_app has USAGE on that sequence, which lets it draw ids and nothing else.
+-- load_assets and add_assets only.
+create or replace function pyflows._load_assets(p_flow_id uuid, p_stage regclass, p_rows jsonb)
 returns table (ord bigint, asset_id bigint)
 language plpgsql
 set search_path = pg_catalog, pyflows, pg_temp
@@ -224,20 +320,17 @@ as $$
 declare
     c_client     constant uuid := pyflows.current_client_id();
     c_engagement constant uuid := pyflows.current_engagement_id();
-    v_stage      regclass;
     v_message    text;
     v_constraint text;
     v_wait       text;
 begin
     perform pyflows._require_context();
     perform pyflows._flow_for_loading(p_flow_id);
-    v_stage := pyflows._stage(p_stage, array['ord bigint', 'name text', 'asset_type text', 'hostname text',
-                                             'ip_address inet', 'operating_system text', 'attributes jsonb']);
     v_wait := pyflows._bound_lock_waits();
     begin
         return query execute format(
             'with staged as materialized (
-                 select pg_catalog.nextval($4) as id, s.* from %1$s as s),
+                 select pg_catalog.nextval($4) as id, s.* from %1$s),
                   inserted as (
                       insert into pyflows.assets (client_id, engagement_id, id, flow_id, name, asset_type, hostname,
                                                   ip_address, operating_system, attributes)
@@ -245,10 +338,15 @@ begin
                              coalesce(s.attributes, ''{}'')
                         from staged as s
                       returning 1)
-             select staged.ord, staged.id from staged', v_stage)
+             select staged.ord, staged.id from staged',
+            case when p_stage is null
+                 then 'rows from (pg_catalog.jsonb_to_recordset($5) as (name text, asset_type text, hostname text, '
+                      'ip_address inet, operating_system text, attributes jsonb)) with ordinality '
+                      'as s(name, asset_type, hostname, ip_address, operating_system, attributes, ord)'
+                 else format('%s as s', p_stage) end)
           using c_client, c_engagement, p_flow_id,
-                pg_catalog.pg_get_serial_sequence('pyflows.assets', 'id')::regclass;
-    exception when not_null_violation or check_violation or unique_violation or numeric_value_out_of_range then
+                pg_catalog.pg_get_serial_sequence('pyflows.assets', 'id')::regclass, p_rows;
+    exception when not_null_violation or check_violation or unique_violation or data_exception then
         get stacked diagnostics v_message = message_text, v_constraint = constraint_name;
         perform pyflows._refuse_rows('assets', v_message, v_constraint);
     when lock_not_available or deadlock_detected then
@@ -260,9 +358,38 @@ begin
 end;
 $$;
 
--- The dependency edges of a flow, from p_stage (source_asset_id, target_asset_id, dependency_type):
--- ids of assets of the context (this flow's or another flow's). Result: {flow_id, loaded}.
-create or replace function pyflows.load_dependencies(p_flow_id uuid, p_stage text)
+-- The assets of a flow, from p_stage (ord, name, asset_type, hostname, ip_address, operating_system,
+-- attributes; a NULL attributes is {}). Returns each staged row's ord with the id its asset got.
+create or replace function pyflows.load_assets(p_flow_id uuid, p_stage text)
+returns table (ord bigint, asset_id bigint)
+language plpgsql
+set search_path = pg_catalog, pyflows, pg_temp
+as $$
+begin
+    return query select l.ord, l.asset_id from pyflows._load_assets(p_flow_id, pyflows._stage(
+        p_stage, array['ord bigint', 'name text', 'asset_type text', 'hostname text', 'ip_address inet',
+                       'operating_system text', 'attributes jsonb']), null) as l;
+end;
+$$;
+
+-- The assets of a flow from p_assets, a JSON array of objects with the keys name, asset_type,
+-- hostname, ip_address, operating_system, attributes. Returns each asset's position in the array
+-- (ord, from 1) with the id it got.
+create or replace function pyflows.add_assets(p_flow_id uuid, p_assets jsonb)
+returns table (ord bigint, asset_id bigint)
+language plpgsql
+set search_path = pg_catalog, pyflows, pg_temp
+as $$
+begin
+    return query select l.ord, l.asset_id from pyflows._load_assets(p_flow_id, null, pyflows._batch(p_assets, array['name', 'asset_type', 'hostname', 'ip_address', 'operating_system',
+                                       'attributes'])) as l;
+end;
+$$;
+
+-- The dependency edges of a flow, from the staging table p_stage or, when it is NULL, the JSON array
+-- p_rows (source_asset_id, target_asset_id, dependency_type): ids of assets of the context (this flow's or
+-- another flow's). Result: {flow_id, loaded}. load_dependencies and add_dependencies only.
+create or replace function pyflows._load_dependencies(p_flow_id uuid, p_stage regclass, p_rows jsonb)
 returns jsonb
 language plpgsql
 set search_path = pg_catalog, pyflows, pg_temp
@@ -270,7 +397,6 @@ as $$
 declare
     c_client     constant uuid := pyflows.current_client_id();
     c_engagement constant uuid := pyflows.current_engagement_id();
-    v_stage      regclass;
     v_n          bigint;
     v_message    text;
     v_constraint text;
@@ -278,19 +404,22 @@ declare
 begin
     perform pyflows._require_context();
     perform pyflows._flow_for_loading(p_flow_id);
-    v_stage := pyflows._stage(p_stage, array['source_asset_id bigint', 'target_asset_id bigint',
-                                             'dependency_type text']);
     v_wait := pyflows._bound_lock_waits();
     begin
         execute format('with inserted as (
                             insert into pyflows.asset_dependencies (client_id, engagement_id, flow_id,
                                                                     source_asset_id, target_asset_id, dependency_type)
-                            select $1, $2, $3, s.source_asset_id, s.target_asset_id, s.dependency_type from %s as s
+                            select $1, $2, $3, s.source_asset_id, s.target_asset_id, s.dependency_type from %s
                             returning 1)
-                        select count(*) from inserted', v_stage)
-          using c_client, c_engagement, p_flow_id
+                        select count(*) from inserted',
+                       case when p_stage is null
+                            then 'pg_catalog.jsonb_to_recordset($5) as s(source_asset_id bigint, '
+                                 'target_asset_id bigint, dependency_type text)'
+                            else format('%s as s', p_stage) end)
+          using c_client, c_engagement, p_flow_id, null::bigint, p_rows
           into v_n;
-    exception when not_null_violation or check_violation or unique_violation or foreign_key_violation then
+    exception when not_null_violation or check_violation or unique_violation or foreign_key_violation
+                   or data_exception then
         get stacked diagnostics v_message = message_text, v_constraint = constraint_name;
         perform pyflows._refuse_rows('dependency edges', v_message, v_constraint);
     when lock_not_available or deadlock_detected then
@@ -303,11 +432,46 @@ begin
 end;
 $$;
 
-revoke all on function pyflows._stage(text, text[]), pyflows._flow_for_loading(uuid), pyflows._import_for_loading(uuid),
-    pyflows._refuse_rows(text, text, text), pyflows.load_records(uuid, text), pyflows.load_mappings(uuid, text),
-    pyflows.load_assets(uuid, text), pyflows.load_dependencies(uuid, text) from public;
-grant execute on function pyflows._stage(text, text[]), pyflows._flow_for_loading(uuid), pyflows._import_for_loading(uuid),
-    pyflows._refuse_rows(text, text, text), pyflows.load_records(uuid, text), pyflows.load_mappings(uuid, text),
-    pyflows.load_assets(uuid, text), pyflows.load_dependencies(uuid, text) to pyflows_app;
+-- The dependency edges of a flow, from p_stage (source_asset_id, target_asset_id, dependency_type).
+-- Result: {flow_id, loaded}.
+create or replace function pyflows.load_dependencies(p_flow_id uuid, p_stage text)
+returns jsonb
+language plpgsql
+set search_path = pg_catalog, pyflows, pg_temp
+as $$
+begin
+    return pyflows._load_dependencies(p_flow_id, pyflows._stage(
+        p_stage, array['source_asset_id bigint', 'target_asset_id bigint', 'dependency_type text']), null);
+end;
+$$;
+
+-- The dependency edges of a flow from p_edges, a JSON array of objects with the keys source_asset_id,
+-- target_asset_id, dependency_type. Result: as load_dependencies.
+create or replace function pyflows.add_dependencies(p_flow_id uuid, p_edges jsonb)
+returns jsonb
+language plpgsql
+set search_path = pg_catalog, pyflows, pg_temp
+as $$
+begin
+    return pyflows._load_dependencies(p_flow_id, null, pyflows._batch(p_edges, array['source_asset_id', 'target_asset_id', 'dependency_type']));
+end;
+$$;
+
+revoke all on function pyflows._stage(text, text[]), pyflows._batch(jsonb, text[]), pyflows._flow_for_loading(uuid),
+    pyflows._import_for_loading(uuid), pyflows._refuse_rows(text, text, text),
+    pyflows._load_records(uuid, regclass, jsonb), pyflows._load_mappings(uuid, regclass, jsonb),
+    pyflows._load_assets(uuid, regclass, jsonb), pyflows._load_dependencies(uuid, regclass, jsonb),
+    pyflows.load_records(uuid, text), pyflows.load_mappings(uuid, text), pyflows.load_assets(uuid, text),
+    pyflows.load_dependencies(uuid, text), pyflows.add_records(uuid, jsonb), pyflows.add_mappings(uuid, jsonb),
+    pyflows.add_assets(uuid, jsonb), pyflows.add_dependencies(uuid, jsonb) from public;
+-- The private _load_* functions run as the caller like the public ones (SECURITY INVOKER), so the
+-- caller needs EXECUTE on them; they insert only what the caller's policies let it insert.
+grant execute on function pyflows._stage(text, text[]), pyflows._batch(jsonb, text[]), pyflows._flow_for_loading(uuid),
+    pyflows._import_for_loading(uuid), pyflows._refuse_rows(text, text, text),
+    pyflows._load_records(uuid, regclass, jsonb), pyflows._load_mappings(uuid, regclass, jsonb),
+    pyflows._load_assets(uuid, regclass, jsonb), pyflows._load_dependencies(uuid, regclass, jsonb),
+    pyflows.load_records(uuid, text), pyflows.load_mappings(uuid, text), pyflows.load_assets(uuid, text),
+    pyflows.load_dependencies(uuid, text), pyflows.add_records(uuid, jsonb), pyflows.add_mappings(uuid, jsonb),
+    pyflows.add_assets(uuid, jsonb), pyflows.add_dependencies(uuid, jsonb) to pyflows_app;
 -- load_assets draws the ids of the assets it inserts from their identity sequence.
 grant usage on sequence pyflows.assets_id_seq to pyflows_app;

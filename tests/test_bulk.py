@@ -1,14 +1,20 @@
 """The bulk path: copy_records, copy_mappings, copy_assets and copy_dependencies (sync and async) as an
-application login under row-level security, and the SQL staging pattern behind them."""
+application login under row-level security, and the SQL patterns behind them (a staging table and
+load_*, or JSON batches and add_*)."""
 
 from __future__ import annotations
 
+import ipaddress
 import uuid
+from decimal import Decimal
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
+from psycopg.types.json import Jsonb
 
+import pyflows.api
 from pyflows.errors import FlowBusy, FlowNotFound, InvalidRequest
 from pyflows.testing import Tenant, bind
 
@@ -135,3 +141,79 @@ def test_the_staging_pattern_from_sql(owner: psycopg.Connection[Any], tenant_a: 
         assert caught.value.sqlstate == "PF422", stage
         conn.rollback()
         bind(conn, acting(tenant_a, "loader"))
+
+
+def test_a_load_of_many_batches_keeps_the_order_the_numbers_and_the_count(
+        api: ApiFactory, tenant_a: Tenant, owner: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    # Batches of 7 rows: 20 records are three add_records calls, 16 assets three add_assets calls.
+    monkeypatch.setattr(pyflows.api, "BATCH_ROWS", 7)
+    flows = api(acting(tenant_a, "loader"))
+    started = flows.start_import("cmdb.csv", "file:///uploads/cmdb.csv", 10)
+    first = flows.copy_records(started.import_id, ({"n": n} for n in range(1, 21)))
+    assert (first.loaded, first.record_count) == (20, 20)
+    exact = flows.copy_records(started.import_id, [{"n": n} for n in range(21, 28)])  # one full batch, then none
+    assert (exact.loaded, exact.record_count) == (7, 27)
+    stored = owner.execute("select row_number, data ->> 'n' from pyflows.raw_import_records where import_id = %s "
+                           "order by row_number", (started.import_id,)).fetchall()
+    assert stored == [(n, str(n)) for n in range(1, 28)]
+    assets = [{"name": f"h{n}", "asset_type": "server"} for n in range(1, 17)]
+    ids = flows.copy_assets(started.flow_id, assets)
+    names = dict(owner.execute("select id, name from pyflows.assets where flow_id = %s", (started.flow_id,)).fetchall())
+    assert [names[i] for i in ids] == [a["name"] for a in assets]
+    assert flows.copy_dependencies(started.flow_id, [(ids[n], ids[n + 1], "network") for n in range(15)]).loaded == 15
+    assert flows.copy_records(started.import_id, []).record_count == 27  # an empty load is one call
+    # A batch that fails after others were sent leaves nothing of the load.
+    before = fingerprint(owner)
+    with pytest.raises(InvalidRequest):
+        flows.copy_assets(started.flow_id, [*assets[:10], {"name": " ", "asset_type": "server"}])
+    assert fingerprint(owner) == before
+
+
+def test_values_json_has_no_type_for(api: ApiFactory, tenant_a: Tenant, owner: psycopg.Connection[Any]) -> None:
+    flows = api(acting(tenant_a, "loader"))
+    started = flows.start_import("cmdb.csv", "file:///uploads/cmdb.csv", 10)
+    exact = [{"source_field": "Host", "confidence": Decimal("0.875")}]
+    assert flows.copy_mappings(started.import_id, exact).loaded == 1
+    flows.copy_assets(started.flow_id, [{"name": "a", "asset_type": "server",
+                                         "ip_address": ipaddress.ip_address("2001:db8::1")}])
+    assert owner.execute("select m.confidence, host(a.ip_address) from pyflows.import_field_mappings m, "
+                         "pyflows.assets a where m.import_id = %s and a.flow_id = %s",
+                         (started.import_id, started.flow_id)).fetchone() == (Decimal("0.875"), "2001:db8::1")
+    before = fingerprint(owner)
+    for load in (lambda: flows.copy_records(started.import_id, [{"at": object()}]),
+                 lambda: flows.copy_dependencies(started.flow_id, [(1, 2)])):
+        with pytest.raises(InvalidRequest):
+            load()
+    assert fingerprint(owner) == before
+
+
+def test_the_batch_pattern_from_sql(owner: psycopg.Connection[Any], tenant_a: Tenant, pyflows_connect: Any) -> None:
+    # What a backend in any language does without a staging table: one JSON array a call.
+    with owner.transaction():
+        target = write_flow_tree(owner, tenant_a, status="paused", assets=0, records=0)
+    conn = pyflows_connect("app")
+    bind(conn, acting(tenant_a, "loader"))
+    ids = conn.execute("select ord, asset_id from pyflows.add_assets(%s, %s)", (target.flow_id, Jsonb(
+        [{"name": f"host-{n}", "asset_type": "server"} for n in range(1, 4)]))).fetchall()
+    assert [o for o, _ in ids] == [1, 2, 3]
+    loaded = conn.execute("select pyflows.add_records(%s, '[1, \"two\", {\"three\": 3}]')",
+                          (target.import_id,)).fetchone()[0]
+    assert (loaded["loaded"], loaded["record_count"]) == (3, 3)
+    edges = conn.execute("select pyflows.add_dependencies(%s, %s)", (target.flow_id, Jsonb(
+        [{"source_asset_id": ids[0][1], "target_asset_id": ids[1][1], "dependency_type": "network"}]))).fetchone()[0]
+    assert edges["loaded"] == 1
+    conn.commit()
+    before = fingerprint(owner)
+    bind(conn, acting(tenant_a, "loader"))
+    for call, batch in (("add_assets", '{"name": "x"}'), ("add_assets", "[1]"), ("add_records", '"one"'),
+                        ("add_assets", '[{"name": "x", "asset_type": "server", "colour": "red"}]'),
+                        ("add_mappings", '[{"source_field": "Host", "confidence": "high"}]'),
+                        ("add_dependencies", None)):
+        target_id = target.import_id if call in ("add_records", "add_mappings") else target.flow_id
+        with pytest.raises(psycopg.Error) as caught:
+            conn.execute(sql.SQL("select * from pyflows.{}(%s, %s::jsonb)").format(sql.Identifier(call)),
+                         (target_id, batch))
+        assert caught.value.sqlstate == "PF422", (call, batch)
+        conn.rollback()
+        bind(conn, acting(tenant_a, "loader"))
+    assert fingerprint(owner) == before
