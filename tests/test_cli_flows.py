@@ -198,3 +198,34 @@ def test_status_and_heartbeat_from_the_cli(flows_cli: Callable[..., Result], ten
 def test_parse_duration() -> None:
     assert [parse_duration(t).total_seconds() for t in ("90", "90s", "15m", "2h", "7d", "1w")] == \
         [90, 90, 900, 7200, 604800, 604800]
+
+
+def test_load_a_csv_export_into_an_import(flows_cli: Callable[..., Result], tenant_a: Tenant,
+                                          owner: psycopg.Connection[Any], tmp_path: Any) -> None:
+    upload = as_json(flows_cli(tenant_a, "upload", "cmdb.csv", "--storage-uri", "s3://b/cmdb.csv",
+                               "--byte-size", "123", "--json"))
+    export = tmp_path / "cmdb.csv"
+    export.write_bytes("\ufeffHost,IP,Notes\nweb-1,10.0.0.1,\"a, b\"\ndb-1,10.0.0.2,ünïcode\n".encode())
+    loaded = flows_cli(tenant_a, "load", upload["import_id"], str(export))
+    assert loaded.exit_code == 0, loaded.output
+    assert f"loaded 2 records into import {upload['import_id']} (2 in all)" in loaded.stdout
+    stored = owner.execute("select row_number, data from pyflows.raw_import_records where import_id = %s "
+                           "order by row_number", (upload["import_id"],)).fetchall()
+    assert stored == [(1, {"Host": "web-1", "IP": "10.0.0.1", "Notes": "a, b"}),
+                      (2, {"Host": "db-1", "IP": "10.0.0.2", "Notes": "ünïcode"})]
+    assert as_json(flows_cli(tenant_a, "load", upload["import_id"], str(export), "--json")) == {
+        "loaded": 2, "flow_id": upload["flow_id"], "import_id": upload["import_id"], "record_count": 4}
+
+    before = owner.execute("select count(*) from pyflows.raw_import_records").fetchone()
+    for name, content, fragment in (
+            ("ragged.csv", b"Host,IP\nweb-2,10.0.0.3\nweb-3\n", "line 3 has 1 fields, the header 2"),
+            ("latin1.csv", b"Host\nweb-2\n\xe9t\xe9\n", "line 3 is not UTF-8"),
+            ("empty.csv", b"", "no header line")):
+        bad = tmp_path / name
+        bad.write_bytes(content)
+        refused = flows_cli(tenant_a, "load", upload["import_id"], str(bad))
+        assert refused.exit_code == Exit.INVALID and fragment in refused.stderr, (name, refused.output)
+    missing = flows_cli(tenant_a, "load", str(uuid.UUID(int=1)), str(export))
+    assert missing.exit_code == Exit.NOT_FOUND, missing.output
+    assert flows_cli(tenant_a, "load", upload["import_id"], str(tmp_path / "nope.csv")).exit_code == Exit.USAGE
+    assert owner.execute("select count(*) from pyflows.raw_import_records").fetchone() == before

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import itertools
 import json
+import os
 import sys
 import uuid
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, BinaryIO
 
 import click
 from click.core import ParameterSource
 
 from ..api import TenantFlows, rolled_back
-from ..errors import FlowNotFound, PyflowsError
+from ..errors import FlowNotFound, InvalidRequest, PyflowsError
 from ..models import FLOW_TABLES, PHASES, BatchItem
 from ..render import cell, fields, plain, table
 from . import base
@@ -25,8 +27,8 @@ from .output import emit, gate_text, impact_text, progress_bar, rows_text, steps
 @click.group(cls=Group)
 @tenant_options
 def flows() -> None:
-    """Discovery flows of one client and engagement: gate, start, upload, list, show, resume, status, heartbeat,
-    progress, impact, delete, purge, restore."""
+    """Discovery flows of one client and engagement: gate, start, upload, load, list, show, resume, status,
+    heartbeat, progress, impact, delete, purge, restore."""
 
 
 @flows.command()
@@ -70,6 +72,50 @@ def upload(obj: FlowsTarget, filename: str, storage_uri: str, byte_size: int, fl
     else:
         result = api.start_import(filename, storage_uri, byte_size, flow_name)
     emit(obj.target, result, f"import {result.import_id} in flow {result.flow_id}")
+
+
+def _csv_records(source: BinaryIO, read: Callable[[int], None]) -> Iterator[dict[str, str]]:
+    """The rows of a CSV export (UTF-8, a header line first) as objects keyed by the header, reporting each
+    line's bytes to read. A line with more or fewer fields than the header, or bytes that are not UTF-8,
+    is InvalidRequest: the load it feeds then rolls back."""
+    def lines() -> Iterator[str]:
+        for number, raw in enumerate(source, 1):
+            read(len(raw))
+            try:
+                yield raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise InvalidRequest(f"line {number} is not UTF-8: {exc.reason}") from exc
+
+    reader = csv.reader(lines())
+    header = next(reader, None)
+    if not header:
+        raise InvalidRequest("the CSV file has no header line")
+    for row in reader:
+        if len(row) != len(header):
+            raise InvalidRequest(f"line {reader.line_num} has {len(row)} fields, the header {len(header)}")
+        yield dict(zip(header, row, strict=True))
+
+
+@flows.command()
+@click.argument("import_id", type=click.UUID)
+@click.argument("csv_file", type=click.File("rb"))
+@json_option
+@click.pass_obj
+def load(obj: FlowsTarget, import_id: uuid.UUID, csv_file: BinaryIO) -> None:
+    """Load a CSV export (UTF-8, header first; - for stdin) into an import as its raw records: each line one
+    JSON object keyed by the header, numbered after the import's last record. One transaction: nothing is
+    loaded when a line is refused. On a terminal, a bar of the bytes read."""
+    try:
+        size: int | None = os.fstat(csv_file.fileno()).st_size if csv_file.seekable() else None
+    except (OSError, ValueError):  # a stream without a file behind it
+        size = None
+    with progress_bar(obj.target, "loading", size) as bar:
+        try:
+            result = obj.tenant().copy_records(import_id, _csv_records(csv_file, bar.update))
+        except csv.Error as exc:
+            raise InvalidRequest(f"the CSV file cannot be read: {exc}") from exc
+    emit(obj.target, result, f"loaded {result.loaded} records into import {import_id} "
+                             f"({result.record_count} in all)")
 
 
 @flows.command(name="list")
