@@ -96,6 +96,26 @@ begin
 end;
 $$;
 
+-- What a load reads: with p_rows NULL, the staging table p_stage (checked by _stage, returned);
+-- otherwise the JSON batch p_rows (checked by _batch; NULL returned). PF422 when both are given.
+create or replace function pyflows._stage_or_batch(p_stage text, p_columns text[], p_rows jsonb, p_keys text[])
+returns regclass
+language plpgsql
+stable
+set search_path = pg_catalog, pyflows, pg_temp
+as $$
+begin
+    if p_rows is null then
+        return pyflows._stage(p_stage, p_columns);
+    end if;
+    if p_stage is not null then
+        raise exception 'a load reads a staging table or a JSON batch, not both' using errcode = 'PF422';
+    end if;
+    perform pyflows._batch(p_rows, p_keys);
+    return null;
+end;
+$$;
+
 -- The context's incomplete flow, locked (NOWAIT); PF404 (missing, another tenant's, being purged),
 -- PF422 (finished), PF423 (locked).
 create or replace function pyflows._flow_for_loading(p_flow_id uuid)
@@ -157,8 +177,9 @@ $$;
 
 -- The raw records of an import, from the staging table p_stage (ord, data; checked by _stage) or, when
 -- it is NULL, the JSON array p_rows (checked by _batch), numbered after the import's last row in the
--- order of ord (of the array). Result: {import_id, flow_id, loaded, record_count}. load_records and add_records only.
-create or replace function pyflows._load_records(p_import_id uuid, p_stage regclass, p_rows jsonb)
+-- order of ord (of the array). Result: {import_id, flow_id, loaded, record_count}. The body of
+-- load_records and add_records.
+create or replace function pyflows._load_records(p_import_id uuid, p_stage text, p_rows jsonb)
 returns jsonb
 language plpgsql
 set search_path = pg_catalog, pyflows, pg_temp
@@ -172,12 +193,14 @@ declare
     v_count      bigint;
     v_message    text;
     v_constraint text;
+    v_stage      regclass;
     v_wait       text;
 begin
     perform pyflows._require_context();
     v_flow_id := pyflows._import_for_loading(p_import_id);
     select coalesce(max(r.row_number), 0) into v_last from pyflows.raw_import_records as r
      where r.client_id = c_client and r.engagement_id = c_engagement and r.import_id = p_import_id;
+    v_stage := pyflows._stage_or_batch(p_stage, array['ord bigint', 'data jsonb'], p_rows, null);
     v_wait := pyflows._bound_lock_waits();
     begin
         execute format('with inserted as (
@@ -186,9 +209,10 @@ begin
                             select $1, $2, $3, $4 + s.n, s.data from %s
                             returning 1)
                         select count(*) from inserted',
-                       case when p_stage is null then 'pg_catalog.jsonb_array_elements($5) with ordinality as s(data, n)'
+                       case when v_stage is null
+                            then 'pg_catalog.jsonb_array_elements($5) with ordinality as s(data, n)'
                             else format('(select row_number() over (order by t.ord) as n, t.data from %s as t) as s',
-                                        p_stage) end)
+                                        v_stage) end)
           using c_client, c_engagement, p_import_id, v_last, p_rows
           into v_n;
     exception when not_null_violation or check_violation or unique_violation or data_exception then
@@ -216,7 +240,7 @@ language plpgsql
 set search_path = pg_catalog, pyflows, pg_temp
 as $$
 begin
-    return pyflows._load_records(p_import_id, pyflows._stage(p_stage, array['ord bigint', 'data jsonb']), null);
+    return pyflows._load_records(p_import_id, p_stage, null);
 end;
 $$;
 
@@ -228,14 +252,14 @@ language plpgsql
 set search_path = pg_catalog, pyflows, pg_temp
 as $$
 begin
-    return pyflows._load_records(p_import_id, null, pyflows._batch(p_records, null));
+    return pyflows._load_records(p_import_id, null, coalesce(p_records, 'null'));
 end;
 $$;
 
 -- The field mappings of an import, from the staging table p_stage or, when it is NULL, the JSON array
 -- p_rows (source_field, target_attribute, confidence, status; a NULL status is 'suggested'). Result:
--- {import_id, flow_id, loaded}. load_mappings and add_mappings only.
-create or replace function pyflows._load_mappings(p_import_id uuid, p_stage regclass, p_rows jsonb)
+-- {import_id, flow_id, loaded}. The body of load_mappings and add_mappings.
+create or replace function pyflows._load_mappings(p_import_id uuid, p_stage text, p_rows jsonb)
 returns jsonb
 language plpgsql
 set search_path = pg_catalog, pyflows, pg_temp
@@ -247,10 +271,14 @@ declare
     v_n          bigint;
     v_message    text;
     v_constraint text;
+    v_stage      regclass;
     v_wait       text;
 begin
     perform pyflows._require_context();
     v_flow_id := pyflows._import_for_loading(p_import_id);
+    v_stage := pyflows._stage_or_batch(
+        p_stage, array['source_field text', 'target_attribute text', 'confidence numeric', 'status text'],
+        p_rows, array['source_field', 'target_attribute', 'confidence', 'status']);
     v_wait := pyflows._bound_lock_waits();
     begin
         execute format('with inserted as (
@@ -262,10 +290,10 @@ begin
                               from %s
                             returning 1)
                         select count(*) from inserted',
-                       case when p_stage is null
+                       case when v_stage is null
                             then 'pg_catalog.jsonb_to_recordset($5) as s(source_field text, target_attribute text, '
                                  'confidence numeric, status text)'
-                            else format('%s as s', p_stage) end)
+                            else format('%s as s', v_stage) end)
           using c_client, c_engagement, p_import_id, null::bigint, p_rows
           into v_n;
     exception when not_null_violation or check_violation or unique_violation or data_exception then
@@ -287,8 +315,7 @@ language plpgsql
 set search_path = pg_catalog, pyflows, pg_temp
 as $$
 begin
-    return pyflows._load_mappings(p_import_id, pyflows._stage(
-        p_stage, array['source_field text', 'target_attribute text', 'confidence numeric', 'status text']), null);
+    return pyflows._load_mappings(p_import_id, p_stage, null);
 end;
 $$;
 
@@ -301,7 +328,7 @@ language plpgsql
 set search_path = pg_catalog, pyflows, pg_temp
 as $$
 begin
-    return pyflows._load_mappings(p_import_id, null, pyflows._batch(p_mappings, array['source_field', 'target_attribute', 'confidence', 'status']));
+    return pyflows._load_mappings(p_import_id, null, coalesce(p_mappings, 'null'));
 end;
 $$;
 
@@ -311,8 +338,8 @@ $$;
 -- ord with the id its asset got, so that the caller can build dependency edges. The ids are drawn
 -- from the column's identity sequence first (the rows read once, nothing sorted), then inserted with
 -- the rows: pyflows_app has USAGE on that sequence, which lets it draw ids and nothing else.
--- load_assets and add_assets only.
-create or replace function pyflows._load_assets(p_flow_id uuid, p_stage regclass, p_rows jsonb)
+-- The body of load_assets and add_assets.
+create or replace function pyflows._load_assets(p_flow_id uuid, p_stage text, p_rows jsonb)
 returns table (ord bigint, asset_id bigint)
 language plpgsql
 set search_path = pg_catalog, pyflows, pg_temp
@@ -322,10 +349,15 @@ declare
     c_engagement constant uuid := pyflows.current_engagement_id();
     v_message    text;
     v_constraint text;
+    v_stage      regclass;
     v_wait       text;
 begin
     perform pyflows._require_context();
     perform pyflows._flow_for_loading(p_flow_id);
+    v_stage := pyflows._stage_or_batch(
+        p_stage, array['ord bigint', 'name text', 'asset_type text', 'hostname text', 'ip_address inet',
+                       'operating_system text', 'attributes jsonb'],
+        p_rows, array['name', 'asset_type', 'hostname', 'ip_address', 'operating_system', 'attributes']);
     v_wait := pyflows._bound_lock_waits();
     begin
         return query execute format(
@@ -339,11 +371,11 @@ begin
                         from staged as s
                       returning 1)
              select staged.ord, staged.id from staged',
-            case when p_stage is null
+            case when v_stage is null
                  then 'rows from (pg_catalog.jsonb_to_recordset($5) as (name text, asset_type text, hostname text, '
-                      'ip_address inet, operating_system text, attributes jsonb)) with ordinality '
-                      'as s(name, asset_type, hostname, ip_address, operating_system, attributes, ord)'
-                 else format('%s as s', p_stage) end)
+                      'ip_address inet, operating_system text, attributes jsonb)) '
+                      'with ordinality as s(name, asset_type, hostname, ip_address, operating_system, attributes, ord)'
+                 else format('%s as s', v_stage) end)
           using c_client, c_engagement, p_flow_id,
                 pg_catalog.pg_get_serial_sequence('pyflows.assets', 'id')::regclass, p_rows;
     exception when not_null_violation or check_violation or unique_violation or data_exception then
@@ -366,9 +398,7 @@ language plpgsql
 set search_path = pg_catalog, pyflows, pg_temp
 as $$
 begin
-    return query select l.ord, l.asset_id from pyflows._load_assets(p_flow_id, pyflows._stage(
-        p_stage, array['ord bigint', 'name text', 'asset_type text', 'hostname text', 'ip_address inet',
-                       'operating_system text', 'attributes jsonb']), null) as l;
+    return query select l.ord, l.asset_id from pyflows._load_assets(p_flow_id, p_stage, null) as l;
 end;
 $$;
 
@@ -381,15 +411,15 @@ language plpgsql
 set search_path = pg_catalog, pyflows, pg_temp
 as $$
 begin
-    return query select l.ord, l.asset_id from pyflows._load_assets(p_flow_id, null, pyflows._batch(p_assets, array['name', 'asset_type', 'hostname', 'ip_address', 'operating_system',
-                                       'attributes'])) as l;
+    return query select l.ord, l.asset_id from pyflows._load_assets(p_flow_id, null, coalesce(p_assets, 'null')) as l;
 end;
 $$;
 
 -- The dependency edges of a flow, from the staging table p_stage or, when it is NULL, the JSON array
--- p_rows (source_asset_id, target_asset_id, dependency_type): ids of assets of the context (this flow's or
--- another flow's). Result: {flow_id, loaded}. load_dependencies and add_dependencies only.
-create or replace function pyflows._load_dependencies(p_flow_id uuid, p_stage regclass, p_rows jsonb)
+-- p_rows (source_asset_id, target_asset_id, dependency_type): ids of assets of the context (this
+-- flow's or another flow's). Result: {flow_id, loaded}. The body of load_dependencies and
+-- add_dependencies.
+create or replace function pyflows._load_dependencies(p_flow_id uuid, p_stage text, p_rows jsonb)
 returns jsonb
 language plpgsql
 set search_path = pg_catalog, pyflows, pg_temp
@@ -400,10 +430,14 @@ declare
     v_n          bigint;
     v_message    text;
     v_constraint text;
+    v_stage      regclass;
     v_wait       text;
 begin
     perform pyflows._require_context();
     perform pyflows._flow_for_loading(p_flow_id);
+    v_stage := pyflows._stage_or_batch(
+        p_stage, array['source_asset_id bigint', 'target_asset_id bigint', 'dependency_type text'],
+        p_rows, array['source_asset_id', 'target_asset_id', 'dependency_type']);
     v_wait := pyflows._bound_lock_waits();
     begin
         execute format('with inserted as (
@@ -412,10 +446,10 @@ begin
                             select $1, $2, $3, s.source_asset_id, s.target_asset_id, s.dependency_type from %s
                             returning 1)
                         select count(*) from inserted',
-                       case when p_stage is null
+                       case when v_stage is null
                             then 'pg_catalog.jsonb_to_recordset($5) as s(source_asset_id bigint, '
                                  'target_asset_id bigint, dependency_type text)'
-                            else format('%s as s', p_stage) end)
+                            else format('%s as s', v_stage) end)
           using c_client, c_engagement, p_flow_id, null::bigint, p_rows
           into v_n;
     exception when not_null_violation or check_violation or unique_violation or foreign_key_violation
@@ -440,8 +474,7 @@ language plpgsql
 set search_path = pg_catalog, pyflows, pg_temp
 as $$
 begin
-    return pyflows._load_dependencies(p_flow_id, pyflows._stage(
-        p_stage, array['source_asset_id bigint', 'target_asset_id bigint', 'dependency_type text']), null);
+    return pyflows._load_dependencies(p_flow_id, p_stage, null);
 end;
 $$;
 
@@ -453,23 +486,25 @@ language plpgsql
 set search_path = pg_catalog, pyflows, pg_temp
 as $$
 begin
-    return pyflows._load_dependencies(p_flow_id, null, pyflows._batch(p_edges, array['source_asset_id', 'target_asset_id', 'dependency_type']));
+    return pyflows._load_dependencies(p_flow_id, null, coalesce(p_edges, 'null'));
 end;
 $$;
 
-revoke all on function pyflows._stage(text, text[]), pyflows._batch(jsonb, text[]), pyflows._flow_for_loading(uuid),
+revoke all on function pyflows._stage(text, text[]), pyflows._batch(jsonb, text[]),
+    pyflows._stage_or_batch(text, text[], jsonb, text[]), pyflows._flow_for_loading(uuid),
     pyflows._import_for_loading(uuid), pyflows._refuse_rows(text, text, text),
-    pyflows._load_records(uuid, regclass, jsonb), pyflows._load_mappings(uuid, regclass, jsonb),
-    pyflows._load_assets(uuid, regclass, jsonb), pyflows._load_dependencies(uuid, regclass, jsonb),
+    pyflows._load_records(uuid, text, jsonb), pyflows._load_mappings(uuid, text, jsonb),
+    pyflows._load_assets(uuid, text, jsonb), pyflows._load_dependencies(uuid, text, jsonb),
     pyflows.load_records(uuid, text), pyflows.load_mappings(uuid, text), pyflows.load_assets(uuid, text),
     pyflows.load_dependencies(uuid, text), pyflows.add_records(uuid, jsonb), pyflows.add_mappings(uuid, jsonb),
     pyflows.add_assets(uuid, jsonb), pyflows.add_dependencies(uuid, jsonb) from public;
 -- The private _load_* functions run as the caller like the public ones (SECURITY INVOKER), so the
 -- caller needs EXECUTE on them; they insert only what the caller's policies let it insert.
-grant execute on function pyflows._stage(text, text[]), pyflows._batch(jsonb, text[]), pyflows._flow_for_loading(uuid),
+grant execute on function pyflows._stage(text, text[]), pyflows._batch(jsonb, text[]),
+    pyflows._stage_or_batch(text, text[], jsonb, text[]), pyflows._flow_for_loading(uuid),
     pyflows._import_for_loading(uuid), pyflows._refuse_rows(text, text, text),
-    pyflows._load_records(uuid, regclass, jsonb), pyflows._load_mappings(uuid, regclass, jsonb),
-    pyflows._load_assets(uuid, regclass, jsonb), pyflows._load_dependencies(uuid, regclass, jsonb),
+    pyflows._load_records(uuid, text, jsonb), pyflows._load_mappings(uuid, text, jsonb),
+    pyflows._load_assets(uuid, text, jsonb), pyflows._load_dependencies(uuid, text, jsonb),
     pyflows.load_records(uuid, text), pyflows.load_mappings(uuid, text), pyflows.load_assets(uuid, text),
     pyflows.load_dependencies(uuid, text), pyflows.add_records(uuid, jsonb), pyflows.add_mappings(uuid, jsonb),
     pyflows.add_assets(uuid, jsonb), pyflows.add_dependencies(uuid, jsonb) to pyflows_app;
