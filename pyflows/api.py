@@ -82,7 +82,7 @@ def _json_value(value: Any) -> str:
     raise TypeError(f"{type(value).__name__} {value!r} is not a JSON value")
 
 
-_dumps = functools.partial(json.dumps, default=_json_value)
+_dumps = functools.partial(json.dumps, default=_json_value, ensure_ascii=False)
 
 
 @dataclass(frozen=True)
