@@ -259,9 +259,8 @@ def _prune(older_than: timedelta, dry_run: bool, actor: str | None) -> _Call[Pru
                  lambda rows: PruneResult(int(rows[0]["events"]), dry_run), rollback=dry_run)
 
 
-# The bulk path (see _Batches): each loader sends its rows in add_* calls.
-MAPPING_KEYS = ("source_field", "target_attribute", "confidence", "status")
-ASSET_KEYS = ("name", "asset_type", "hostname", "ip_address", "operating_system", "attributes")
+# The bulk path (see _Batches): each loader sends its rows in add_* calls, which check the keys of each
+# row's object themselves (sql/080_bulk.sql); edges may also come as (source, target, type).
 EDGE_KEYS = ("source_asset_id", "target_asset_id", "dependency_type")
 
 
