@@ -39,20 +39,23 @@ begin
                 on a.client_id = d.client_id and a.engagement_id = d.engagement_id and a.id = d.target_asset_id
              where d.client_id = c_client and d.engagement_id = c_engagement
                and a.flow_id = p_flow_id and (d.flow_id < p_flow_id or d.flow_id > p_flow_id)) as edges;
-    select count(*) into v_files
-      from pyflows.data_imports as i
-     where i.client_id = c_client and i.engagement_id = c_engagement and i.flow_id = p_flow_id;
-    select coalesce(jsonb_agg(s.storage_uri), '[]') into v_sample
-      from (select i.storage_uri from pyflows.data_imports as i
-             where i.client_id = c_client and i.engagement_id = c_engagement and i.flow_id = p_flow_id
-             order by i.created_at, i.id
-             limit 10) as s;
+    v_files := (v_counts ->> 'data_imports')::bigint;  -- one stored file an import
+    v_sample := '[]';
+    if v_files > 0 then
+        select coalesce(jsonb_agg(s.storage_uri), '[]') into v_sample
+          from (select i.storage_uri from pyflows.data_imports as i
+                 where i.client_id = c_client and i.engagement_id = c_engagement and i.flow_id = p_flow_id
+                 order by i.created_at, i.id
+                 limit 10) as s;
+    end if;
     v_counts := jsonb_build_object('discovery_flows', 1)
              || v_counts
              || jsonb_build_object('asset_dependencies', (v_counts ->> 'asset_dependencies')::bigint + v_external);
     return jsonb_build_object(
         'counts', v_counts,
-        'total_rows', (select sum(value::bigint) from jsonb_each_text(v_counts)),
+        'total_rows', 1 + v_files + (v_counts ->> 'raw_import_records')::bigint
+                      + (v_counts ->> 'import_field_mappings')::bigint + (v_counts ->> 'assets')::bigint
+                      + (v_counts ->> 'asset_dependencies')::bigint,
         'external_dependencies', v_external,
         'files', jsonb_build_object('count', v_files, 'sample', v_sample));
 end;
@@ -160,12 +163,18 @@ end;
 $$;
 
 -- Above how many rows deletion_safety suggests purge_flow: setting pyflows.purge_threshold, default 100000.
+-- PL/pgSQL, as every helper a delete calls: PL/pgSQL keeps its plans for the session, where a SQL
+-- function that sets search_path is parsed and planned again in every transaction.
 create or replace function pyflows._purge_threshold()
 returns bigint
-language sql
+language plpgsql
 stable
 set search_path = pg_catalog, pyflows, pg_temp
-as $$ select coalesce(nullif(pg_catalog.current_setting('pyflows.purge_threshold', true), '')::bigint, 100000) $$;
+as $$
+begin
+    return coalesce(nullif(pg_catalog.current_setting('pyflows.purge_threshold', true), '')::bigint, 100000);
+end;
+$$;
 
 -- Blockers and warnings for deleting a flow (from to_jsonb(row)) with the given counts.
 -- Blockers: 'locked' (another transaction holds the flow; never overridden), 'active' (running with a
@@ -437,11 +446,13 @@ end;
 $$;
 
 -- The audited delete of one flow and everything it owns, in the caller's transaction.
--- What an open deletion event has counted, and how many stored files it queued. Looked up by the
--- event's key without ever scanning a table: the plan is made once and kept, and a batch that deletes
--- thousands of flows in one transaction grows both tables as it goes (a sequential scan planned while
--- they were small would make the batch quadratic). Only the SECURITY DEFINER delete functions call it.
-create or replace function pyflows._deletion_result(p_event bigint, out deleted jsonb, out files bigint)
+-- How many stored files a deletion event queued. Read through the queue's partial index on event_id,
+-- never by scanning the table: the plan is made once and kept, and a batch that deletes thousands of
+-- flows in one transaction grows the queue as it goes (a sequential scan planned while it was small
+-- would make the batch quadratic). Only the SECURITY DEFINER delete functions call it.
+drop function if exists pyflows._deletion_result(bigint);
+create or replace function pyflows._files_enqueued(p_event bigint)
+returns bigint
 language plpgsql
 stable
 set search_path = pg_catalog, pyflows, pg_temp
@@ -449,10 +460,11 @@ set enable_seqscan = off
 as $$
 declare
     c_client constant uuid := pyflows.current_client_id();
+    v_files  bigint;
 begin
-    select e.deleted into deleted from pyflows_audit.events as e where e.client_id = c_client and e.id = p_event;
-    select count(*) into files from pyflows.file_cleanup_queue as q
+    select count(*) into v_files from pyflows.file_cleanup_queue as q
      where q.client_id = c_client and q.event_id = p_event;  -- its partial index
+    return v_files;
 end;
 $$;
 
@@ -485,19 +497,24 @@ begin
                                           v_flow, coalesce(p_force, false));
     perform pyflows._delete_flow_row(p_flow_id, 'deleted', coalesce(p_guarded, true));
     -- The statement-level triggers have run; closing the event counts what they archived.
-    perform pyflows_audit._end_event();
-    select r.deleted, r.files into v_deleted, v_files from pyflows._deletion_result(v_event) as r;
+    v_deleted := coalesce(pyflows_audit._close_events(array[v_event]) -> v_event::text, '{}');
+    v_files := pyflows._files_enqueued(v_event);
     return jsonb_build_object('event_id', v_event, 'flow_id', p_flow_id, 'deleted', v_deleted,
                               'files_enqueued', v_files, 'forced', coalesce(p_force, false),
                               'warnings', v_verdict -> 'warnings');
 end;
 $$;
 
+-- PL/pgSQL rather than SQL: see _purge_threshold.
 create or replace function pyflows.delete_flow(p_flow_id uuid, p_reason text, p_force boolean default false)
 returns jsonb
-language sql
+language plpgsql
 set search_path = pg_catalog, pyflows, pg_temp
-as $$ select pyflows._delete_flow(p_flow_id, p_reason, p_force, true) $$;
+as $$
+begin
+    return pyflows._delete_flow(p_flow_id, p_reason, p_force, true);
+end;
+$$;
 
 -- The ids of a batch, checked (not empty, no NULL, at most 10,000; PF422), each once, in the order
 -- each first appears.
@@ -583,7 +600,7 @@ begin
     delete from pyflows.discovery_flows as f
      where f.client_id = c_client and f.engagement_id = c_engagement and f.id = any(v_ids);
     perform pyflows._set_local('lock_timeout', v_wait);
-    perform pyflows_audit._end_event();
+    perform pyflows_audit._close_events(v_events);
     return query select b.id, b.event_id from unnest(v_ids, v_events) as b(id, event_id);
 end;
 $$;
@@ -711,7 +728,7 @@ revoke all on function
     pyflows.delete_flow(uuid, text, boolean), pyflows.delete_flows(uuid[], text, boolean, boolean),
     pyflows.list_audit_events(uuid, timestamptz, integer), pyflows.audit_event(bigint)
     from public;
-revoke all on function pyflows._deletion_result(bigint), pyflows._batch_deletion_counts(uuid[]),
+revoke all on function pyflows._files_enqueued(bigint), pyflows._batch_deletion_counts(uuid[]),
     pyflows._edges_touching(uuid[]) from public;
 revoke all on function pyflows._batch_ids(uuid[]), pyflows._delete_flow_batch(uuid[], text, boolean) from public;
 grant execute on function

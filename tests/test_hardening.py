@@ -834,13 +834,14 @@ def test_every_definer_reaches_the_audit_only_through_checked_paths(owner: psyco
     statement = "pyflows_audit._statement_event(text,uuid,bigint,uuid,bigint,uuid)"
     assert setters("pyflows.audit_event") == [statement]
     assert setters("pyflows.audit_open") == sorted([begin, "pyflows_audit._open_event(bigint)",
-                                                     "pyflows_audit._end_event()"])
+                                                     "pyflows_audit._close_events(bigint[])"])
     # The delete triggers take the events that are open in this transaction by the events' own record.
     sources = owner.execute("select prosrc from pg_proc where proname like '\\_on\\_delete\\_%'").fetchall()
     assert len(sources) == 8
     for (source,) in sources:
-        assert "v_xact := pyflows_audit._xact()::text;" in source
-        assert "and e.details ->> 'open_txid' = v_xact;" in source
+        assert ("then pg_catalog.txid_current() else pyflows_audit._xact() end::text;" in source
+                and "v_xact :=" in source and source.count("v_xact :=") == 1)
+        assert source.count("and e.details ->> 'open_txid' = v_xact;") == 2
 
 
 @pytest.mark.parametrize(("name", "value"), [("role", "postgres"), ("session_authorization", "postgres"),

@@ -58,6 +58,7 @@ DEFINER: dict[str, tuple[frozenset[str], str]] = {
     "pyflows_audit._begin_events(text,uuid[],text,jsonb[],jsonb[],boolean,jsonb)": (
         frozenset(), "called by definers only"),
     "pyflows_audit._end_event()": (frozenset(), "called by definers only"),
+    "pyflows_audit._close_events(bigint[])": (frozenset(), "called by definers only"),
     "pyflows_audit._statement_event(text,uuid,bigint,uuid,bigint,uuid)": (
         frozenset(), "called by the triggers"),
 }
