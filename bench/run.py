@@ -12,7 +12,9 @@ vs cascade), ``batches`` (many small flows in one call), ``memory`` (the CLI's p
 and ``peers`` (an ORM's cascade, hand-written DELETEs and the unaudited cascade beside delete_flow)
 and ``http`` (``pyflows serve`` beside the SQL calls it wraps, and a /metrics scrape) and ``scale``
 (gate and concurrency on one node and on a local 3-node Citus cluster, side by side; needs --citus
-or PYFLOWS_CITUS_DIR, the folder with Citus' install.sh and cluster.sh).
+or PYFLOWS_CITUS_DIR, the folder with Citus' install.sh and cluster.sh) and ``instructions`` (a
+small flow's delete_flow beside the bare DELETE, counted in instructions under valgrind on a cluster
+of its own; needs valgrind and PostgreSQL's server binaries).
 
 Absolute seconds on a shared machine mean little; the ratios against the baseline measured in the
 same run are the result. ``--record`` writes each suite's table into docs/benchmarks.md.
@@ -30,15 +32,16 @@ from typing import Any
 
 import psycopg
 
-from . import batches, concurrency, delete, gate, http_layer, ingest, memory, peers, purge, race, scale
+from . import batches, concurrency, delete, gate, http_layer, ingest, instructions, memory, peers, purge, race, scale
 from .common import Conn, app_dsn, describe, environment, scratch_database
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "benchmarks.md"
 SUITES = ("delete", "growth", "gate", "concurrency", "purge", "batches", "memory", "ingest", "race", "peers", "http",
-          "scale")
-# Suites a plain run leaves out: each needs something beyond one PostgreSQL server.
-OPT_IN = ("scale",)
+          "scale", "instructions")
+# Suites a plain run leaves out: each needs something beyond one PostgreSQL server (a Citus cluster;
+# valgrind and PostgreSQL's own binaries).
+OPT_IN = ("scale", "instructions")
 
 
 def _sizes(text: str) -> list[int]:
@@ -74,6 +77,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--peer-runs", type=int, default=1, help="peers: runs of each variant.")
     p.add_argument("--http-calls", type=int, default=400,
                    help="http: calls per variant by one client (each of --clients makes a quarter as many).")
+    p.add_argument("--instruction-calls", type=int, default=120,
+                   help="instructions: calls of each variant under valgrind (one small flow each).")
     p.add_argument("--citus", default=os.environ.get("PYFLOWS_CITUS_DIR", str(ROOT.parent / "shared" / "citus")),
                    help="scale: the folder with Citus' install.sh and cluster.sh (a local 3-node cluster).")
     p.add_argument("--record", action="store_true", help="Write the results into docs/benchmarks.md.")
@@ -107,6 +112,8 @@ def suites(args: argparse.Namespace, bench_dsn: str) -> dict[str, tuple[Callable
         "scale": (lambda c: scale.run(args.dsn, args.citus, args.engagements, args.flows, args.list_calls,
                                       args.clients, args.contexts, args.seconds, args.assets, args.runs),
                   scale.markdown),
+        "instructions": (lambda c: instructions.run(args.instruction_calls),
+                         instructions.markdown),
     }
 
 

@@ -1,5 +1,5 @@
--- pyflows 0018 rollback: _xact, the event guard, _end_event and the delete triggers as migrations 0015
--- and 0017 made them; no _close_events.
+-- pyflows 0018 rollback: _xact, the event guard, _end_event, _archived_counts and the delete triggers
+-- as migrations 0015, 0016 and 0017 made them; no _close_events.
 
 -- Close every event of the context's client this transaction opened for rows (see migration 0012).
 create or replace function pyflows_audit._end_event()
@@ -35,6 +35,55 @@ end;
 $$;
 
 drop function pyflows_audit._close_events(bigint[]);
+
+create or replace function pyflows_audit._archived_counts(p_client uuid, p_events bigint[])
+returns jsonb
+language plpgsql
+stable
+set search_path = pg_catalog, pyflows_audit, pg_temp
+set enable_seqscan = off
+set jit = off
+as $$
+declare
+    v_counts jsonb;
+begin
+    select coalesce(jsonb_object_agg(u.event_id::text, u.counts), '{}') into v_counts
+      from (select s.event_id, jsonb_object_agg(s.table_name, s.n) as counts
+              from (select 'clients', x.event_id, sum(x.row_count) from pyflows_audit.clients_chunks as x
+                 where x.client_id = p_client and x.event_id = any (p_events) group by x.event_id
+                union all
+                select 'engagements', x.event_id, sum(x.row_count) from pyflows_audit.engagements_chunks as x
+                 where x.client_id = p_client and x.event_id = any (p_events) group by x.event_id
+                union all
+                select 'discovery_flows', x.event_id, sum(x.row_count) from pyflows_audit.discovery_flows_chunks as x
+                 where x.client_id = p_client and x.event_id = any (p_events) group by x.event_id
+                union all
+                select 'data_imports', x.event_id, sum(x.row_count) from pyflows_audit.data_imports_chunks as x
+                 where x.client_id = p_client and x.event_id = any (p_events) group by x.event_id
+                union all
+                select 'raw_import_records', x.event_id, sum(x.row_count) from pyflows_audit.raw_import_records_chunks as x
+                 where x.client_id = p_client and x.event_id = any (p_events) group by x.event_id
+                union all
+                select 'import_field_mappings', x.event_id, sum(x.row_count) from pyflows_audit.import_field_mappings_chunks as x
+                 where x.client_id = p_client and x.event_id = any (p_events) group by x.event_id
+                union all
+                select 'assets', x.event_id, sum(x.row_count) from pyflows_audit.assets_chunks as x
+                 where x.client_id = p_client and x.event_id = any (p_events) group by x.event_id
+                union all
+                select 'asset_dependencies', x.event_id, sum(x.row_count) from pyflows_audit.asset_dependencies_chunks as x
+                 where x.client_id = p_client and x.event_id = any (p_events) group by x.event_id) as s(table_name, event_id, n)
+             group by s.event_id) as u;
+    return v_counts;
+end;
+$$;
+
+do $$
+begin
+    if not exists (select from pg_catalog.pg_extension where extname = 'citus') then
+        alter function pyflows_audit._archived_counts(uuid, bigint[]) set plan_cache_mode = force_generic_plan;
+    end if;
+end;
+$$;
 
 create or replace function pyflows_audit._xact()
 returns bigint

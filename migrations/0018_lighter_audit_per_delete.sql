@@ -12,7 +12,8 @@
 --     call, for the client's value, were the plans the generic one is);
 --   * the delete functions close the events they opened by their ids (_close_events), without
 --     looking them up again as _end_event does;
---   * _xact() looks for Citus' settings before it looks for Citus' function in the catalog.
+--   * _xact() looks for Citus' settings before it looks for Citus' function in the catalog;
+--   * counting what a flow.delete archived no longer reads the archives of clients and engagements.
 -- The trigger generator below is migration 0017's with those steps changed, and every trigger
 -- function is made again.
 -- depends: 0017_clients_without_sorting
@@ -92,6 +93,73 @@ $$;
 
 
 -- ---- closing events --------------------------------------------------------------------------------
+
+-- What each of the events p_events of p_client archived, per table: {"<event id>": {"assets": 5, ...}},
+-- tables with no rows left out. Only a flow.delete event's counts are read from the archive
+-- (_close_events: a purge's triggers count their own), and deleting flows archives no client and no
+-- engagement: the archives of those two, which this query read too, are left out. For one event (a
+-- delete_flow) a sum a table, with nothing to group. One query, on Citus routed to the client's
+-- shards; on PostgreSQL one generic plan, kept (as migration 0016 made it).
+create or replace function pyflows_audit._archived_counts(p_client uuid, p_events bigint[])
+returns jsonb
+language plpgsql
+stable
+set search_path = pg_catalog, pyflows_audit, pg_temp
+set enable_seqscan = off
+set jit = off
+as $$
+declare
+    v_counts jsonb;
+begin
+    if cardinality(p_events) = 1 then  -- one event (delete_flow): a sum a table, nothing to group
+        select jsonb_strip_nulls(jsonb_build_object(
+                   'discovery_flows', (select sum(x.row_count) from pyflows_audit.discovery_flows_chunks as x
+                            where x.client_id = p_client and x.event_id = p_events[1]),
+                   'data_imports', (select sum(x.row_count) from pyflows_audit.data_imports_chunks as x
+                            where x.client_id = p_client and x.event_id = p_events[1]),
+                   'raw_import_records', (select sum(x.row_count) from pyflows_audit.raw_import_records_chunks as x
+                            where x.client_id = p_client and x.event_id = p_events[1]),
+                   'import_field_mappings', (select sum(x.row_count) from pyflows_audit.import_field_mappings_chunks as x
+                            where x.client_id = p_client and x.event_id = p_events[1]),
+                   'assets', (select sum(x.row_count) from pyflows_audit.assets_chunks as x
+                            where x.client_id = p_client and x.event_id = p_events[1]),
+                   'asset_dependencies', (select sum(x.row_count) from pyflows_audit.asset_dependencies_chunks as x
+                            where x.client_id = p_client and x.event_id = p_events[1])))
+          into v_counts;
+        return case when v_counts = '{}' then '{}'::jsonb
+                    else jsonb_build_object(p_events[1]::text, v_counts) end;
+    end if;
+    select coalesce(jsonb_object_agg(u.event_id::text, u.counts), '{}') into v_counts
+      from (select s.event_id, jsonb_object_agg(s.table_name, s.n) as counts
+              from (select 'discovery_flows', x.event_id, sum(x.row_count) from pyflows_audit.discovery_flows_chunks as x
+                 where x.client_id = p_client and x.event_id = any (p_events) group by x.event_id
+                union all
+                select 'data_imports', x.event_id, sum(x.row_count) from pyflows_audit.data_imports_chunks as x
+                 where x.client_id = p_client and x.event_id = any (p_events) group by x.event_id
+                union all
+                select 'raw_import_records', x.event_id, sum(x.row_count) from pyflows_audit.raw_import_records_chunks as x
+                 where x.client_id = p_client and x.event_id = any (p_events) group by x.event_id
+                union all
+                select 'import_field_mappings', x.event_id, sum(x.row_count) from pyflows_audit.import_field_mappings_chunks as x
+                 where x.client_id = p_client and x.event_id = any (p_events) group by x.event_id
+                union all
+                select 'assets', x.event_id, sum(x.row_count) from pyflows_audit.assets_chunks as x
+                 where x.client_id = p_client and x.event_id = any (p_events) group by x.event_id
+                union all
+                select 'asset_dependencies', x.event_id, sum(x.row_count) from pyflows_audit.asset_dependencies_chunks as x
+                 where x.client_id = p_client and x.event_id = any (p_events) group by x.event_id) as s(table_name, event_id, n)
+             group by s.event_id) as u;
+    return v_counts;
+end;
+$$;
+
+do $$
+begin
+    if not exists (select from pg_catalog.pg_extension where extname = 'citus') then
+        alter function pyflows_audit._archived_counts(uuid, bigint[]) set plan_cache_mode = force_generic_plan;
+    end if;
+end;
+$$;
 
 -- Close the events p_events of the context's client, opened by this transaction for rows: a
 -- flow.delete gets the counts of what the delete triggers archived under it, and every one loses its

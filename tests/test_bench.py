@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 
 from bench import run as bench
-from bench import scale
+from bench import instructions, scale
 from pyflows.testing import CitusCluster, ServerInfo
 
 TINY = ["--runs", "1", "--assets", "50", "--growth", "10,40", "--engagements", "20", "--flows", "200",
@@ -135,3 +136,29 @@ def test_scale_puts_one_node_beside_the_cluster(pyflows_server: ServerInfo, pyfl
         assert report[engine]["delete"]["rows"] > 50 and report[engine]["delete"]["results"]["delete_flow"]["n"] == 1
     assert report["single"]["delete"]["rows"] == report["citus"]["delete"]["rows"]
     assert "Citus / one" in "\n".join(scale.markdown(report))
+
+
+needs_valgrind = pytest.mark.skipif(shutil.which("valgrind") is None, reason="the instructions suite needs valgrind")
+
+
+@needs_valgrind
+def test_instructions_count_each_variant_beside_the_bare_delete() -> None:
+    report = instructions.run(calls=2, warm=1, flows=6)
+    results = report["results"]
+    assert list(results) == ["DELETE, unaudited", "DELETE, audited", "delete_flow", "delete_flows"]
+    assert results["DELETE, unaudited"]["ratio"] == pytest.approx(1.0)
+    # The audit costs instructions: a count that ignored the triggers or the API would not show it.
+    assert results["delete_flow"]["per_call"] > results["DELETE, audited"]["per_call"] / 2 > 0
+    assert results["DELETE, audited"]["ratio"] > 1.5
+    assert "instructions per flow" in "\n".join(instructions.markdown(report))
+
+
+@needs_valgrind
+def test_instructions_refuse_a_run_in_which_a_statement_failed() -> None:
+    bin_dir = instructions.bindir()
+    with instructions.cluster(bin_dir) as root:
+        instructions._run([str(bin_dir / "postgres"), "--single", "-D", str(root / "base"), "postgres"],
+                          stdin="create database bench;\n")
+        assert instructions.count(bin_dir, root, "select 1;\n") > 0
+        with pytest.raises(RuntimeError, match="a statement failed under valgrind: ERROR:  function nosuch"):
+            instructions.count(bin_dir, root, "select 1;\nselect nosuch();\n")
