@@ -172,8 +172,9 @@ def markdown(report: dict[str, Any]) -> list[str]:
     results = report["results"]
     return [f"### A small flow's delete, in instructions ({report['calls']} calls each, one flow a call)", "",
             f"Each variant on a fresh copy of the same stopped cluster, one single-user backend under "
-            f"callgrind ({report['server']}), every call rolled back, after {report['warm']} calls that warm "
-            f"the backend; per call, less the script's own cost.", "",
+            f"callgrind ({report['server']}; initdb's settings, fsync and autovacuum off), every call rolled "
+            f"back, after {report['warm']} calls that warm the backend; per flow, less the script's own "
+            f"cost. The settings below are the benchmark server's, not this cluster's.", "",
             *table(["variant", "instructions per flow", "/ DELETE, unaudited"],
                    [[v, f"{r['per_call'] / 1e6:.2f} M", f"{r['ratio']:.2f}×"] for v, r in results.items()]),
             "", f"- `delete_flow` / bare unaudited `DELETE`: **{results['delete_flow']['ratio']:.2f}×** "

@@ -9,7 +9,8 @@
 --     regular expression, reads a single open event (delete_flow, a purge step) by its key without
 --     aggregating, names the transaction without calling _xact() where Citus is not loaded, and
 --     plans each of its statements once (plan_cache_mode: the custom plans it made again at every
---     call, for the client's value, were the plans the generic one is);
+--     call, for the client's value, were the plans the generic one is), and queues a deleted import's
+--     file with a plain scan when all rows go under one event;
 --   * the delete functions close the events they opened by their ids (_close_events), without
 --     looking them up again as _end_event does;
 --   * _xact() looks for Citus' settings before it looks for Citus' function in the catalog;
@@ -268,16 +269,29 @@ declare
             continue;  -- a reference table on Citus: this node does not hold the client
         end if;'
         else '' end;
+    -- The files in the order the rows were deleted: one event, a plain scan; several, each row's
+    -- flow's (a join, whose kept generic plan may take the rows in another order).
     v_queue    text := case when p_table = 'data_imports' then
-        'for v_file in
-            select o.engagement_id, o.storage_uri, o.flow_id, o.id, coalesce(m.event_id, v_event) as event_id
-              from old_rows as o left join unnest(v_flows, v_events) as m(flow_id, event_id) on v_event is null
-                                                                                             and m.flow_id = o.flow_id
-             where o.client_id = v_client
-        loop
-            insert into pyflows.file_cleanup_queue (client_id, engagement_id, storage_uri, flow_id, import_id, event_id)
-            values (v_client, v_file.engagement_id, v_file.storage_uri, v_file.flow_id, v_file.id, v_file.event_id);
-        end loop;'
+        'if v_event is not null then
+            for v_file in
+                select o.engagement_id, o.storage_uri, o.flow_id, o.id, v_event as event_id
+                  from old_rows as o where o.client_id = v_client
+            loop
+                insert into pyflows.file_cleanup_queue (client_id, engagement_id, storage_uri, flow_id, import_id,
+                                                        event_id)
+                values (v_client, v_file.engagement_id, v_file.storage_uri, v_file.flow_id, v_file.id, v_file.event_id);
+            end loop;
+        else
+            for v_file in
+                select o.engagement_id, o.storage_uri, o.flow_id, o.id, m.event_id
+                  from old_rows as o left join unnest(v_flows, v_events) as m(flow_id, event_id) on m.flow_id = o.flow_id
+                 where o.client_id = v_client
+            loop
+                insert into pyflows.file_cleanup_queue (client_id, engagement_id, storage_uri, flow_id, import_id,
+                                                        event_id)
+                values (v_client, v_file.engagement_id, v_file.storage_uri, v_file.flow_id, v_file.id, v_file.event_id);
+            end loop;
+        end if;'
         else '' end;
 begin
     if p_table is null or pg_catalog.to_regclass('pyflows_audit.' || quote_ident(p_table || '_chunks')) is null then

@@ -42,12 +42,11 @@ begin
     end if;
     v_files := (v_counts ->> 'data_imports')::bigint;  -- one stored file an import
     v_sample := '[]';
-    if v_files > 0 then
-        select coalesce(jsonb_agg(s.storage_uri), '[]') into v_sample
-          from (select i.storage_uri from pyflows.data_imports as i
-                 where i.client_id = c_client and i.engagement_id = c_engagement and i.flow_id = p_flow_id
-                 order by i.created_at, i.id
-                 limit 10) as s;
+    if v_files > 0 then  -- one table, no subquery: Citus routes it by the client even in a generic plan
+        select coalesce(to_jsonb((array_agg(i.storage_uri order by i.created_at, i.id))[1:10]), '[]')
+          into v_sample
+          from pyflows.data_imports as i
+         where i.client_id = c_client and i.engagement_id = c_engagement and i.flow_id = p_flow_id;
     end if;
     v_counts := jsonb_build_object('discovery_flows', 1)
              || v_counts
