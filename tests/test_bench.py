@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bench import run as bench
 from bench import instructions, scale
+from bench import run as bench
 from pyflows.testing import CitusCluster, ServerInfo
 
 TINY = ["--runs", "1", "--assets", "50", "--growth", "10,40", "--engagements", "20", "--flows", "200",
