@@ -492,10 +492,9 @@ begin
     v_verdict := pyflows._deletion_verdict(v_flow, v_impact, coalesce(p_force, false), false);
     perform pyflows._refuse_if_blocked(p_flow_id, v_verdict, 'deleted');
 
-    -- _begin_events itself (what _begin_event calls): one function call less a delete.
-    v_event := (pyflows_audit._begin_events('flow.delete', array[p_flow_id], v_reason,
-                                            array[v_impact || jsonb_build_object('safety', v_verdict)],
-                                            array[v_flow], coalesce(p_force, false)))[1];
+    v_event := pyflows_audit._begin_event('flow.delete', p_flow_id, v_reason,
+                                          v_impact || jsonb_build_object('safety', v_verdict),
+                                          v_flow, coalesce(p_force, false));
     perform pyflows._delete_flow_row(p_flow_id, 'deleted', coalesce(p_guarded, true));
     -- The statement-level triggers have run; closing the event counts what they archived.
     v_deleted := coalesce(pyflows_audit._close_events(array[v_event]) -> v_event::text, '{}');
