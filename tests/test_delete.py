@@ -111,6 +111,50 @@ def test_impact_equals_what_delete_flow_removes(pyflows_connect: Connect, tenant
         conn.rollback()
 
 
+@pytest.mark.parametrize("assets", [3, 100, 101, 250])
+def test_edges_of_other_flows_are_counted_alike_for_small_and_large_flows(
+        pyflows_connect: Connect, tenant_a: Tenant, pyflows_citus: CitusCluster | None, assets: int) -> None:
+    """Up to 100 assets the edges of other flows that touch a flow are found by its asset ids, above by a
+    join the planner orders: both count each such edge once, and only those, and delete_flow removes them."""
+    conn = pyflows_connect("app" if pyflows_citus is None else "owner")  # as the property test above
+    try:
+        bind(conn, tenant_a)
+        ids = (tenant_a.client_id, tenant_a.engagement_id)
+
+        def new_flow(name: str, status: str, n: int) -> tuple[Any, list[int]]:
+            flow = conn.execute("insert into pyflows.discovery_flows (client_id, engagement_id, name, status) "
+                                "values (%s, %s, %s, %s) returning id", (*ids, name, status)).fetchone()[0]
+            made = conn.execute("insert into pyflows.assets (client_id, engagement_id, flow_id, name, asset_type) "
+                                "select %s, %s, %s, 'a' || g, 'server' from generate_series(1, %s) as g returning id",
+                                (*ids, flow, n)).fetchall()
+            return flow, sorted(r[0] for r in made)
+
+        other, theirs = new_flow("other", "cancelled", 3)
+        flow, ours = new_flow("target", "paused", assets)
+
+        def edge(owner_flow: Any, source: int, target: int, kind: str = "x") -> None:
+            conn.execute("insert into pyflows.asset_dependencies (client_id, engagement_id, flow_id, source_asset_id, "
+                         "target_asset_id, dependency_type) values (%s, %s, %s, %s, %s, %s)",
+                         (*ids, owner_flow, source, target, kind))
+
+        edge(flow, ours[0], ours[-1])            # the flow's own
+        edge(other, ours[0], theirs[0])          # another flow's, from one of ours
+        edge(other, ours[-1], theirs[0])
+        edge(other, theirs[1], ours[1])          # into one of ours
+        edge(other, ours[0], ours[-1], "both")   # both ends ours: one edge, counted once
+        edge(other, theirs[0], theirs[1])        # not ours at all
+        impact = conn.execute("select pyflows.deletion_impact(%s)", (flow,)).fetchone()[0]
+        assert impact["external_dependencies"] == 4
+        assert impact["counts"]["assets"] == assets and impact["counts"]["asset_dependencies"] == 5
+        result = conn.execute("select pyflows.delete_flow(%s, 'both ways of counting')", (flow,)).fetchone()[0]
+        assert result["deleted"] == {k: v for k, v in impact["counts"].items() if v}
+        left = conn.execute("select count(*) from pyflows.asset_dependencies where client_id = %s "
+                            "and engagement_id = %s", ids).fetchone()[0]
+        assert left == 1
+    finally:
+        conn.rollback()
+
+
 # ---- the audited delete ------------------------------------------------------------------------------------
 
 
