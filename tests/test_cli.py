@@ -15,7 +15,7 @@ from click.testing import CliRunner, Result
 from psycopg.conninfo import conninfo_to_dict
 
 import pyflows.cli.base as cli_base
-from pyflows import embedded, migrations
+from pyflows import __version__, embedded, migrations
 from pyflows.cli import Exit, cli
 from pyflows.connection import LIBPQ_SERVER_VARIABLES, resolve_dsn
 from pyflows.demo import DEMO_TENANTS, example_sql, psql_example
@@ -177,6 +177,20 @@ def test_rollback_all_then_check_then_migrate(pyflows_dsn: str) -> None:
     result = run("--dsn", pyflows_dsn, "rollback", "--all", "--yes")
     assert result.exit_code == 0 and "rolled back migration 0001_schemas_and_roles" in result.stdout
     assert run("--dsn", pyflows_dsn, "check").exit_code == Exit.SCHEMA
+    assert run("--dsn", pyflows_dsn, "migrate").exit_code == 0
+    assert run("--dsn", pyflows_dsn, "check").exit_code == 0
+
+
+def test_rollback_of_the_newest_migration_says_sql_needs_migrate(pyflows_dsn: str) -> None:
+    """sql/ stays as this package installed it: rollback says so, check reports the pending migration,
+    and migrate puts everything back."""
+    newest, before = migrations.status(pyflows_dsn).applied[-2:][::-1]
+    result = run("--dsn", pyflows_dsn, "rollback", "--yes")
+    assert result.exit_code == 0 and f"rolled back migration {newest}" in result.stdout
+    assert f"pyflows {__version__}" in result.stderr and "`pyflows migrate`" in result.stderr
+    assert f"newest migration is {before}" in result.stderr
+    checked = run("--dsn", pyflows_dsn, "check")
+    assert checked.exit_code == Exit.SCHEMA and f"pending: {newest}" in checked.stderr
     assert run("--dsn", pyflows_dsn, "migrate").exit_code == 0
     assert run("--dsn", pyflows_dsn, "check").exit_code == 0
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from .. import migrations
+from .. import __version__, migrations
 from ..connection import target_summary
 from ..render import to_json
 from .base import Exit, Target, confirm, json_option
@@ -54,6 +54,13 @@ def rollback(target: Target, to: str | None, all_: bool, yes: bool) -> None:
         click.echo("nothing to roll back")
     for migration_id in done:
         click.echo(f"rolled back migration {migration_id}")
+    if done and not all_:
+        # sql/ is not rolled back: this package's functions may call what the rollback dropped.
+        left = migrations.status(dsn).applied
+        click.echo(f"pyflows: the sql/ functions installed by pyflows {__version__} may use what the rolled-back "
+                   f"migration(s) made, and fail until `pyflows migrate` runs: with this pyflows to apply them "
+                   f"again, or with the release whose newest migration is {left[-1] if left else 'none'} to put "
+                   "its own sql/ back", err=True)
 
 
 @click.command()
