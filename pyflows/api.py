@@ -272,14 +272,10 @@ def _loaded(batches: Rows) -> LoadResult:
 
 
 def _in_order(batches: Rows) -> list[int]:
-    """add_assets' (ord, asset_id) rows, call after call, as the ids in the order given (ord: the
-    position in its call's batch, from 1)."""
+    """The ids of add_assets' calls, call after call, each call's as one array in the order given."""
     ids: list[int] = []
     for batch in batches:
-        part = [0] * len(batch["rows"])
-        for row in batch["rows"]:
-            part[int(row["ord"]) - 1] = int(row["asset_id"])
-        ids += part
+        ids += batch["rows"][0]["ids"]
     return ids
 
 

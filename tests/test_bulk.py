@@ -162,6 +162,7 @@ def test_a_load_of_many_batches_keeps_the_order_the_numbers_and_the_count(
     assert [names[i] for i in ids] == [a["name"] for a in assets]
     assert flows.copy_dependencies(started.flow_id, [(ids[n], ids[n + 1], "network") for n in range(15)]).loaded == 15
     assert flows.copy_records(started.import_id, []).record_count == 27  # an empty load is one call
+    assert flows.copy_assets(started.flow_id, []) == []
     # A batch that fails after others were sent leaves nothing of the load.
     before = fingerprint(owner)
     with pytest.raises(InvalidRequest):
