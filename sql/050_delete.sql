@@ -48,7 +48,8 @@ begin
         -- A large flow: two index probes an asset cost more than the delete's own count (0.15 s for
         -- 100,000 assets). The join lets the planner read whichever side is smaller, the other flows'
         -- edges (by the flow index) or this flow's assets; planned for the values at hand (EXECUTE),
-        -- which Citus needs to route a join to the client's shard.
+        -- which Citus needs to route a join to the client's shard. Not _edges_touching: that also
+        -- returns every edge of the flow's own (126 ms against 1 ms for 100,000 assets).
         execute 'select count(*)
                    from (select d.id
                            from pyflows.asset_dependencies as d
