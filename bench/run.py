@@ -13,8 +13,9 @@ and ``peers`` (an ORM's cascade, hand-written DELETEs and the unaudited cascade 
 and ``http`` (``pyflows serve`` beside the SQL calls it wraps, and a /metrics scrape) and ``scale``
 (gate and concurrency on one node and on a local 3-node Citus cluster, side by side; needs --citus
 or PYFLOWS_CITUS_DIR, the folder with Citus' install.sh and cluster.sh) and ``instructions`` (a
-small flow's delete_flow beside the bare DELETE, counted in instructions under valgrind on a cluster
-of its own; needs valgrind and PostgreSQL's server binaries).
+small flow's delete_flow beside the bare DELETE, and a large flow's beside the unaudited cascade,
+counted in instructions under valgrind on clusters of their own; needs valgrind and PostgreSQL's
+server binaries).
 
 Absolute seconds on a shared machine mean little; the ratios against the baseline measured in the
 same run are the result. ``--record`` writes each suite's table into docs/benchmarks.md.
@@ -79,6 +80,8 @@ def parser() -> argparse.ArgumentParser:
                    help="http: calls per variant by one client (each of --clients makes a quarter as many).")
     p.add_argument("--instruction-calls", type=int, default=120,
                    help="instructions: calls of each variant under valgrind (one small flow each).")
+    p.add_argument("--instruction-assets", type=int, default=instructions.LARGE_ASSETS,
+                   help="instructions: assets of the large flow (about 4 rows each).")
     p.add_argument("--citus", default=os.environ.get("PYFLOWS_CITUS_DIR", str(ROOT.parent / "shared" / "citus")),
                    help="scale: the folder with Citus' install.sh and cluster.sh (a local 3-node cluster).")
     p.add_argument("--record", action="store_true", help="Write the results into docs/benchmarks.md.")
@@ -112,7 +115,7 @@ def suites(args: argparse.Namespace, bench_dsn: str) -> dict[str, tuple[Callable
         "scale": (lambda c: scale.run(args.dsn, args.citus, args.engagements, args.flows, args.list_calls,
                                       args.clients, args.contexts, args.seconds, args.assets, args.runs),
                   scale.markdown),
-        "instructions": (lambda c: instructions.run(args.instruction_calls),
+        "instructions": (lambda c: instructions.run(args.instruction_calls, large_assets=args.instruction_assets),
                          instructions.markdown),
     }
 

@@ -143,7 +143,7 @@ needs_valgrind = pytest.mark.skipif(shutil.which("valgrind") is None, reason="th
 
 @needs_valgrind
 def test_instructions_count_each_variant_beside_the_bare_delete() -> None:
-    report = instructions.run(calls=2, warm=1, flows=6)
+    report = instructions.run(calls=2, warm=1, flows=6, large_assets=40)
     results = report["results"]
     assert list(results) == ["DELETE, unaudited", "DELETE, audited", "delete_flow", "delete_flows"]
     assert results["DELETE, unaudited"]["ratio"] == pytest.approx(1.0)
@@ -151,6 +151,15 @@ def test_instructions_count_each_variant_beside_the_bare_delete() -> None:
     assert results["delete_flow"]["per_call"] > results["DELETE, audited"]["per_call"] / 2 > 0
     assert results["DELETE, audited"]["ratio"] > 1.5
     assert "instructions per flow" in "\n".join(instructions.markdown(report))
+    large = report["large"]
+    assert large["rows"] == 4 * 40 + 4 and list(large["results"]) == list(instructions.LARGE_VARIANTS)
+    assert large["results"]["DELETE, unaudited"]["ratio"] == pytest.approx(1.0)
+    # The triggers archive every row, writing the archive is counted at all, and delete_flow costs more
+    # than the audited DELETE (it counts the impact first).
+    assert large["results"]["DELETE, audited"]["ratio"] > 1.5
+    assert large["results"]["archive only"]["instructions"] > 0
+    assert large["results"]["delete_flow"]["instructions"] > large["results"]["DELETE, audited"]["instructions"]
+    assert "A large flow's delete, in instructions" in "\n".join(instructions.markdown(report))
 
 
 @needs_valgrind
