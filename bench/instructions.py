@@ -46,7 +46,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg.conninfo import make_conninfo
@@ -65,6 +65,7 @@ AUDITED = ("discovery_flows", "data_imports", "raw_import_records", "import_fiel
 TARGET = 1.5 / 0.4
 BATCH_TARGET = 0.5 / 0.4
 FLOWS = 1_000
+Made = TypeVar("Made")
 LARGE_VARIANTS = ("DELETE, unaudited", "DELETE, audited", "delete_flow", "archive only")
 LARGE_ASSETS = 20_000
 # The issue's own target for a large delete: delete_flow at most 1.2x the unaudited cascade.
@@ -114,7 +115,7 @@ def build(bin_dir: Path, root: Path, flows: int) -> tuple[Any, Any, list[Any]]:
     return _build(bin_dir, root, lambda conn: batches.build(conn, flows))
 
 
-def _build(bin_dir: Path, root: Path, make: Callable[[Conn], Any]) -> Any:
+def _build(bin_dir: Path, root: Path, make: Callable[[Conn], Made]) -> Made:
     """Start the cluster on a socket in root, migrate a database, make what is measured, stop it."""
     options = f"-k {root} -c listen_addresses='' -c port=5432 -c fsync=off -c autovacuum=off"
     _run([str(bin_dir / "pg_ctl"), "-D", str(root / "base"), "-o", options, "-l", str(root / "server.log"),
@@ -133,20 +134,32 @@ def _build(bin_dir: Path, root: Path, make: Callable[[Conn], Any]) -> Any:
     return made
 
 
+# Each variant's statement on one flow ({f}); delete_flows, which takes a batch, is written apart.
+STATEMENTS = {"baseline": "select 1",
+              "DELETE, unaudited": "delete from pyflows.discovery_flows where id = '{f}'",
+              "DELETE, audited": "delete from pyflows.discovery_flows where id = '{f}'",
+              "delete_flow": "select pyflows.delete_flow('{f}', 'bench', true)"}
+
+
+def _setup(variant: str) -> str:
+    """What a variant's script does first: the unaudited one disables the audit triggers."""
+    if variant != "DELETE, unaudited":
+        return ""
+    return "".join(f"alter table pyflows.{t} disable trigger audit_delete;\n" for t in AUDITED)
+
+
+def _transaction(client: Any, engagement: Any, statement: str) -> str:
+    """statement in a rolled-back transaction of the tenant context, one line a statement."""
+    return f"begin;\nselect pyflows.set_context('{client}', '{engagement}', 'bench');\n{statement};\nrollback;\n"
+
+
 def script(variant: str, client: Any, engagement: Any, ids: Sequence[Any]) -> str:
     """One line a statement, as a single-user backend reads them."""
-    setup = "".join(f"alter table pyflows.{t} disable trigger audit_delete;\n" for t in AUDITED) \
-        if variant == "DELETE, unaudited" else ""
     if variant == "delete_flows":
         batch = ", ".join(f"'{f}'" for f in ids)
-        return (f"begin;\nselect pyflows.set_context('{client}', '{engagement}', 'bench');\n"
-                f"select count(*) from pyflows.delete_flows(array[{batch}]::uuid[], 'bench', true);\nrollback;\n")
-    statement = {"baseline": "select 1",
-                 "DELETE, unaudited": "delete from pyflows.discovery_flows where id = '{f}'",
-                 "DELETE, audited": "delete from pyflows.discovery_flows where id = '{f}'",
-                 "delete_flow": "select pyflows.delete_flow('{f}', 'bench', true)"}[variant]
-    return setup + "".join(f"begin;\nselect pyflows.set_context('{client}', '{engagement}', 'bench');\n"
-                           f"{statement.format(f=f)};\nrollback;\n" for f in ids)
+        return _transaction(client, engagement,
+                            f"select count(*) from pyflows.delete_flows(array[{batch}]::uuid[], 'bench', true)")
+    return _setup(variant) + "".join(_transaction(client, engagement, STATEMENTS[variant].format(f=f)) for f in ids)
 
 
 def large_script(variant: str, client: Any, engagement: Any, flow: Any) -> str:
@@ -159,10 +172,8 @@ def large_script(variant: str, client: Any, engagement: Any, flow: Any) -> str:
                      f"''{client}'' and engagement_id = ''{engagement}'')', t)); execute s using 0::bigint; "
                      "end loop; end $$")
     else:
-        statement = {"DELETE, unaudited": f"delete from pyflows.discovery_flows where id = '{flow}'",
-                     "DELETE, audited": f"delete from pyflows.discovery_flows where id = '{flow}'",
-                     "delete_flow": f"select pyflows.delete_flow('{flow}', 'bench', true)"}[variant]
-    return f"begin;\nselect pyflows.set_context('{client}', '{engagement}', 'bench');\n{statement};\nrollback;\n"
+        statement = STATEMENTS[variant].format(f=flow)
+    return _transaction(client, engagement, statement)
 
 
 def run_large(assets: int) -> dict[str, Any]:
@@ -177,11 +188,9 @@ def run_large(assets: int) -> dict[str, Any]:
         flow, rows = _build(bin_dir, root, make)
         totals = {}
         for variant in LARGE_VARIANTS:
-            setup = "".join(f"alter table pyflows.{t} disable trigger audit_delete;\n" for t in AUDITED) \
-                if variant == "DELETE, unaudited" else ""
-            once = setup + large_script(variant, client, engagement, flow)
-            totals[variant] = count(bin_dir, root, once + large_script(variant, client, engagement, flow)) \
-                - count(bin_dir, root, once)
+            run = large_script(variant, client, engagement, flow)
+            once = _setup(variant) + run
+            totals[variant] = count(bin_dir, root, once + run) - count(bin_dir, root, once)
     base = totals["DELETE, unaudited"]
     return {"assets": assets, "rows": rows,
             "results": {v: {"instructions": n, "ratio": n / base} for v, n in totals.items()}}
