@@ -11,7 +11,7 @@
 -- external edges alone, and the stored files that will be enqueued for removal.
 -- Generic plans, kept, for the queries written here: each reads one table by the tenant's key (which
 -- Citus routes to one shard even so). The external edges of a flow of many assets are counted by a
--- query planned for the values at hand instead (see below).
+-- way chosen from counts and queries planned for the values at hand (see below).
 create or replace function pyflows._deletion_counts(p_flow_id uuid)
 returns jsonb
 language plpgsql
@@ -27,7 +27,11 @@ declare
     -- Up to this many assets, the external edges are looked up by the flow's asset ids.
     c_by_ids     constant bigint := 100;
     v_counts     jsonb := pyflows._flow_counts(c_client, c_engagement, p_flow_id);
+    v_assets_n   constant bigint := (v_counts ->> 'assets')::bigint;
     v_assets     bigint[];
+    v_by_ids     boolean := false;
+    v_others     uuid[];
+    v_other_edges bigint;
     v_external   bigint;
     v_files      bigint;
     v_sample     jsonb;
@@ -35,38 +39,50 @@ begin
     -- Edges of other flows that touch this flow's assets. "<" or ">" rather than "<>": should a plan
     -- read the flow index, it reads only the other flows' edges.
     v_external := 0;
-    if (v_counts ->> 'assets')::bigint between 1 and c_by_ids then
-        -- A small flow: by its asset ids, through the edges' source and target indexes, one table a
-        -- query (no join, no union: a small flow's delete paid more to plan that query than to run it).
+    if v_assets_n between 1 and c_by_ids then
+        -- A small flow: by its asset ids (below), one table a query (no join, no union: a small flow's
+        -- delete paid more to plan that query than to run it).
+        v_by_ids := true;
+    elsif v_assets_n > c_by_ids then
+        -- A large flow: the driving side is chosen here, from counts, never from the planner's
+        -- estimates (with another tenant's larger flow in the statistics, a 25,000-asset flow was
+        -- estimated at 999 assets and probed the edges' indexes twice an asset: 74 ms of an 86 ms
+        -- impact where the other flows had no edge at all). The engagement's other flows first
+        -- (usually none: then no edge can be external); then their edges, counted up to as many as
+        -- the flow has assets, by the flow index and the tenant's key.
+        select coalesce(array_agg(f.id), '{}') into v_others from pyflows.discovery_flows as f
+         where f.client_id = c_client and f.engagement_id = c_engagement and (f.id < p_flow_id or f.id > p_flow_id);
+        if cardinality(v_others) > 0 then
+            -- EXECUTE: Citus routes no subquery in a kept generic plan.
+            execute 'select count(*) from (select 1 from pyflows.asset_dependencies as d
+                                             where d.client_id = $1 and d.engagement_id = $2
+                                               and d.flow_id = any ($3) limit $4) as e'
+               into v_other_edges using c_client, c_engagement, v_others, v_assets_n;
+            -- Fewer edges of other flows than assets: from those edges, looking up the two ends of
+            -- each by the assets' key; as many or more: from the flow's assets, by their ids (below).
+            -- Each way costs about the same per row read (an index probe and a heap fetch or two).
+            v_by_ids := v_other_edges >= v_assets_n;
+            if not v_by_ids and v_other_edges > 0 then
+                -- Scalar subqueries: a probe an edge, whatever the planner estimates. Planned for the
+                -- values at hand (EXECUTE), which Citus needs to route a subquery to the client's shard.
+                execute 'select count(*) from pyflows.asset_dependencies as d
+                          where d.client_id = $1 and d.engagement_id = $2 and d.flow_id = any ($3)
+                            and ((select a.flow_id from pyflows.assets as a
+                                   where a.client_id = $1 and a.engagement_id = $2 and a.id = d.source_asset_id) = $4
+                                 or (select a.flow_id from pyflows.assets as a
+                                      where a.client_id = $1 and a.engagement_id = $2 and a.id = d.target_asset_id) = $4)'
+                   into v_external using c_client, c_engagement, v_others, p_flow_id;
+            end if;
+        end if;
+    end if;
+    if v_by_ids then
+        -- By the flow's asset ids, through the edges' source and target indexes.
         select array_agg(a.id) into v_assets from pyflows.assets as a
          where a.client_id = c_client and a.engagement_id = c_engagement and a.flow_id = p_flow_id;
         select count(*) into v_external from pyflows.asset_dependencies as d
          where d.client_id = c_client and d.engagement_id = c_engagement
            and (d.source_asset_id = any (v_assets) or d.target_asset_id = any (v_assets))
            and (d.flow_id < p_flow_id or d.flow_id > p_flow_id);
-    elsif (v_counts ->> 'assets')::bigint > c_by_ids then
-        -- A large flow: two index probes an asset cost more than the delete's own count (0.15 s for
-        -- 100,000 assets). The join lets the planner read whichever side is smaller, the other flows'
-        -- edges (by the flow index) or this flow's assets; planned for the values at hand (EXECUTE),
-        -- which Citus needs to route a join to the client's shard. Not _edges_touching: that also
-        -- returns every edge of the flow's own (126 ms against 1 ms for 100,000 assets).
-        execute 'select count(*)
-                   from (select d.id
-                           from pyflows.asset_dependencies as d
-                           join pyflows.assets as a
-                             on a.client_id = d.client_id and a.engagement_id = d.engagement_id
-                            and a.id = d.source_asset_id
-                          where d.client_id = $1 and d.engagement_id = $2
-                            and a.flow_id = $3 and (d.flow_id < $3 or d.flow_id > $3)
-                         union
-                         select d.id
-                           from pyflows.asset_dependencies as d
-                           join pyflows.assets as a
-                             on a.client_id = d.client_id and a.engagement_id = d.engagement_id
-                            and a.id = d.target_asset_id
-                          where d.client_id = $1 and d.engagement_id = $2
-                            and a.flow_id = $3 and (d.flow_id < $3 or d.flow_id > $3)) as edges'
-           into v_external using c_client, c_engagement, p_flow_id;
     end if;
     v_files := (v_counts ->> 'data_imports')::bigint;  -- one stored file an import
     v_sample := '[]';

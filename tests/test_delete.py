@@ -111,11 +111,14 @@ def test_impact_equals_what_delete_flow_removes(pyflows_connect: Connect, tenant
         conn.rollback()
 
 
-@pytest.mark.parametrize("assets", [3, 100, 101, 250])
+@pytest.mark.parametrize(("assets", "unrelated"), [(3, 0), (100, 0), (101, 0), (250, 0), (250, 300)])
 def test_edges_of_other_flows_are_counted_alike_for_small_and_large_flows(
-        pyflows_connect: Connect, tenant_a: Tenant, pyflows_citus: CitusCluster | None, assets: int) -> None:
-    """Up to 100 assets the edges of other flows that touch a flow are found by its asset ids, above by a
-    join the planner orders: both count each such edge once, and only those, and delete_flow removes them."""
+        pyflows_connect: Connect, tenant_a: Tenant, pyflows_citus: CitusCluster | None, assets: int,
+        unrelated: int) -> None:
+    """Up to 100 assets the edges of other flows that touch a flow are found by its asset ids; above, from
+    the other flows' edges when they are fewer than the flow's assets, else by its asset ids again (with
+    `unrelated` more edges among the other flow's own assets): each way counts each such edge once, and
+    only those, and delete_flow removes them."""
     conn = pyflows_connect("app" if pyflows_citus is None else "owner")  # as the property test above
     try:
         bind(conn, tenant_a)
@@ -143,6 +146,8 @@ def test_edges_of_other_flows_are_counted_alike_for_small_and_large_flows(
         edge(other, theirs[1], ours[1])          # into one of ours
         edge(other, ours[0], ours[-1], "both")   # both ends ours: one edge, counted once
         edge(other, theirs[0], theirs[1])        # not ours at all
+        for n in range(unrelated):
+            edge(other, theirs[1], theirs[2], f"u{n}")
         impact = conn.execute("select pyflows.deletion_impact(%s)", (flow,)).fetchone()[0]
         assert impact["external_dependencies"] == 4
         assert impact["counts"]["assets"] == assets and impact["counts"]["asset_dependencies"] == 5
@@ -150,7 +155,7 @@ def test_edges_of_other_flows_are_counted_alike_for_small_and_large_flows(
         assert result["deleted"] == {k: v for k, v in impact["counts"].items() if v}
         left = conn.execute("select count(*) from pyflows.asset_dependencies where client_id = %s "
                             "and engagement_id = %s", ids).fetchone()[0]
-        assert left == 1
+        assert left == 1 + unrelated
     finally:
         conn.rollback()
 
