@@ -315,6 +315,50 @@ def test_a_hand_written_delete_is_audited(app_conn: Callable[[Tenant], psycopg.C
     assert owner.execute("select count(*) from pyflows.file_cleanup_queue").fetchone() == (1,)
 
 
+def test_a_hand_written_delete_names_the_engagement_and_flow_its_rows_share(
+        owner: psycopg.Connection[Any], tenant_a: Tenant) -> None:
+    """A sql.delete event names the engagement (and counts one in details.tenants) when every row the
+    statement deleted has that engagement, and the flow when every row has that flow; otherwise it names
+    none and counts the engagements. The owner bypasses row-level security, so a statement can span
+    engagements and flows."""
+    second = Tenant(tenant_a.client_id, uuid.uuid4(), "pytest")
+    with owner.transaction():
+        set_raw_context(owner, second)
+        owner.execute("insert into pyflows.engagements (client_id, id, name) values (%s, %s, 'second')",
+                      (second.client_id, second.engagement_id))
+    one = tree(owner, tenant_a, status="cancelled")
+    two = tree(owner, tenant_a, status="paused")
+    three = tree(owner, second, status="paused")
+    a, e1, e2 = tenant_a.client_id, tenant_a.engagement_id, second.engagement_id
+
+    def events_of(statement: str, *params: Any) -> list[tuple[Any, ...]]:
+        with owner.transaction(force_rollback=True):
+            owner.execute(statement, params)
+            return owner.execute(
+                "select engagement_id, flow_id, (details ->> 'tenants')::int, details ->> 'first_table', deleted "
+                "from pyflows_audit.events where action = 'sql.delete' and txid = pyflows_audit._xact()").fetchall()
+
+    assert events_of("delete from pyflows.assets where flow_id = %s", one.flow_id) == [
+        (e1, one.flow_id, 1, "assets", {"assets": 3, "asset_dependencies": 2})]
+    assert events_of("delete from pyflows.assets where client_id = %s and engagement_id = %s", a, e1) == [
+        (e1, None, 1, "assets", {"assets": 6, "asset_dependencies": 4})]
+    assert events_of("delete from pyflows.assets where client_id = %s and flow_id in (%s, %s)",
+                     a, one.flow_id, three.flow_id) == [
+        (None, None, 2, "assets", {"assets": 6, "asset_dependencies": 4})]
+    # Records name no flow: the event names the engagement only.
+    assert events_of("delete from pyflows.raw_import_records where import_id = %s", two.import_id) == [
+        (e1, None, 1, "raw_import_records", {"raw_import_records": 3})]
+    # A client's rows: no engagement at all (its engagements' and flows' rows go under the same event).
+    assert events_of("delete from pyflows.clients where id = %s", a) == [
+        (None, None, 0, "clients", {"clients": 1, "engagements": 2, "discovery_flows": 3, "data_imports": 3,
+                                    "raw_import_records": 9, "import_field_mappings": 6, "assets": 9,
+                                    "asset_dependencies": 6})]
+    assert events_of("delete from pyflows.engagements where client_id = %s and id = %s", a, e2) == [
+        (e2, None, 1, "engagements", {"engagements": 1, "discovery_flows": 1, "data_imports": 1,
+                                      "raw_import_records": 3, "import_field_mappings": 2, "assets": 3,
+                                      "asset_dependencies": 2})]
+
+
 def test_deleting_nothing_writes_no_event(app_conn: Callable[[Tenant], psycopg.Connection[Any]],
                                           tenant_a: Tenant, owner: psycopg.Connection[Any]) -> None:
     conn = app_conn(tenant_a)
