@@ -26,6 +26,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import psycopg
@@ -159,9 +160,12 @@ class CitusCluster:
 
     def clone(self, template: str, name: str) -> None:
         """Database ``name`` on every node, a copy of that node's ``template`` (see freeze): the same
-        shards and metadata on each, so the copies form a cluster database of their own."""
+        shards and metadata on each, so the copies form a cluster database of their own. The nodes are
+        servers of their own, so the three copies are made at once (one after the other, a worker's took
+        about 2 s of the 6 s each Citus test spent in its setup)."""
         statement = sql.SQL("create database {} template {}").format(sql.Identifier(name), sql.Identifier(template))
-        for port in (self.port, self.port + 1, self.port + 2):
+
+        def copy_on(port: int) -> None:
             with psycopg.connect(f"host=127.0.0.1 port={port} user=postgres dbname=postgres", autocommit=True) as conn:
                 for attempt in range(50):  # a backend freeze() ended may take a moment to leave
                     try:
@@ -171,6 +175,11 @@ class CitusCluster:
                         if attempt == 49:
                             raise
                         time.sleep(0.1)
+
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            copies = [pool.submit(copy_on, port) for port in (self.port, self.port + 1, self.port + 2)]
+        for copy in copies:
+            copy.result()  # raises the first node's error, if any
 
 
 def _citus() -> CitusCluster | None:
