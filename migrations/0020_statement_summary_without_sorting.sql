@@ -25,13 +25,13 @@ declare
     v_found      integer;
 begin
     if coalesce(p_old, '') = '' or p_new is null then
-        raise exception 'nothing to replace in %', p_function;
+        raise exception 'nothing to replace in %', p_function using errcode = 'PF422';
     end if;
     v_found := (pg_catalog.length(v_definition)
                 - pg_catalog.length(pg_catalog.replace(v_definition, p_old, ''))) / pg_catalog.length(p_old);
     if v_found <> 1 then
         raise exception '% holds the passage to replace % times, not once', p_function, v_found
-            using detail = p_old;
+            using errcode = 'PF422', detail = p_old;
     end if;
     execute pg_catalog.replace(v_definition, p_old, p_new);
 end;

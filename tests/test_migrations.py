@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import threading
 import uuid
+from typing import Any
 
 import psycopg
 import pytest
@@ -127,6 +128,34 @@ def test_a_failing_migration_leaves_nothing_half_written(blank_dsn: str) -> None
         migrations.migrate(blank_dsn)
     assert _schemas(blank_dsn) == {"pyflows_audit"}  # 0001's own `create schema pyflows` rolled back
     assert migrations.status(blank_dsn).applied == []
+
+
+@pytest.mark.parametrize(("old", "new", "message"), [
+    ("a passage it does not hold", "x", "holds the passage to replace 0 times"),
+    ("v_client", "x", r"holds the passage to replace \d+ times"),  # more than once
+    ("", "x", "nothing to replace"),
+    (None, "x", "nothing to replace"),
+    ("v_function text", None, "nothing to replace"),
+])
+def test_replacing_a_passage_that_is_not_there_exactly_once_is_refused_and_changes_nothing(
+        owner: psycopg.Connection[Any], old: str | None, new: str | None, message: str) -> None:
+    """Migration 0020 changes the trigger generator through _replace_in_function: a passage found
+    never or more than once (or none given) is PF422, and the function keeps its definition."""
+    generator = "pyflows_audit._create_delete_trigger(text)"
+    before = owner.execute("select pg_get_functiondef(%s::regprocedure)", (generator,)).fetchone()
+    with pytest.raises(psycopg.Error, match=message) as caught, owner.transaction():
+        owner.execute("select pyflows_audit._replace_in_function(%s, %s, %s)", (generator, old, new))
+    assert caught.value.sqlstate == "PF422"
+    assert owner.execute("select pg_get_functiondef(%s::regprocedure)", (generator,)).fetchone() == before
+
+
+def test_replacing_a_passage_found_once_makes_the_function_again(owner: psycopg.Connection[Any]) -> None:
+    with owner.transaction(force_rollback=True):
+        owner.execute("create function pyflows_audit._scratch() returns text language sql "
+                      "set search_path = pg_catalog, pyflows_audit, pg_temp as $$ select 'before' $$")
+        owner.execute("select pyflows_audit._replace_in_function('pyflows_audit._scratch()', %s, %s)",
+                      ("'before'", "'after'"))
+        assert owner.execute("select pyflows_audit._scratch()").fetchone() == ("after",)
 
 
 def test_a_migration_waits_for_a_busy_table_only_as_long_as_lock_timeout(
