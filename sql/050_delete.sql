@@ -36,8 +36,7 @@ declare
     v_files      bigint;
     v_sample     jsonb;
 begin
-    -- Edges of other flows that touch this flow's assets. "<" or ">" rather than "<>": should a plan
-    -- read the flow index, it reads only the other flows' edges.
+    -- Edges of other flows that touch this flow's assets.
     v_external := 0;
     if v_assets_n between 1 and c_by_ids then
         -- A small flow: by its asset ids (below), one table a query (no join, no union: a small flow's
@@ -46,7 +45,7 @@ begin
     elsif v_assets_n > c_by_ids then
         -- A large flow: the driving side is chosen here, from counts, never from the planner's
         -- estimates (with another tenant's larger flow in the statistics, a 25,000-asset flow was
-        -- estimated at 999 assets and probed the edges' indexes twice an asset: 74 ms of an 86 ms
+        -- estimated at under 1,000 assets and probed the edges' indexes twice an asset: 74 ms of an 86 ms
         -- impact where the other flows had no edge at all). The engagement's other flows first
         -- (usually none: then no edge can be external); then their edges, counted up to as many as
         -- the flow has assets, by the flow index and the tenant's key.
@@ -76,7 +75,8 @@ begin
         end if;
     end if;
     if v_by_ids then
-        -- By the flow's asset ids, through the edges' source and target indexes.
+        -- By the flow's asset ids, through the edges' source and target indexes. "<" or ">" rather
+        -- than "<>": should a plan read the flow index, it reads only the other flows' edges.
         select array_agg(a.id) into v_assets from pyflows.assets as a
          where a.client_id = c_client and a.engagement_id = c_engagement and a.flow_id = p_flow_id;
         select count(*) into v_external from pyflows.asset_dependencies as d

@@ -100,7 +100,7 @@ def test_every_foreign_key_lookup_uses_its_own_index_without_statistics(owner: p
 
 
 def _flow_of(owner: psycopg.Connection[Any], tenant: Tenant, assets: int, edges_per_asset: int = 2) -> Any:
-    """A paused flow of `assets` assets and about `edges_per_asset` edges an asset among them."""
+    """A cancelled flow of `assets` assets and about `edges_per_asset` edges an asset among them."""
     ids = {"c": tenant.client_id, "e": tenant.engagement_id, "n": assets, "k": edges_per_asset}
     with owner.transaction():
         ids["f"] = owner.execute("insert into pyflows.discovery_flows (client_id, engagement_id, name, status) "
@@ -119,8 +119,8 @@ def test_a_large_flows_external_edges_are_counted_the_cheap_way_whatever_the_sta
         owner: psycopg.Connection[Any], tenant_a: Tenant, tenant_b: Tenant, others: str) -> None:
     """The external edges of a flow of many assets: from the other flows' edges when they are fewer than the
     flow's assets, else from the flow's assets; chosen from counts, not from the planner's estimates, which
-    are far off once another tenant's larger flow is in the statistics (here 600 assets estimated at a
-    few). Counted by the index scans the count starts on the edges: two an asset the other way."""
+    are far off once another tenant's larger flow is in the statistics (here 600 assets, estimated far
+    below). Counted by the index scans the count starts on the edges: two an asset the other way."""
     _flow_of(owner, tenant_b, 4000)  # another client's larger flow
     flow = _flow_of(owner, tenant_a, 600)
     theirs = None if others == "none" else _flow_of(owner, tenant_a, 3, 1 if others == "few edges" else 400)
