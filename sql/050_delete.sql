@@ -10,8 +10,8 @@
 -- edges of other flows that touch this flow's assets, which the cascade removes too), those
 -- external edges alone, and the stored files that will be enqueued for removal.
 -- Generic plans, kept, for the queries written here: each reads one table by the tenant's key (which
--- Citus routes to one shard even so). The external edges of a flow of many assets are counted by a
--- way chosen from counts and queries planned for the values at hand (see below).
+-- Citus routes to one shard even so). The external edges of a flow of many assets are read by
+-- _edges_touching (below), from whichever side is smaller.
 create or replace function pyflows._deletion_counts(p_flow_id uuid)
 returns jsonb
 language plpgsql
@@ -29,9 +29,6 @@ declare
     v_counts     jsonb := pyflows._flow_counts(c_client, c_engagement, p_flow_id);
     v_assets_n   constant bigint := (v_counts ->> 'assets')::bigint;
     v_assets     bigint[];
-    v_by_ids     boolean := false;
-    v_others     uuid[];
-    v_other_edges bigint;
     v_external   bigint;
     v_files      bigint;
     v_sample     jsonb;
@@ -39,50 +36,19 @@ begin
     -- Edges of other flows that touch this flow's assets.
     v_external := 0;
     if v_assets_n between 1 and c_by_ids then
-        -- A small flow: by its asset ids (below), one table a query (no join, no union: a small flow's
-        -- delete paid more to plan that query than to run it).
-        v_by_ids := true;
-    elsif v_assets_n > c_by_ids then
-        -- A large flow: the driving side is chosen here, from counts, never from the planner's
-        -- estimates (with another tenant's larger flow in the statistics, a 25,000-asset flow was
-        -- estimated at under 1,000 assets and probed the edges' indexes twice an asset: 74 ms of an 86 ms
-        -- impact where the other flows had no edge at all). The engagement's other flows first
-        -- (usually none: then no edge can be external); then their edges, counted up to as many as
-        -- the flow has assets, by the flow index and the tenant's key.
-        select coalesce(array_agg(f.id), '{}') into v_others from pyflows.discovery_flows as f
-         where f.client_id = c_client and f.engagement_id = c_engagement and (f.id < p_flow_id or f.id > p_flow_id);
-        if cardinality(v_others) > 0 then
-            -- EXECUTE: Citus routes no subquery in a kept generic plan.
-            execute 'select count(*) from (select 1 from pyflows.asset_dependencies as d
-                                             where d.client_id = $1 and d.engagement_id = $2
-                                               and d.flow_id = any ($3) limit $4) as e'
-               into v_other_edges using c_client, c_engagement, v_others, v_assets_n;
-            -- Fewer edges of other flows than assets: from those edges, looking up the two ends of
-            -- each by the assets' key; as many or more: from the flow's assets, by their ids (below).
-            -- Each way costs about the same per row read (an index probe and a heap fetch or two).
-            v_by_ids := v_other_edges >= v_assets_n;
-            if not v_by_ids and v_other_edges > 0 then
-                -- Scalar subqueries: a probe an edge, whatever the planner estimates. Planned for the
-                -- values at hand (EXECUTE), which Citus needs to route a subquery to the client's shard.
-                execute 'select count(*) from pyflows.asset_dependencies as d
-                          where d.client_id = $1 and d.engagement_id = $2 and d.flow_id = any ($3)
-                            and ((select a.flow_id from pyflows.assets as a
-                                   where a.client_id = $1 and a.engagement_id = $2 and a.id = d.source_asset_id) = $4
-                                 or (select a.flow_id from pyflows.assets as a
-                                      where a.client_id = $1 and a.engagement_id = $2 and a.id = d.target_asset_id) = $4)'
-                   into v_external using c_client, c_engagement, v_others, p_flow_id;
-            end if;
-        end if;
-    end if;
-    if v_by_ids then
-        -- By the flow's asset ids, through the edges' source and target indexes. "<" or ">" rather
-        -- than "<>": should a plan read the flow index, it reads only the other flows' edges.
+        -- A small flow: by its asset ids, one table a query (no join, no union: a small flow's delete
+        -- paid more to plan that query than to run it). "<" or ">" rather than "<>": should a plan read
+        -- the flow index, it reads only the other flows' edges.
         select array_agg(a.id) into v_assets from pyflows.assets as a
          where a.client_id = c_client and a.engagement_id = c_engagement and a.flow_id = p_flow_id;
         select count(*) into v_external from pyflows.asset_dependencies as d
          where d.client_id = c_client and d.engagement_id = c_engagement
            and (d.source_asset_id = any (v_assets) or d.target_asset_id = any (v_assets))
            and (d.flow_id < p_flow_id or d.flow_id > p_flow_id);
+    elsif v_assets_n > c_by_ids then
+        -- A large flow: from the other flows' edges or from its assets, whichever side is smaller.
+        select count(distinct t.id) into v_external
+          from pyflows._edges_touching(array[p_flow_id], false, v_assets_n) as t;
     end if;
     v_files := (v_counts ->> 'data_imports')::bigint;  -- one stored file an import
     v_sample := '[]';
@@ -106,11 +72,17 @@ end;
 $$;
 
 -- The dependency edges of the context that touch the flows p_flow_ids, each with its own flow (own)
--- and each of those flows it touches (via): its own flow when listed, and the flows of its source and
--- target assets when they are listed and not its own. What a batch delete removes and counts as edges.
--- Read through the flow, source and target indexes only, whatever the statistics say.
+-- and each of those flows it touches (via): its own flow when listed (only with p_own), and the flows
+-- of its source and target assets when they are listed and not its own. What a batch delete removes
+-- and counts as edges; without p_own, the edges of other flows a delete removes too (_deletion_counts).
+-- p_assets: how many assets the flows have, when the caller has counted them (NULL: counted here).
+-- Read through indexes only, and the edges that touch the flows' assets from whichever side is smaller,
+-- chosen from counts, never from the planner's estimates: with another tenant's larger flow in the
+-- statistics, a 25,000-asset flow was estimated at under 1,000 assets and its assets probed the
+-- edges' source and target indexes once each (106 of 120 ms), where no other flow had an edge.
 -- PL/pgSQL: Citus plans no SQL function that reads its tables with parameters.
-create or replace function pyflows._edges_touching(p_flow_ids uuid[])
+drop function if exists pyflows._edges_touching(uuid[]);
+create or replace function pyflows._edges_touching(p_flow_ids uuid[], p_own boolean, p_assets bigint)
 returns table (id bigint, own uuid, via uuid)
 language plpgsql
 stable
@@ -118,23 +90,78 @@ set search_path = pg_catalog, pyflows, pg_temp
 set enable_seqscan = off
 set jit = off
 as $$
+declare
+    c_client     constant uuid := pyflows.current_client_id();
+    c_engagement constant uuid := pyflows.current_engagement_id();
+    v_assets     bigint;
+    v_others     uuid[];
+    v_edges      bigint;
 begin
-    -- Planned for the values at hand (EXECUTE): Citus routes a join of its tables to one shard only
-    -- when it sees the client's value, never in a kept generic plan.
-    return query execute
-        'select d.id, d.flow_id, d.flow_id from pyflows.asset_dependencies as d
-          where d.client_id = $1 and d.engagement_id = $2 and d.flow_id = any($3)
-         union all
-         select d.id, d.flow_id, a.flow_id from pyflows.assets as a
-           join pyflows.asset_dependencies as d
-             on d.client_id = a.client_id and d.engagement_id = a.engagement_id and d.source_asset_id = a.id
-          where a.client_id = $1 and a.engagement_id = $2 and a.flow_id = any($3) and d.flow_id <> a.flow_id
-         union all
-         select d.id, d.flow_id, a.flow_id from pyflows.assets as a
-           join pyflows.asset_dependencies as d
-             on d.client_id = a.client_id and d.engagement_id = a.engagement_id and d.target_asset_id = a.id
-          where a.client_id = $1 and a.engagement_id = $2 and a.flow_id = any($3) and d.flow_id <> a.flow_id'
-      using pyflows.current_client_id(), pyflows.current_engagement_id(), p_flow_ids;
+    -- Queries planned for the values at hand (EXECUTE): Citus routes a join or a subquery of its tables
+    -- to one shard only when it sees the client's value, never in a kept generic plan.
+    if p_own then
+        return query execute
+            'select d.id, d.flow_id, d.flow_id from pyflows.asset_dependencies as d
+              where d.client_id = $1 and d.engagement_id = $2 and d.flow_id = any($3)'
+          using c_client, c_engagement, p_flow_ids;
+    end if;
+    if p_assets < 0 then
+        raise exception 'p_assets must not be negative (got %)', p_assets using errcode = 'PF422';
+    end if;
+    v_assets := p_assets;
+    if v_assets is null then
+        select count(*) into v_assets from pyflows.assets as a
+         where a.client_id = c_client and a.engagement_id = c_engagement and a.flow_id = any(p_flow_ids);
+    end if;
+    if v_assets = 0 then
+        return;
+    end if;
+    -- The edges that may touch another listed flow's assets: the edges of the engagement's other flows
+    -- (usually none), and of the listed flows when there are several; counted up to as many as the
+    -- listed flows have assets, by the flow index.
+    select coalesce(array_agg(f.id), '{}') into v_others from pyflows.discovery_flows as f
+     where f.client_id = c_client and f.engagement_id = c_engagement and not (f.id = any(p_flow_ids));
+    if cardinality(p_flow_ids) > 1 then
+        v_others := v_others || p_flow_ids;
+    end if;
+    if cardinality(v_others) = 0 then
+        return;
+    end if;
+    execute 'select count(*) from (select 1 from pyflows.asset_dependencies as d
+                                    where d.client_id = $1 and d.engagement_id = $2
+                                      and d.flow_id = any ($3) limit $4) as e'
+       into v_edges using c_client, c_engagement, v_others, v_assets;
+    if v_edges = 0 then
+        return;
+    elsif v_edges < v_assets then
+        -- From those edges, the two ends of each looked up by the assets' key (scalar subqueries: a probe
+        -- an end whatever the planner estimates). Each way costs about the same per row read.
+        return query execute
+            'select e.id, e.own, v.via
+               from (select d.id, d.flow_id,
+                            (select a.flow_id from pyflows.assets as a
+                              where a.client_id = $1 and a.engagement_id = $2 and a.id = d.source_asset_id),
+                            (select a.flow_id from pyflows.assets as a
+                              where a.client_id = $1 and a.engagement_id = $2 and a.id = d.target_asset_id)
+                       from pyflows.asset_dependencies as d
+                      where d.client_id = $1 and d.engagement_id = $2 and d.flow_id = any($3)) as e(id, own, s, t)
+              cross join lateral (values (e.s), (e.t)) as v(via)
+              where v.via = any($4) and v.via <> e.own'
+          using c_client, c_engagement, v_others, p_flow_ids;
+    else
+        -- From the listed flows' assets, through the edges' source and target indexes.
+        return query execute
+            'select d.id, d.flow_id, a.flow_id from pyflows.assets as a
+               join pyflows.asset_dependencies as d
+                 on d.client_id = a.client_id and d.engagement_id = a.engagement_id and d.source_asset_id = a.id
+              where a.client_id = $1 and a.engagement_id = $2 and a.flow_id = any($3) and d.flow_id <> a.flow_id
+             union all
+             select d.id, d.flow_id, a.flow_id from pyflows.assets as a
+               join pyflows.asset_dependencies as d
+                 on d.client_id = a.client_id and d.engagement_id = a.engagement_id and d.target_asset_id = a.id
+              where a.client_id = $1 and a.engagement_id = $2 and a.flow_id = any($3) and d.flow_id <> a.flow_id'
+          using c_client, c_engagement, p_flow_ids;
+    end if;
 end;
 $$;
 
@@ -159,11 +186,12 @@ declare
     v_edge_owns  uuid[];
     v_edge_vias  uuid[];
 begin
-    -- The edges first, on their own: on Citus the query below runs on the client's worker, which
-    -- may not call a function that queries the cluster.
+    -- The edges that touch a listed flow other than their own (usually few), on their own: on Citus
+    -- the query below runs on the client's worker, which may not call a function that queries the
+    -- cluster. The listed flows' own edges are counted by flow, not read one by one.
     select coalesce(array_agg(t.id), '{}'), coalesce(array_agg(t.own), '{}'), coalesce(array_agg(t.via), '{}')
       into v_edge_ids, v_edge_owns, v_edge_vias
-      from pyflows._edges_touching(p_ids) as t;
+      from pyflows._edges_touching(p_ids, false, null) as t;
     with batch as (
         select b.id, b.pos from unnest(p_ids) with ordinality as b(id, pos)),
     imports as (
@@ -176,14 +204,19 @@ begin
                (select count(*) from pyflows.import_field_mappings as m
                  where m.client_id = c_client and m.engagement_id = c_engagement and m.import_id = i.id) as mappings
           from imports as i),
-    edges as (  -- each edge, owned by the first flow of the batch it touches
-        select t.id, t.own, min(b.pos) as pos
+    crossing as (  -- each of those edges: the first flow of the batch it touches, and its own flow's place
+        select t.id, least(min(b.pos), min(o.pos)) as pos, min(o.pos) as own_pos
           from unnest(v_edge_ids, v_edge_owns, v_edge_vias) as t(id, own, via)
-          join batch as b on b.id = t.via group by t.id, t.own),
+          join batch as b on b.id = t.via
+          left join batch as o on o.id = t.own
+         group by t.id),
+    moved as (  -- those counted for a flow other than their own (from_pos: their own flow's, when listed)
+        select c.pos as to_pos, c.own_pos as from_pos from crossing as c where c.own_pos is distinct from c.pos),
     counted as (
         select b.id, coalesce(ni.n, 0) as imports, coalesce(ni.records, 0) as records,
-               coalesce(ni.mappings, 0) as mappings, coalesce(na.n, 0) as assets, coalesce(ne.n, 0) as edges,
-               coalesce(ne.external, 0) as external, coalesce(to_jsonb(ni.sample), '[]') as sample
+               coalesce(ni.mappings, 0) as mappings, coalesce(na.n, 0) as assets,
+               coalesce(ne.n, 0) - coalesce(mo.n, 0) + coalesce(mi.n, 0) as edges,
+               coalesce(mi.n, 0) as external, coalesce(to_jsonb(ni.sample), '[]') as sample
           from batch as b
           left join (select p.flow_id, count(*) as n, sum(p.records) as records, sum(p.mappings) as mappings,
                             (array_agg(p.storage_uri order by p.created_at, p.id))[1:10] as sample
@@ -191,8 +224,11 @@ begin
           left join (select a.flow_id, count(*) as n from pyflows.assets as a
                       where a.client_id = c_client and a.engagement_id = c_engagement and a.flow_id = any(p_ids)
                       group by a.flow_id) as na on na.flow_id = b.id
-          left join (select e.pos, count(*) as n, count(*) filter (where e.own <> bb.id) as external
-                       from edges as e join batch as bb on bb.pos = e.pos group by e.pos) as ne on ne.pos = b.pos)
+          left join (select d.flow_id, count(*) as n from pyflows.asset_dependencies as d
+                      where d.client_id = c_client and d.engagement_id = c_engagement and d.flow_id = any(p_ids)
+                      group by d.flow_id) as ne on ne.flow_id = b.id
+          left join (select m.from_pos, count(*) as n from moved as m group by m.from_pos) as mo on mo.from_pos = b.pos
+          left join (select m.to_pos, count(*) as n from moved as m group by m.to_pos) as mi on mi.to_pos = b.pos)
     select jsonb_object_agg(c.id, jsonb_build_object(
                'counts', jsonb_build_object('discovery_flows', 1, 'data_imports', c.imports,
                                             'raw_import_records', c.records, 'import_field_mappings', c.mappings,
@@ -632,7 +668,7 @@ begin
                                             coalesce(p_force, false));
     v_wait := pyflows._bound_lock_waits();
     -- Keys read first, one table per statement: Citus routes those to the client's shards.
-    v_edges := array(select distinct t.id from pyflows._edges_touching(v_ids) as t);
+    v_edges := array(select distinct t.id from pyflows._edges_touching(v_ids, true, null) as t);
     v_imports := array(select i.id from pyflows.data_imports as i
                         where i.client_id = c_client and i.engagement_id = c_engagement and i.flow_id = any(v_ids));
     delete from pyflows.asset_dependencies as d
@@ -773,13 +809,14 @@ revoke all on function
     pyflows.list_audit_events(uuid, timestamptz, integer), pyflows.audit_event(bigint)
     from public;
 revoke all on function pyflows._files_enqueued(bigint), pyflows._batch_deletion_counts(uuid[]),
-    pyflows._edges_touching(uuid[]) from public;
+    pyflows._edges_touching(uuid[], boolean, bigint) from public;
 revoke all on function pyflows._batch_ids(uuid[]), pyflows._delete_flow_batch(uuid[], text, boolean) from public;
 grant execute on function
     pyflows._batch_ids(uuid[]), pyflows._delete_flow_batch(uuid[], text, boolean),
     pyflows._delete_flow(uuid, text, boolean, boolean), pyflows._lock_wait_ms(), pyflows._bound_lock_waits(),
     pyflows._refuse_busy(uuid, text, text),
-    pyflows._refuse_if_blocked(uuid, jsonb, text), pyflows._purge_threshold(), pyflows._deletion_counts(uuid), pyflows._deletion_verdict(jsonb, jsonb, boolean, boolean),
+    pyflows._refuse_if_blocked(uuid, jsonb, text), pyflows._purge_threshold(), pyflows._deletion_counts(uuid), pyflows._edges_touching(uuid[], boolean, bigint),
+    pyflows._deletion_verdict(jsonb, jsonb, boolean, boolean),
     pyflows._flow_for_deletion(uuid), pyflows.deletion_safety(uuid, boolean), pyflows.deletion_impact(uuid),
     pyflows.delete_flow(uuid, text, boolean), pyflows.delete_flows(uuid[], text, boolean, boolean),
     pyflows.list_audit_events(uuid, timestamptz, integer), pyflows.audit_event(bigint)

@@ -114,13 +114,15 @@ def _flow_of(owner: psycopg.Connection[Any], tenant: Tenant, assets: int, edges_
     return ids["f"]
 
 
+@pytest.mark.parametrize("counter", ["_deletion_counts", "_batch_deletion_counts"])
 @pytest.mark.parametrize("others", ["none", "few edges", "more edges than assets"])
 def test_a_large_flows_external_edges_are_counted_the_cheap_way_whatever_the_statistics(
-        owner: psycopg.Connection[Any], tenant_a: Tenant, tenant_b: Tenant, others: str) -> None:
+        owner: psycopg.Connection[Any], tenant_a: Tenant, tenant_b: Tenant, others: str, counter: str) -> None:
     """The external edges of a flow of many assets: from the other flows' edges when they are fewer than the
     flow's assets, else from the flow's assets; chosen from counts, not from the planner's estimates, which
     are far off once another tenant's larger flow is in the statistics (here 600 assets, estimated far
-    below). Counted by the index scans the count starts on the edges: two an asset the other way."""
+    below). Counted by the index scans the count starts on the edges: two an asset the other way. The same
+    for the impact of one flow and of a batch (delete_flows), whose own edges are counted by flow."""
     _flow_of(owner, tenant_b, 4000)  # another client's larger flow
     flow = _flow_of(owner, tenant_a, 600)
     theirs = None if others == "none" else _flow_of(owner, tenant_a, 3, 1 if others == "few edges" else 400)
@@ -143,7 +145,11 @@ def test_a_large_flows_external_edges_are_counted_the_cheap_way_whatever_the_sta
         scans = ("select idx_scan from pg_catalog.pg_stat_xact_user_tables "
                  "where relid = 'pyflows.asset_dependencies'::regclass")
         before = owner.execute(scans).fetchone()[0]
-        counts = owner.execute("select pyflows._deletion_counts(%s)", (flow,)).fetchone()[0]
+        if counter == "_deletion_counts":
+            counts = owner.execute("select pyflows._deletion_counts(%s)", (flow,)).fetchone()[0]
+        else:
+            counts = owner.execute("select pyflows._batch_deletion_counts(array[%s])",
+                                   (flow,)).fetchone()[0][str(flow)]
         started = owner.execute(scans).fetchone()[0] - before
     assert counts["counts"]["assets"] == 600
     assert counts["external_dependencies"] == expected
