@@ -667,12 +667,14 @@ begin
     v_events := pyflows_audit._begin_events('flow.delete', v_ids, v_reason, v_impacts, v_flows,
                                             coalesce(p_force, false));
     v_wait := pyflows._bound_lock_waits();
-    -- Keys read first, one table per statement: Citus routes those to the client's shards.
-    v_edges := array(select distinct t.id from pyflows._edges_touching(v_ids, true, null) as t);
+    -- Keys read first, one table per statement: Citus routes those to the client's shards. The edges
+    -- of other flows that touch the batch's assets (usually none), by id; its flows' own, by flow.
+    v_edges := array(select distinct t.id from pyflows._edges_touching(v_ids, false, null) as t);
     v_imports := array(select i.id from pyflows.data_imports as i
                         where i.client_id = c_client and i.engagement_id = c_engagement and i.flow_id = any(v_ids));
     delete from pyflows.asset_dependencies as d
-     where d.client_id = c_client and d.engagement_id = c_engagement and d.id = any(v_edges);
+     where d.client_id = c_client and d.engagement_id = c_engagement
+       and (d.flow_id = any(v_ids) or d.id = any(v_edges));
     delete from pyflows.raw_import_records as r
      where r.client_id = c_client and r.engagement_id = c_engagement and r.import_id = any(v_imports);
     delete from pyflows.import_field_mappings as m
