@@ -668,7 +668,7 @@ begin
                                             coalesce(p_force, false));
     v_wait := pyflows._bound_lock_waits();
     -- Keys read first, one table per statement: Citus routes those to the client's shards. The edges
-    -- of other flows that touch the batch's assets (usually none), by id; its flows' own, by flow.
+    -- that touch a flow of the batch other than their own (usually few), by id; its flows' own, by flow.
     v_edges := array(select distinct t.id from pyflows._edges_touching(v_ids, false, null) as t);
     v_imports := array(select i.id from pyflows.data_imports as i
                         where i.client_id = c_client and i.engagement_id = c_engagement and i.flow_id = any(v_ids));
