@@ -48,7 +48,7 @@ begin
     elsif v_assets_n > c_by_ids then
         -- A large flow: from the other flows' edges or from its assets, whichever side is smaller.
         select count(distinct t.id) into v_external
-          from pyflows._edges_touching(array[p_flow_id], false, v_assets_n) as t;
+          from pyflows._edges_touching(array[p_flow_id], v_assets_n) as t;
     end if;
     v_files := (v_counts ->> 'data_imports')::bigint;  -- one stored file an import
     v_sample := '[]';
@@ -71,10 +71,10 @@ begin
 end;
 $$;
 
--- The dependency edges of the context that touch the flows p_flow_ids, each with its own flow (own)
--- and each of those flows it touches (via): its own flow when listed (only with p_own), and the flows
--- of its source and target assets when they are listed and not its own. What a batch delete removes
--- and counts as edges; without p_own, the edges of other flows a delete removes too (_deletion_counts).
+-- The dependency edges of the context that touch a flow of p_flow_ids other than their own, each with
+-- its own flow (own) and each such flow it touches (via): the flows of its source and target assets,
+-- when they are listed and not its own. The edges a delete removes beyond the flows' own (counted by
+-- flow): the external edges of _deletion_counts, and what a batch delete counts and deletes by id.
 -- p_assets: how many assets the flows have, when the caller has counted them (NULL: counted here).
 -- Read through indexes only, and the edges that touch the flows' assets from whichever side is smaller,
 -- chosen from counts, never from the planner's estimates: with another tenant's larger flow in the
@@ -82,7 +82,7 @@ $$;
 -- edges' source and target indexes once each (106 of 120 ms), where no other flow had an edge.
 -- PL/pgSQL: Citus plans no SQL function that reads its tables with parameters.
 drop function if exists pyflows._edges_touching(uuid[]);
-create or replace function pyflows._edges_touching(p_flow_ids uuid[], p_own boolean, p_assets bigint)
+create or replace function pyflows._edges_touching(p_flow_ids uuid[], p_assets bigint)
 returns table (id bigint, own uuid, via uuid)
 language plpgsql
 stable
@@ -97,14 +97,6 @@ declare
     v_others     uuid[];
     v_edges      bigint;
 begin
-    -- Queries planned for the values at hand (EXECUTE): Citus routes a join or a subquery of its tables
-    -- to one shard only when it sees the client's value, never in a kept generic plan.
-    if p_own then
-        return query execute
-            'select d.id, d.flow_id, d.flow_id from pyflows.asset_dependencies as d
-              where d.client_id = $1 and d.engagement_id = $2 and d.flow_id = any($3)'
-          using c_client, c_engagement, p_flow_ids;
-    end if;
     if p_assets < 0 then
         raise exception 'p_assets must not be negative (got %)', p_assets using errcode = 'PF422';
     end if;
@@ -127,6 +119,8 @@ begin
     if cardinality(v_others) = 0 then
         return;
     end if;
+    -- Queries planned for the values at hand (EXECUTE): Citus routes a join or a subquery of its tables
+    -- to one shard only when it sees the client's value, never in a kept generic plan.
     execute 'select count(*) from (select 1 from pyflows.asset_dependencies as d
                                     where d.client_id = $1 and d.engagement_id = $2
                                       and d.flow_id = any ($3) limit $4) as e'
@@ -191,7 +185,7 @@ begin
     -- cluster. The listed flows' own edges are counted by flow, not read one by one.
     select coalesce(array_agg(t.id), '{}'), coalesce(array_agg(t.own), '{}'), coalesce(array_agg(t.via), '{}')
       into v_edge_ids, v_edge_owns, v_edge_vias
-      from pyflows._edges_touching(p_ids, false, null) as t;
+      from pyflows._edges_touching(p_ids, null) as t;
     with batch as (
         select b.id, b.pos from unnest(p_ids) with ordinality as b(id, pos)),
     imports as (
@@ -669,7 +663,7 @@ begin
     v_wait := pyflows._bound_lock_waits();
     -- Keys read first, one table per statement: Citus routes those to the client's shards. The edges
     -- that touch a flow of the batch other than their own (usually few), by id; its flows' own, by flow.
-    v_edges := array(select distinct t.id from pyflows._edges_touching(v_ids, false, null) as t);
+    v_edges := array(select distinct t.id from pyflows._edges_touching(v_ids, null) as t);
     v_imports := array(select i.id from pyflows.data_imports as i
                         where i.client_id = c_client and i.engagement_id = c_engagement and i.flow_id = any(v_ids));
     delete from pyflows.asset_dependencies as d
@@ -811,13 +805,13 @@ revoke all on function
     pyflows.list_audit_events(uuid, timestamptz, integer), pyflows.audit_event(bigint)
     from public;
 revoke all on function pyflows._files_enqueued(bigint), pyflows._batch_deletion_counts(uuid[]),
-    pyflows._edges_touching(uuid[], boolean, bigint) from public;
+    pyflows._edges_touching(uuid[], bigint) from public;
 revoke all on function pyflows._batch_ids(uuid[]), pyflows._delete_flow_batch(uuid[], text, boolean) from public;
 grant execute on function
     pyflows._batch_ids(uuid[]), pyflows._delete_flow_batch(uuid[], text, boolean),
     pyflows._delete_flow(uuid, text, boolean, boolean), pyflows._lock_wait_ms(), pyflows._bound_lock_waits(),
     pyflows._refuse_busy(uuid, text, text),
-    pyflows._refuse_if_blocked(uuid, jsonb, text), pyflows._purge_threshold(), pyflows._deletion_counts(uuid), pyflows._edges_touching(uuid[], boolean, bigint),
+    pyflows._refuse_if_blocked(uuid, jsonb, text), pyflows._purge_threshold(), pyflows._deletion_counts(uuid), pyflows._edges_touching(uuid[], bigint),
     pyflows._deletion_verdict(jsonb, jsonb, boolean, boolean),
     pyflows._flow_for_deletion(uuid), pyflows.deletion_safety(uuid, boolean), pyflows.deletion_impact(uuid),
     pyflows.delete_flow(uuid, text, boolean), pyflows.delete_flows(uuid[], text, boolean, boolean),
