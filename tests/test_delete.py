@@ -160,6 +160,28 @@ def test_edges_of_other_flows_are_counted_alike_for_small_and_large_flows(
         conn.rollback()
 
 
+def test_reading_the_edges_that_touch_flows_refuses_a_negative_count_of_assets(
+        pyflows_connect: Connect, owner: psycopg.Connection[Any], tenant_a: Tenant) -> None:
+    """_edges_touching, which the app's deletion_impact reaches: a count of assets below zero is PF422
+    (it would be a LIMIT below zero), nothing written; NULL counts the assets itself."""
+    target = tree(owner, tenant_a, status="paused", records=2, assets=3)
+    before = everything(owner)
+    conn = pyflows_connect("app")
+    try:
+        bind(conn, tenant_a)
+        with pytest.raises(psycopg.Error, match="p_assets must not be negative") as caught:
+            conn.execute("select * from pyflows._edges_touching(array[%s]::uuid[], -1)", (target.flow_id,))
+        assert caught.value.sqlstate == "PF422"
+        conn.rollback()
+        bind(conn, tenant_a)
+        assert conn.execute("select count(*) from pyflows._edges_touching(array[%s]::uuid[], null)",
+                            (target.flow_id,)).fetchone() == (0,)  # its own edges only: none external
+    finally:
+        conn.rollback()
+        conn.close()
+    assert everything(owner) == before
+
+
 # ---- the audited delete ------------------------------------------------------------------------------------
 
 
