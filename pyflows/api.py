@@ -25,6 +25,7 @@ from typing import Any, Generic, TypeVar
 import psycopg
 from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
+from psycopg.sql import SQL, Composed, Identifier
 from psycopg.types.json import Jsonb, set_json_loads
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
@@ -105,12 +106,40 @@ class _Batches:
 
 
 @dataclass(frozen=True)
+class _Copy:
+    """Rows for COPY straight into a partition that takes it (migration 0021): the ``begin`` query locks
+    the flow and answers where to COPY (``copy_table``, NULL where the login may not: on Citus the
+    call's batches go instead) and what the rows need; ``row`` makes the n-th row (from 0) of
+    ``columns`` from that answer and a value; ``result`` makes what the batches' add_* call would have
+    answered from that answer and the number of rows sent."""
+
+    begin: str
+    columns: tuple[str, ...]
+    row: Callable[[Mapping[str, Any], int, Any], tuple[Any, ...]]
+    result: Callable[[Mapping[str, Any], int], Any]
+
+    def statement(self, opened: Mapping[str, Any]) -> Composed:
+        schema, table = str(opened["copy_table"]).split(".")
+        return SQL("copy {} ({}) from stdin").format(Identifier(schema, table),
+                                                     SQL(", ").join(map(Identifier, self.columns)))
+
+    def rows(self, opened: Mapping[str, Any], values: Iterable[Any]) -> Iterator[tuple[Any, ...]]:
+        for n, value in enumerate(values):
+            yield self.row(opened, n, value)
+
+    def results(self, opened: Mapping[str, Any], sent: int) -> Rows:
+        """What the batches would have left: one call's one row."""
+        return [{"rows": [{"result": self.result(opened, sent)}]}]
+
+
+@dataclass(frozen=True)
 class _Call(Generic[T]):
     query: str
     params: Mapping[str, Any]
     build: Callable[[Rows], T]
     rollback: bool = False  # run for real, then roll the transaction back (a dry run)
     batches: _Batches | None = None
+    copy: _Copy | None = None  # COPY the batches' rows instead, where the server allows it
 
 
 def _one(cls: type[T], **extra: Any) -> Callable[[Rows], T]:
@@ -289,8 +318,16 @@ def _edge(edge: Sequence[Any] | Mapping[str, Any]) -> Any:
     return dict(zip(EDGE_KEYS, values, strict=True))
 
 
+_COPY_RECORDS = _Copy(
+    "begin_copy_records", ("client_id", "engagement_id", "import_id", "row_number", "data"),
+    lambda opened, n, data: (opened["client_id"], opened["engagement_id"], opened["import_id"],
+                             opened["next_row_number"] + n, Jsonb(data, dumps=_dumps)),
+    lambda opened, sent: {"import_id": opened["import_id"], "flow_id": opened["flow_id"], "loaded": sent,
+                          "record_count": opened["record_count"] + sent})
+
+
 def _load_records(import_id: uuid.UUID, rows: Iterable[Any]) -> _Call[LoadResult]:
-    return _Call("add_records", {"import_id": import_id}, _loaded, batches=_Batches(rows))
+    return _Call("add_records", {"import_id": import_id}, _loaded, batches=_Batches(rows), copy=_COPY_RECORDS)
 
 
 def _load_mappings(import_id: uuid.UUID, mappings: Iterable[Mapping[str, Any]]) -> _Call[LoadResult]:
@@ -315,6 +352,14 @@ def _batch_errors() -> Iterator[None]:
         raise InvalidRequest(f"a row could not be sent as JSON: {exc}") from exc
     except psycopg.errors.DataError as exc:
         raise InvalidRequest(f"a row could not be read: {exc.diag.message_primary}") from exc
+    except psycopg.errors.IntegrityError as exc:  # a COPY's row (the add_* calls raise PF422 themselves)
+        raise InvalidRequest(f"a row was refused: {exc.diag.message_primary}") from exc
+
+
+def _opened(row: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    """A begin_copy_* answer (one jsonb), or None when it names no table to COPY into."""
+    opened: Mapping[str, Any] = next(iter(row.values())) if row else {}
+    return opened if opened.get("copy_table") else None
 
 
 def _batch_results(cur: psycopg.Cursor[Any]) -> Rows:
@@ -395,7 +440,18 @@ class Flows:
             set_json_loads(_loads, cur)
             if tenant is not None:
                 cur.execute(query("set_context"), _context_params(tenant))
-            if call.batches is not None:
+            opened = None
+            if call.copy is not None:
+                cur.execute(query(call.copy.begin), call.params)
+                opened = _opened(cur.fetchone())
+            if opened is not None and call.copy is not None and call.batches is not None:
+                sent = 0
+                with _batch_errors(), cur.copy(call.copy.statement(opened)) as copy:
+                    for row in call.copy.rows(opened, call.batches.rows):
+                        copy.write_row(row)
+                        sent += 1
+                rows = call.copy.results(opened, sent)
+            elif call.batches is not None:
                 with _batch_errors():
                     cur.executemany(query(call.query), call.batches.params(call.params), returning=True)
                 rows = _batch_results(cur)
@@ -604,7 +660,19 @@ class AsyncFlows:
                     set_json_loads(_loads, cur)
                     if tenant is not None:
                         await cur.execute(query("set_context"), _context_params(tenant))
-                    if call.batches is not None:
+                    opened = None
+                    if call.copy is not None:
+                        await cur.execute(query(call.copy.begin), call.params)
+                        opened = _opened(await cur.fetchone())
+                    if opened is not None and call.copy is not None and call.batches is not None:
+                        sent = 0
+                        with _batch_errors():
+                            async with cur.copy(call.copy.statement(opened)) as copy:
+                                for row in call.copy.rows(opened, call.batches.rows):
+                                    await copy.write_row(row)
+                                    sent += 1
+                        rows = call.copy.results(opened, sent)
+                    elif call.batches is not None:
                         with _batch_errors():
                             await cur.executemany(query(call.query), call.batches.params(call.params),
                                                   returning=True)

@@ -229,6 +229,9 @@ select * from pyflows.admin_list_audit_events(p_since => %(since)s, p_action => 
 -- name: add_records
 select pyflows.add_records(p_import_id => %(import_id)s, p_records => %(rows)s)
 
+-- name: begin_copy_records
+select pyflows.begin_copy_records(p_import_id => %(import_id)s)
+
 -- name: add_mappings
 select pyflows.add_mappings(p_import_id => %(import_id)s, p_mappings => %(rows)s)
 

@@ -256,6 +256,40 @@ begin
 end;
 $$;
 
+-- Opens a COPY of an import's raw records, straight into pyflows.raw_import_records_default (the
+-- partition that takes COPY, migration 0021): locks the import's flow for loading as load_records
+-- does (PF401, PF404, PF422, PF423) and says what the rows need. Result: {import_id, flow_id,
+-- client_id, engagement_id, next_row_number, record_count, copy_table}; the caller then, in the same
+-- transaction, runs COPY <copy_table> (client_id, engagement_id, import_id, row_number, data) FROM
+-- STDIN with the rows numbered from next_row_number, and commits. The partition's trigger checks every
+-- row's tenant (PF403), refuses rows of a flow being deleted, and adds the rows to record_count.
+-- copy_table is NULL where the caller may not COPY into the partition (on Citus): add_records then.
+create or replace function pyflows.begin_copy_records(p_import_id uuid)
+returns jsonb
+language plpgsql
+set search_path = pg_catalog, pyflows, pg_temp
+as $$
+declare
+    c_client     constant uuid := pyflows.current_client_id();
+    c_engagement constant uuid := pyflows.current_engagement_id();
+    c_table      constant text := 'pyflows.raw_import_records_default';
+    v_flow_id    uuid;
+    v_last       integer;
+    v_count      bigint;
+begin
+    perform pyflows._require_context();
+    v_flow_id := pyflows._import_for_loading(p_import_id);
+    select coalesce(max(r.row_number), 0) into v_last from pyflows.raw_import_records as r
+     where r.client_id = c_client and r.engagement_id = c_engagement and r.import_id = p_import_id;
+    select i.record_count into v_count from pyflows.data_imports as i
+     where i.client_id = c_client and i.engagement_id = c_engagement and i.id = p_import_id;
+    return jsonb_build_object('import_id', p_import_id, 'flow_id', v_flow_id, 'client_id', c_client,
+                              'engagement_id', c_engagement, 'next_row_number', v_last + 1,
+                              'record_count', v_count,
+                              'copy_table', case when pg_catalog.has_table_privilege(c_table, 'INSERT') then c_table end);
+end;
+$$;
+
 -- The field mappings of an import, from the staging table p_stage or, when it is NULL, the JSON array
 -- p_rows (source_field, target_attribute, confidence, status; a NULL status is 'suggested'). Result:
 -- {import_id, flow_id, loaded}. The body of load_mappings and add_mappings.
@@ -497,7 +531,8 @@ revoke all on function pyflows._stage(text, text[]), pyflows._batch(jsonb, text[
     pyflows._load_assets(uuid, text, jsonb), pyflows._load_dependencies(uuid, text, jsonb),
     pyflows.load_records(uuid, text), pyflows.load_mappings(uuid, text), pyflows.load_assets(uuid, text),
     pyflows.load_dependencies(uuid, text), pyflows.add_records(uuid, jsonb), pyflows.add_mappings(uuid, jsonb),
-    pyflows.add_assets(uuid, jsonb), pyflows.add_dependencies(uuid, jsonb) from public;
+    pyflows.add_assets(uuid, jsonb), pyflows.add_dependencies(uuid, jsonb), pyflows.begin_copy_records(uuid)
+    from public;
 -- The private _load_* functions run as the caller like the public ones (SECURITY INVOKER), so the
 -- caller needs EXECUTE on them; they insert only what the caller's policies let it insert.
 grant execute on function pyflows._stage(text, text[]), pyflows._batch(jsonb, text[]),
@@ -507,6 +542,7 @@ grant execute on function pyflows._stage(text, text[]), pyflows._batch(jsonb, te
     pyflows._load_assets(uuid, text, jsonb), pyflows._load_dependencies(uuid, text, jsonb),
     pyflows.load_records(uuid, text), pyflows.load_mappings(uuid, text), pyflows.load_assets(uuid, text),
     pyflows.load_dependencies(uuid, text), pyflows.add_records(uuid, jsonb), pyflows.add_mappings(uuid, jsonb),
-    pyflows.add_assets(uuid, jsonb), pyflows.add_dependencies(uuid, jsonb) to pyflows_app;
+    pyflows.add_assets(uuid, jsonb), pyflows.add_dependencies(uuid, jsonb), pyflows.begin_copy_records(uuid)
+    to pyflows_app;
 -- load_assets draws the ids of the assets it inserts from their identity sequence.
 grant usage on sequence pyflows.assets_id_seq to pyflows_app;

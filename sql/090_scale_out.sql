@@ -112,6 +112,14 @@ begin
                   and p.proconfig @> array['plan_cache_mode=force_generic_plan']) then
         alter function pyflows_audit._archived_counts(uuid, bigint[]) reset plan_cache_mode;
     end if;
+    -- A partition that takes COPY on one node (migration 0021) does not here: its statement trigger
+    -- reads the rows' transition table, which Citus cannot plan on a shard. The application loses
+    -- INSERT on it, and begin_copy_records names no table, so the loads go through add_records.
+    for r in select c.oid::regclass as part from pg_catalog.pg_class as c
+              where c.relnamespace = 'pyflows'::regnamespace and c.relkind = 'r' and c.relispartition
+                and not c.relrowsecurity and pg_catalog.has_table_privilege('pyflows_app', c.oid, 'INSERT') loop
+        execute pg_catalog.format('revoke insert on %s from pyflows_app', r.part);
+    end loop;
     v_pending := pyflows.layout() -> 'pending';
     if jsonb_array_length(v_pending) = 0 then
         return v_done;

@@ -144,7 +144,8 @@ def fingerprint(conn: psycopg.Connection[Any], client_id: uuid.UUID | None = Non
                exists (select from pg_attribute a where a.attrelid = c.oid and a.attname = 'client_id'
                          and not a.attisdropped)
           from pg_class c where c.relnamespace in ('pyflows'::regnamespace, 'pyflows_audit'::regnamespace)
-           and c.relkind = 'r' order by 1""").fetchall()
+           and c.relkind in ('r', 'p') and not c.relispartition  -- a partition's rows are its parent's
+         order by 1""").fetchall()
     digests = {}
     for name, has_client in tables:
         where = sql.SQL("where t.client_id = {}").format(sql.Literal(str(client_id))) if (

@@ -219,3 +219,51 @@ def test_the_batch_pattern_from_sql(owner: psycopg.Connection[Any], tenant_a: Te
         conn.rollback()
         bind(conn, acting(tenant_a, "loader"))
     assert fingerprint(owner) == before
+
+
+def test_the_copy_pattern_from_sql(owner: psycopg.Connection[Any], tenant_a: Tenant, pyflows_connect: Any,
+                                   pyflows_citus: Any) -> None:
+    """What a backend in any language does to COPY raw records (sql/080_bulk.sql): begin_copy_records, then
+    COPY into the table it names, numbered from next_row_number, in the same transaction. The partition's
+    triggers keep record_count and refuse rows of a flow being deleted; on Citus it names no table."""
+    with owner.transaction():
+        target = write_flow_tree(owner, tenant_a, status="paused", assets=0, records=2)
+        purged = write_flow_tree(owner, tenant_a, status="cancelled", name="purged", assets=0, records=0)
+        mark_deleting(owner, tenant_a, purged.flow_id)
+    conn = pyflows_connect("app")
+    bind(conn, acting(tenant_a, "loader"))
+    opened = conn.execute("select pyflows.begin_copy_records(%s)", (target.import_id,)).fetchone()[0]
+    if pyflows_citus is not None:
+        assert opened["copy_table"] is None  # add_records instead (docs/scale-out.md)
+        return
+    assert opened["copy_table"] == "pyflows.raw_import_records_default"
+    assert (opened["next_row_number"], opened["flow_id"]) == (3, str(target.flow_id))
+    start = opened["record_count"]
+    with conn.cursor().copy("copy pyflows.raw_import_records_default "
+                            "(client_id, engagement_id, import_id, row_number, data) from stdin") as copy:
+        for n in range(5):
+            copy.write_row((tenant_a.client_id, tenant_a.engagement_id, target.import_id, 3 + n, Jsonb({"n": n})))
+    conn.commit()
+    assert owner.execute("select record_count from pyflows.data_imports where id = %s",
+                         (target.import_id,)).fetchone() == (start + 5,)
+    assert owner.execute("select array_agg(row_number order by row_number) from pyflows.raw_import_records "
+                         "where import_id = %s", (target.import_id,)).fetchone() == ([1, 2, 3, 4, 5, 6, 7],)
+    # The partition takes rows only: reading, changing and deleting go through the parent's policies.
+    before = fingerprint(owner)
+    for statement in ("select count(*) from pyflows.raw_import_records_default",
+                      "update pyflows.raw_import_records_default set data = '{}'",
+                      "delete from pyflows.raw_import_records_default",
+                      "truncate pyflows.raw_import_records_default"):
+        bind(conn, acting(tenant_a, "loader"))
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(statement)
+        conn.rollback()
+    # A row of an import whose flow is being deleted: PF404 (as through the parent), nothing written.
+    bind(conn, acting(tenant_a, "loader"))
+    with pytest.raises(psycopg.Error) as caught, conn.cursor().copy(
+            "copy pyflows.raw_import_records_default (client_id, engagement_id, import_id, row_number, data) "
+            "from stdin") as copy:
+        copy.write_row((tenant_a.client_id, tenant_a.engagement_id, purged.import_id, 1, Jsonb({})))
+    assert caught.value.sqlstate == "PF404", caught.value
+    conn.rollback()
+    assert fingerprint(owner) == before

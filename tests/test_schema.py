@@ -56,6 +56,7 @@ FOREIGN_KEYS = """
                  join pg_attribute a on a.attrelid = c.confrelid and a.attnum = k.n order by k.i)
       from pg_constraint c
      where c.contype = 'f' and c.connamespace in ('pyflows'::regnamespace, 'pyflows_audit'::regnamespace)
+       and c.conparentid = 0  -- a partition's keys are its parent's
 """
 DELTYPE = {"c": "CASCADE", "a": "NO ACTION", "r": "RESTRICT", "n": "SET NULL", "d": "SET DEFAULT"}
 
@@ -132,7 +133,7 @@ def test_keys_lead_with_their_own_column_so_each_lookup_has_one_index(owner: psy
 def test_tenant_tables_are_exactly_those_with_a_client_id(owner: psycopg.Connection[Any]) -> None:
     rows = owner.execute("""
         select c.relname from pg_class c
-         where c.relnamespace = 'pyflows'::regnamespace and c.relkind = 'r'
+         where c.relnamespace = 'pyflows'::regnamespace and c.relkind in ('r', 'p') and not c.relispartition
            and (exists (select from pg_attribute a where a.attrelid = c.oid and a.attname = 'client_id')
                 or c.relname = 'clients')""").fetchall()
     assert {r[0] for r in rows} == set(TENANT_TABLES)
