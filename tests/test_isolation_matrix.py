@@ -190,8 +190,8 @@ PARTITIONS_WITHOUT_RLS = """
 
 def test_every_table_with_a_tenant_column_has_row_level_security(owner: psycopg.Connection[Any]) -> None:
     """Every table with a client_id has forced row-level security, but a partition: its parent has it, it
-    grants no role but its owner anything but INSERT (nothing on Citus), and a row trigger checks every inserted row before
-    its keys do (BEFORE INSERT FOR EACH ROW)."""
+    grants no role but its owner anything but INSERT (nothing on Citus), and a row trigger checks every
+    inserted row before its keys do (BEFORE INSERT FOR EACH ROW)."""
     unprotected = owner.execute("""
         select c.oid::regclass::text from pg_class c
          where c.relnamespace = 'pyflows'::regnamespace and c.relkind in ('r', 'p') and not c.relispartition
