@@ -9,4 +9,5 @@ drop function pyflows._refuse_row_of_another_tenant();
 drop function pyflows._unpartition(regclass);
 drop function pyflows._partition_for_copy(regclass);
 drop function pyflows._restore_table_rules(text, jsonb);
+drop function pyflows._referencing_keys(jsonb, boolean);
 drop function pyflows._table_rules(regclass);

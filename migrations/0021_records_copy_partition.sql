@@ -27,8 +27,9 @@
 
 -- What a pyflows table's readers and writers meet, read from the catalog: {keys: [{conname, contype,
 -- def}] (primary key first), indexes: [{name, def}] (those of no key; def from USING on), triggers:
--- [{def}], policies: [{def}] (each a CREATE POLICY on the table), grants: [{grantee, privilege}] (but
--- the owner's)}. Statements in the table's own name, so they make the same on another table once it
+-- [{def}], policies: [{def}] (each a CREATE POLICY on the table), referenced_by: [{table, conname,
+-- def}] (the foreign keys of other tables that reference it), grants: [{grantee, privilege}] (but the
+-- owner's)}. Statements in the table's own name, so they make the same on another table once it
 -- has taken that name.
 create function pyflows._table_rules(p_table regclass)
 returns jsonb
@@ -66,6 +67,12 @@ as $$
                          ' with check (' || pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid) || ')'))
                                                order by p.polname), '[]')
                        from pg_catalog.pg_policy as p where p.polrelid = p_table),
+        'referenced_by', (select coalesce(jsonb_agg(jsonb_build_object(
+                                     'table', c.conrelid::regclass::text, 'conname', c.conname,
+                                     'def', pg_catalog.pg_get_constraintdef(c.oid))
+                                   order by c.conrelid::regclass::text, c.conname), '[]')
+                            from pg_catalog.pg_constraint as c
+                           where c.confrelid = p_table and c.contype = 'f' and c.conparentid = 0),
         'grants', (select coalesce(jsonb_agg(jsonb_build_object('grantee', pg_catalog.pg_get_userbyid(a.grantee),
                                                                 'privilege', a.privilege_type)
                                              order by a.grantee, a.privilege_type), '[]')
@@ -93,9 +100,30 @@ begin
 end;
 $$;
 
+-- Drops (p_add false) or adds again (p_add true) the foreign keys that _table_rules found referencing a
+-- table (p_rules -> 'referenced_by'); added again, they reference whatever table has that name then.
+create function pyflows._referencing_keys(p_rules jsonb, p_add boolean)
+returns void
+language plpgsql
+set search_path = pg_catalog, pyflows, pg_temp
+as $$
+declare
+    r record;
+begin
+    for r in select x."table" as referencing, x.conname, x.def
+               from jsonb_to_recordset(p_rules -> 'referenced_by') as x("table" text, conname text, def text) loop
+        if p_add then
+            execute pg_catalog.format('alter table %s add constraint %I %s', r.referencing, r.conname, r.def);
+        else
+            execute pg_catalog.format('alter table %s drop constraint %I', r.referencing, r.conname);
+        end if;
+    end loop;
+end;
+$$;
+
 -- Makes p_table (pyflows.<name>, a plain table with a bigint identity id and a client_id) the DEFAULT
 -- partition <name>_default of a new table named p_table, partitioned by list (client_id), which takes
--- its rules (_table_rules) and keys (each with its name; the partition's keys and indexes are renamed
+-- its rules (_table_rules), the foreign keys that reference it, and its keys (each with its name; the partition's keys and indexes are renamed
 -- <name>_default_...). The partition keeps its rows, indexes and check constraints, loses row-level
 -- security and every grant, and gets INSERT for pyflows_app and a refuse_truncate trigger.
 create function pyflows._partition_for_copy(p_table regclass)
@@ -120,7 +148,9 @@ begin
     v_part := v_name || '_default';
     execute pg_catalog.format('select last_value, is_called from %s', v_seq) into v_last, v_called;
 
-    -- The old table becomes the partition: its own names out of the way, nothing but rows and checks.
+    -- The old table becomes the partition: its own names out of the way, nothing but rows and checks
+    -- (and no foreign key of another table pointing at it: they will point at the parent).
+    perform pyflows._referencing_keys(v_rules, false);
     execute pg_catalog.format('alter table pyflows.%I rename to %I', v_name, v_part);
     for r in select x.conname from jsonb_to_recordset(v_rules -> 'keys') as x(conname text, contype text)
               where x.contype in ('p', 'u') loop
@@ -160,6 +190,7 @@ begin
     end loop;
     perform pyflows._restore_table_rules(v_name, v_rules);
     execute pg_catalog.format('alter table pyflows.%I attach partition pyflows.%I default', v_name, v_part);
+    perform pyflows._referencing_keys(v_rules, true);
 
     -- What the partition keeps for itself: an INSERT (or COPY) by the application, checked by trigger.
     execute pg_catalog.format('grant insert on pyflows.%I to pyflows_app', v_part);
@@ -194,6 +225,7 @@ begin
             using errcode = 'PF422';
     end if;
     execute pg_catalog.format('select last_value, is_called from %s', v_seq) into v_last, v_called;
+    perform pyflows._referencing_keys(v_rules, false);
     execute pg_catalog.format('alter table pyflows.%I detach partition pyflows.%I', v_name, v_part);
     execute pg_catalog.format('alter table pyflows.%I alter column id drop default', v_part);
     execute pg_catalog.format('drop table pyflows.%I', v_name);
@@ -214,11 +246,13 @@ begin
     perform pg_catalog.setval(pg_catalog.pg_get_serial_sequence(pg_catalog.format('pyflows.%I', v_name), 'id'),
                               v_last, v_called);
     perform pyflows._restore_table_rules(v_name, v_rules);
+    perform pyflows._referencing_keys(v_rules, true);
     return pg_catalog.format('pyflows.%I', v_name)::regclass;
 end;
 $$;
 
 revoke all on function pyflows._table_rules(regclass), pyflows._restore_table_rules(text, jsonb),
+    pyflows._referencing_keys(jsonb, boolean),
     pyflows._partition_for_copy(regclass), pyflows._unpartition(regclass) from public;
 
 -- A row written into a partition that has no row-level security (straight, or routed through its

@@ -96,27 +96,33 @@ class _Batches:
 
     rows: Iterable[Any]
 
-    def params(self, fixed: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+    def chunks(self) -> Iterator[list[Any]]:
+        """The rows, BATCH_ROWS at a time; at least one list (maybe empty)."""
         rows = iter(self.rows)
         while True:
             batch = list(itertools.islice(rows, BATCH_ROWS))
-            yield {**fixed, "rows": Jsonb(batch, dumps=_dumps)}
+            yield batch
             if len(batch) < BATCH_ROWS:
                 return
+
+    def params(self, fixed: Mapping[str, Any], chunks: Iterable[list[Any]]) -> Iterator[dict[str, Any]]:
+        for batch in chunks:
+            yield {**fixed, "rows": Jsonb(batch, dumps=_dumps)}
 
 
 @dataclass(frozen=True)
 class _Copy:
-    """Rows for COPY straight into a partition that takes it (migration 0021): the ``begin`` query locks
-    the flow and answers where to COPY (``copy_table``, NULL where the login may not: on Citus the
-    call's batches go instead) and what the rows need; ``row`` makes the n-th row (from 0) of
-    ``columns`` from that answer and a value; ``result`` makes what the batches' add_* call would have
-    answered from that answer and the number of rows sent."""
+    """The batches' rows sent by COPY instead, straight into the partition that takes it (migrations 0021
+    and 0022), a batch at a time: the ``begin`` query (with the call's params and the batch's
+    ``count``) locks the flow and answers where to COPY (``copy_table``; NULL where the login may not,
+    on Citus: that batch and the rest go as add_* calls) and what the rows need; ``row`` makes the
+    n-th row (from 0) of ``columns`` from that answer and a value; ``result`` makes the rows the
+    batch's add_* call would have answered, from that answer and the number of rows sent."""
 
     begin: str
     columns: tuple[str, ...]
     row: Callable[[Mapping[str, Any], int, Any], tuple[Any, ...]]
-    result: Callable[[Mapping[str, Any], int], Any]
+    result: Callable[[Mapping[str, Any], int], list[dict[str, Any]]]
 
     def statement(self, opened: Mapping[str, Any]) -> Composed:
         schema, table = str(opened["copy_table"]).split(".")
@@ -126,10 +132,6 @@ class _Copy:
     def rows(self, opened: Mapping[str, Any], values: Iterable[Any]) -> Iterator[tuple[Any, ...]]:
         for n, value in enumerate(values):
             yield self.row(opened, n, value)
-
-    def results(self, opened: Mapping[str, Any], sent: int) -> Rows:
-        """What the batches would have left: one call's one row."""
-        return [{"rows": [{"result": self.result(opened, sent)}]}]
 
 
 @dataclass(frozen=True)
@@ -322,8 +324,28 @@ _COPY_RECORDS = _Copy(
     "begin_copy_records", ("client_id", "engagement_id", "import_id", "row_number", "data"),
     lambda opened, n, data: (opened["client_id"], opened["engagement_id"], opened["import_id"],
                              opened["next_row_number"] + n, Jsonb(data, dumps=_dumps)),
-    lambda opened, sent: {"import_id": opened["import_id"], "flow_id": opened["flow_id"], "loaded": sent,
-                          "record_count": opened["record_count"] + sent})
+    lambda opened, sent: [{"add_records": {"import_id": opened["import_id"], "flow_id": opened["flow_id"],
+                                           "loaded": sent, "record_count": opened["record_count"] + sent}}])
+ASSET_KEYS = ("name", "asset_type", "hostname", "ip_address", "operating_system", "attributes")
+
+
+def _asset_row(opened: Mapping[str, Any], n: int, asset: Any) -> tuple[Any, ...]:
+    """The n-th asset of a COPY batch, with the n-th id begin_copy_assets drew; checked as add_assets
+    checks its batch (a mapping whose keys are among ASSET_KEYS; no attributes is {})."""
+    if not isinstance(asset, Mapping):
+        raise InvalidRequest(f"each asset must be a mapping (got {type(asset).__name__})")
+    unknown = set(asset) - set(ASSET_KEYS)
+    if unknown:
+        raise InvalidRequest(f"a row has unknown keys: {', '.join(sorted(map(str, unknown)))}")
+    attributes = asset.get("attributes")
+    return (opened["client_id"], opened["engagement_id"], opened["ids"][n], opened["flow_id"], asset.get("name"),
+            asset.get("asset_type"), asset.get("hostname"), asset.get("ip_address"), asset.get("operating_system"),
+            Jsonb({} if attributes is None else attributes, dumps=_dumps))
+
+
+_COPY_ASSETS = _Copy(
+    "begin_copy_assets", ("client_id", "engagement_id", "id", "flow_id", *ASSET_KEYS), _asset_row,
+    lambda opened, sent: [{"ids": opened["ids"]}])
 
 
 def _load_records(import_id: uuid.UUID, rows: Iterable[Any]) -> _Call[LoadResult]:
@@ -335,7 +357,7 @@ def _load_mappings(import_id: uuid.UUID, mappings: Iterable[Mapping[str, Any]]) 
 
 
 def _load_assets(flow_id: uuid.UUID, assets: Iterable[Mapping[str, Any]]) -> _Call[list[int]]:
-    return _Call("add_assets", {"flow_id": flow_id}, _in_order, batches=_Batches(assets))
+    return _Call("add_assets", {"flow_id": flow_id}, _in_order, batches=_Batches(assets), copy=_COPY_ASSETS)
 
 
 def _load_dependencies(flow_id: uuid.UUID, edges: Iterable[Sequence[Any] | Mapping[str, Any]]) -> _Call[LoadResult]:
@@ -440,21 +462,24 @@ class Flows:
             set_json_loads(_loads, cur)
             if tenant is not None:
                 cur.execute(query("set_context"), _context_params(tenant))
-            opened = None
-            if call.copy is not None:
-                cur.execute(query(call.copy.begin), call.params)
-                opened = _opened(cur.fetchone())
-            if opened is not None and call.copy is not None and call.batches is not None:
-                sent = 0
-                with _batch_errors(), cur.copy(call.copy.statement(opened)) as copy:
-                    for row in call.copy.rows(opened, call.batches.rows):
-                        copy.write_row(row)
-                        sent += 1
-                rows = call.copy.results(opened, sent)
-            elif call.batches is not None:
-                with _batch_errors():
-                    cur.executemany(query(call.query), call.batches.params(call.params), returning=True)
-                rows = _batch_results(cur)
+            if call.batches is not None:
+                rows, rest, copying = [], call.batches.chunks(), call.copy is not None
+                spec = call.copy
+                for chunk in rest if spec is not None else ():
+                    assert spec is not None
+                    cur.execute(query(spec.begin), {**call.params, "count": len(chunk)})
+                    opened = _opened(cur.fetchone())
+                    if opened is None:  # no COPY here: this batch and the rest as add_* calls
+                        rest, copying = itertools.chain([chunk], rest), False
+                        break
+                    with _batch_errors(), cur.copy(spec.statement(opened)) as copy:
+                        for row in spec.rows(opened, chunk):
+                            copy.write_row(row)
+                    rows.append({"rows": spec.result(opened, len(chunk))})
+                if not copying:
+                    with _batch_errors():
+                        cur.executemany(query(call.query), call.batches.params(call.params, rest), returning=True)
+                    rows += _batch_results(cur)
             else:
                 cur.execute(query(call.query), call.params)
                 rows = cur.fetchall()
@@ -608,8 +633,8 @@ class TenantFlows:
 
     def copy_records(self, import_id: uuid.UUID, rows: Iterable[Any]) -> LoadResult:
         """Bulk-load an import's raw records (each row its ``data``, any JSON value), numbered after the
-        import's last one, sent in pipelined batches (add_records); keeps ``record_count``. One
-        transaction; nothing on error."""
+        import's last one, by COPY (begin_copy_records; on Citus in pipelined add_records batches);
+        keeps ``record_count``. One transaction; nothing on error."""
         return self._run(_load_records(import_id, rows))
 
     def copy_mappings(self, import_id: uuid.UUID, mappings: Iterable[Mapping[str, Any]]) -> LoadResult:
@@ -618,7 +643,8 @@ class TenantFlows:
 
     def copy_assets(self, flow_id: uuid.UUID, assets: Iterable[Mapping[str, Any]]) -> list[int]:
         """Bulk-load assets (dicts with name, asset_type and optionally hostname, ip_address,
-        operating_system, attributes); returns their ids in the order given, for building edges."""
+        operating_system, attributes) by COPY (begin_copy_assets; on Citus in add_assets batches);
+        returns their ids in the order given, for building edges."""
         return self._run(_load_assets(flow_id, assets))
 
     def copy_dependencies(self, flow_id: uuid.UUID,
@@ -660,25 +686,28 @@ class AsyncFlows:
                     set_json_loads(_loads, cur)
                     if tenant is not None:
                         await cur.execute(query("set_context"), _context_params(tenant))
-                    opened = None
-                    if call.copy is not None:
-                        await cur.execute(query(call.copy.begin), call.params)
-                        opened = _opened(await cur.fetchone())
-                    if opened is not None and call.copy is not None and call.batches is not None:
-                        sent = 0
-                        with _batch_errors():
-                            async with cur.copy(call.copy.statement(opened)) as copy:
-                                for row in call.copy.rows(opened, call.batches.rows):
-                                    await copy.write_row(row)
-                                    sent += 1
-                        rows = call.copy.results(opened, sent)
-                    elif call.batches is not None:
-                        with _batch_errors():
-                            await cur.executemany(query(call.query), call.batches.params(call.params),
-                                                  returning=True)
-                        rows = [{"rows": await cur.fetchall()}]
-                        while cur.nextset():
+                    if call.batches is not None:
+                        rows, rest, copying = [], call.batches.chunks(), call.copy is not None
+                        spec = call.copy
+                        for chunk in rest if spec is not None else ():
+                            assert spec is not None
+                            await cur.execute(query(spec.begin), {**call.params, "count": len(chunk)})
+                            opened = _opened(await cur.fetchone())
+                            if opened is None:  # no COPY here: this batch and the rest as add_* calls
+                                rest, copying = itertools.chain([chunk], rest), False
+                                break
+                            with _batch_errors():
+                                async with cur.copy(spec.statement(opened)) as copy:
+                                    for row in spec.rows(opened, chunk):
+                                        await copy.write_row(row)
+                            rows.append({"rows": spec.result(opened, len(chunk))})
+                        if not copying:
+                            with _batch_errors():
+                                await cur.executemany(query(call.query), call.batches.params(call.params, rest),
+                                                      returning=True)
                             rows.append({"rows": await cur.fetchall()})
+                            while cur.nextset():
+                                rows.append({"rows": await cur.fetchall()})
                     else:
                         await cur.execute(query(call.query), call.params)
                         rows = await cur.fetchall()

@@ -241,6 +241,9 @@ select pyflows.add_mappings(p_import_id => %(import_id)s, p_mappings => %(rows)s
 select coalesce(array_agg(a.asset_id order by a.ord), '{}') as ids
   from pyflows.add_assets(p_flow_id => %(flow_id)s, p_assets => %(rows)s) as a
 
+-- name: begin_copy_assets
+select pyflows.begin_copy_assets(p_flow_id => %(flow_id)s, p_count => %(count)s)
+
 -- name: add_dependencies
 select pyflows.add_dependencies(p_flow_id => %(flow_id)s, p_edges => %(rows)s)
 

@@ -290,6 +290,45 @@ begin
 end;
 $$;
 
+-- Opens a COPY of p_count assets of a flow, straight into pyflows.assets_default (the partition that
+-- takes COPY, migration 0022): locks the flow for loading as load_assets does (PF401, PF404, PF422,
+-- PF423), marks it active, and draws the assets' ids from their identity sequence, in order (p_count
+-- from 0 to 1,000,000; PF422 otherwise). Result: {flow_id, client_id, engagement_id, ids,
+-- copy_table}; the caller then, in the same transaction, runs COPY <copy_table> (client_id,
+-- engagement_id, id, flow_id, name, asset_type, hostname, ip_address, operating_system, attributes)
+-- FROM STDIN, the n-th asset with the n-th id, and commits. The partition's triggers check every
+-- row's tenant (PF403) and refuse rows of a flow being deleted. copy_table (and ids) are NULL where
+-- the caller may not COPY into the partition (on Citus): add_assets then.
+create or replace function pyflows.begin_copy_assets(p_flow_id uuid, p_count integer)
+returns jsonb
+language plpgsql
+set search_path = pg_catalog, pyflows, pg_temp
+as $$
+declare
+    c_client     constant uuid := pyflows.current_client_id();
+    c_engagement constant uuid := pyflows.current_engagement_id();
+    c_table      constant text := 'pyflows.assets_default';
+    v_copy       boolean := pg_catalog.has_table_privilege(c_table, 'INSERT');
+    v_seq        regclass := pg_catalog.pg_get_serial_sequence('pyflows.assets', 'id')::regclass;
+    v_ids        bigint[];
+begin
+    perform pyflows._require_context();
+    if p_count is null or p_count not between 0 and 1000000 then
+        raise exception 'count must be from 0 to 1,000,000 (got %)', coalesce(p_count::text, 'NULL')
+            using errcode = 'PF422';
+    end if;
+    perform pyflows._flow_for_loading(p_flow_id);
+    if v_copy then
+        select coalesce(array_agg(pg_catalog.nextval(v_seq) order by g), '{}')
+          into v_ids from pg_catalog.generate_series(1, p_count) as g;
+    end if;
+    update pyflows.discovery_flows as f set last_activity_at = now()
+     where f.client_id = c_client and f.engagement_id = c_engagement and f.id = p_flow_id;
+    return jsonb_build_object('flow_id', p_flow_id, 'client_id', c_client, 'engagement_id', c_engagement,
+                              'ids', to_jsonb(v_ids), 'copy_table', case when v_copy then c_table end);
+end;
+$$;
+
 -- The field mappings of an import, from the staging table p_stage or, when it is NULL, the JSON array
 -- p_rows (source_field, target_attribute, confidence, status; a NULL status is 'suggested'). Result:
 -- {import_id, flow_id, loaded}. The body of load_mappings and add_mappings.
@@ -531,8 +570,8 @@ revoke all on function pyflows._stage(text, text[]), pyflows._batch(jsonb, text[
     pyflows._load_assets(uuid, text, jsonb), pyflows._load_dependencies(uuid, text, jsonb),
     pyflows.load_records(uuid, text), pyflows.load_mappings(uuid, text), pyflows.load_assets(uuid, text),
     pyflows.load_dependencies(uuid, text), pyflows.add_records(uuid, jsonb), pyflows.add_mappings(uuid, jsonb),
-    pyflows.add_assets(uuid, jsonb), pyflows.add_dependencies(uuid, jsonb), pyflows.begin_copy_records(uuid)
-    from public;
+    pyflows.add_assets(uuid, jsonb), pyflows.add_dependencies(uuid, jsonb), pyflows.begin_copy_records(uuid),
+    pyflows.begin_copy_assets(uuid, integer) from public;
 -- The private _load_* functions run as the caller like the public ones (SECURITY INVOKER), so the
 -- caller needs EXECUTE on them; they insert only what the caller's policies let it insert.
 grant execute on function pyflows._stage(text, text[]), pyflows._batch(jsonb, text[]),
@@ -542,7 +581,7 @@ grant execute on function pyflows._stage(text, text[]), pyflows._batch(jsonb, te
     pyflows._load_assets(uuid, text, jsonb), pyflows._load_dependencies(uuid, text, jsonb),
     pyflows.load_records(uuid, text), pyflows.load_mappings(uuid, text), pyflows.load_assets(uuid, text),
     pyflows.load_dependencies(uuid, text), pyflows.add_records(uuid, jsonb), pyflows.add_mappings(uuid, jsonb),
-    pyflows.add_assets(uuid, jsonb), pyflows.add_dependencies(uuid, jsonb), pyflows.begin_copy_records(uuid)
-    to pyflows_app;
+    pyflows.add_assets(uuid, jsonb), pyflows.add_dependencies(uuid, jsonb), pyflows.begin_copy_records(uuid),
+    pyflows.begin_copy_assets(uuid, integer) to pyflows_app;
 -- load_assets draws the ids of the assets it inserts from their identity sequence.
 grant usage on sequence pyflows.assets_id_seq to pyflows_app;

@@ -267,3 +267,41 @@ def test_the_copy_pattern_from_sql(owner: psycopg.Connection[Any], tenant_a: Ten
     assert caught.value.sqlstate == "PF404", caught.value
     conn.rollback()
     assert fingerprint(owner) == before
+
+
+def test_the_copy_pattern_for_assets_from_sql(owner: psycopg.Connection[Any], tenant_a: Tenant,
+                                              pyflows_connect: Any, pyflows_citus: Any) -> None:
+    """begin_copy_assets draws the ids first, in order, then the caller COPYs each asset with its id into
+    the table it names; a count outside 0..1,000,000 is PF422 with nothing drawn or written."""
+    with owner.transaction():
+        target = write_flow_tree(owner, tenant_a, status="paused", assets=0, records=0)
+    conn = pyflows_connect("app")
+    before = fingerprint(owner)
+    for count in (-1, 1_000_001, None):
+        bind(conn, acting(tenant_a, "loader"))
+        with pytest.raises(psycopg.Error) as caught:
+            conn.execute("select pyflows.begin_copy_assets(%s, %s)", (target.flow_id, count))
+        assert caught.value.sqlstate == "PF422", count
+        conn.rollback()
+    assert fingerprint(owner) == before
+    bind(conn, acting(tenant_a, "loader"))
+    opened = conn.execute("select pyflows.begin_copy_assets(%s, 3)", (target.flow_id,)).fetchone()[0]
+    if pyflows_citus is not None:
+        assert (opened["copy_table"], opened["ids"]) == (None, None)  # add_assets instead
+        return
+    assert opened["copy_table"] == "pyflows.assets_default"
+    ids = opened["ids"]
+    assert len(ids) == 3 and ids == sorted(ids)
+    with conn.cursor().copy("copy pyflows.assets_default (client_id, engagement_id, id, flow_id, name, asset_type) "
+                            "from stdin") as copy:
+        for n, asset_id in enumerate(ids):
+            copy.write_row((tenant_a.client_id, tenant_a.engagement_id, asset_id, target.flow_id, f"h{n}", "server"))
+    conn.commit()
+    assert owner.execute("select array_agg(name order by id) from pyflows.assets where flow_id = %s and id = any(%s)",
+                         (target.flow_id, ids)).fetchone() == (["h0", "h1", "h2"],)
+    # The identity goes on after the ids drawn: an asset added through the parent gets a new one.
+    bind(conn, acting(tenant_a, "loader"))
+    later = conn.execute("select asset_id from pyflows.add_assets(%s, '[{\"name\": \"h3\", \"asset_type\": \"vm\"}]')",
+                         (target.flow_id,)).fetchone()[0]
+    conn.commit()
+    assert later > ids[-1]

@@ -61,7 +61,7 @@ def test_layout_is_the_engine_s(owner: psycopg.Connection[Any], pyflows_citus: C
         "select logicalrelid::regclass::text, column_to_column_name(logicalrelid, partkey), colocationid "
         "from pg_dist_partition where partmethod = 'h'").fetchall()
     # A partitioned table's partitions are distributed with it (migration 0021).
-    partitions = ["pyflows.raw_import_records_default"]
+    partitions = ["pyflows.assets_default", "pyflows.raw_import_records_default"]
     assert sorted(r[0] for r in rows) == sorted([*DISTRIBUTED, *AUDIT_DISTRIBUTED, *partitions])
     assert {r[1] for r in rows} == {"client_id"} and len({r[2] for r in rows}) == 1
     # Every foreign key and its cascade is back after distributing.

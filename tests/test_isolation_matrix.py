@@ -200,7 +200,7 @@ def test_every_table_with_a_tenant_column_has_row_level_security(owner: psycopg.
     assert unprotected == []
     assert len(tenant_tables(owner)) >= 10
     partitions = owner.execute(PARTITIONS_WITHOUT_RLS).fetchall()
-    assert [p[0] for p in partitions] == ["pyflows.raw_import_records_default"]
+    assert [p[0] for p in partitions] == ["pyflows.assets_default", "pyflows.raw_import_records_default"]
     on_citus = owner.execute("select exists (select from pg_extension where extname = 'citus')").fetchone()[0]
     for name, parent_protected, privileges, checked in partitions:
         # On Citus the application may not even insert (sql/090_scale_out.sql).

@@ -75,6 +75,12 @@ def equalities(columns: list[str]) -> sql.Composable:
                                  for n, c in enumerate(columns, 1))
 
 
+def only(owner: psycopg.Connection[Any], table: str) -> sql.Composable:
+    """ONLY, but for a partitioned table: as PostgreSQL's ri_triggers.c writes its queries."""
+    partitioned = owner.execute("select relkind = 'p' from pg_class where oid = %s::regclass", (table,)).fetchone()
+    return sql.SQL("" if partitioned and partitioned[0] else "only ")
+
+
 def reads_by_index_on(plan: str, columns: list[str]) -> bool:
     """The plan reads the table through one index whose condition names every column, and filters nothing."""
     conditions = " ".join(re.findall(r"Index Cond: (.*)", plan))
@@ -90,12 +96,10 @@ def test_every_foreign_key_lookup_uses_its_own_index_without_statistics(owner: p
     assert len(keys) >= 9
     for name, child, parent, columns, parent_columns, types in keys:
         # What the referential triggers run: the check of a new child row, and the cascade of a parent's delete.
-        check = sql.SQL("select 1 from only {} as x where {} for key share of x").format(
-            sql.SQL(parent), equalities(parent_columns))
-        # ONLY, but for a partitioned table (PostgreSQL's ri_triggers.c writes it so).
-        only = sql.SQL("" if owner.execute("select relkind = 'p' from pg_class where oid = %s::regclass",
-                                           (child,)).fetchone()[0] else "only ")
-        cascade = sql.SQL("delete from {}{} as x where {}").format(only, sql.SQL(child), equalities(columns))
+        check = sql.SQL("select 1 from {}{} as x where {} for key share of x").format(
+            only(owner, parent), sql.SQL(parent), equalities(parent_columns))
+        cascade = sql.SQL("delete from {}{} as x where {}").format(only(owner, child), sql.SQL(child),
+                                                                   equalities(columns))
         for kind, statement, cols in (("check", check, parent_columns), ("cascade", cascade, columns)):
             plan = generic_plan(owner, statement, list(types))
             if not reads_by_index_on(plan, cols):

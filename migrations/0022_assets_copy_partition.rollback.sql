@@ -1,0 +1,6 @@
+-- pyflows 0022 rollback: pyflows.assets is one plain table again (its default partition, with every
+-- row, under its name), and the dependency edges reference it.
+
+drop trigger copy_rules on pyflows.assets_default;
+drop trigger copy_tenant on pyflows.assets_default;
+do $$ begin perform pyflows._unpartition('pyflows.assets'); end $$;
