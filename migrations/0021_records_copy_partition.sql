@@ -6,10 +6,9 @@
 -- partitioned parent (by list of client_id, with the old table as its DEFAULT partition: every row
 -- stays where it is), through which every read, update and delete goes, under the policies as
 -- before. The partition has no row-level security; pyflows_app may only INSERT into it (and COPY,
--- which is an insert). Its triggers check what the policies' WITH CHECK would have: a row trigger,
--- called only for a row that is not the context's (a WHEN clause compares), refuses it before any
--- key sees it (PF401 without a context, PF403 in another; also for a row routed through the parent,
--- whose policy would have said 42501 after it), but for the roles row-level security lets through
+-- which is an insert). It checks what the policies' WITH CHECK would have: a CHECK constraint,
+-- which calls a function only for a row that is not the context's, refuses it before any key sees
+-- it (PF401 without a context, PF403 in another), but for the roles row-level security lets through
 -- (superusers, BYPASSRLS); a statement trigger refuses rows of an
 -- import whose flow is being deleted (PF404, as through the parent) and adds the rows to their
 -- imports' record_count (and marks their flows active), so that record_count is true after every
@@ -255,29 +254,48 @@ revoke all on function pyflows._table_rules(regclass), pyflows._restore_table_ru
     pyflows._referencing_keys(jsonb, boolean),
     pyflows._partition_for_copy(regclass), pyflows._unpartition(regclass) from public;
 
--- A row written into a partition that has no row-level security (straight, or routed through its
--- parent), whose client and engagement are not the context's: refused, as the parent's policies' WITH
--- CHECK refuses it, before any key or index has seen it (so that no uniqueness or foreign-key error
--- can tell another tenant's rows exist), unless the role is one row-level security would not check
--- either (a superuser or a BYPASSRLS role: an operator's repair, the tests' fixtures). Called only for
--- such a row (the trigger's WHEN clause compares; no call a row otherwise).
-create function pyflows._refuse_row_of_another_tenant()
-returns trigger
+-- The check of a row written into a partition that has no row-level security (straight, or routed
+-- through its parent), whose client and engagement are not the context's: each partition's CHECK
+-- constraint <partition>_tenant calls it only for such a row (it compares first: a row of the
+-- context costs no call). It refuses the row as the parent's policies' WITH CHECK would, before any
+-- key or index has seen it (so that no uniqueness or foreign-key error can tell another tenant's
+-- rows exist): PF401 without a context, PF403 in another; but it lets the row through for a role that
+-- row-level security would not check either (a superuser or a BYPASSRLS role: an operator's repair,
+-- a dump restored, the tests' fixtures). A CHECK constraint and not a row trigger: COPY inserts a
+-- page of rows at once only into a table without BEFORE ROW triggers.
+create function pyflows._row_of_another_tenant(p_client_id uuid, p_engagement_id uuid)
+returns boolean
 language plpgsql
+stable
 set search_path = pg_catalog, pyflows, pg_temp
 as $$
 begin
     if exists (select from pg_catalog.pg_roles as r
                 where r.rolname = current_user and (r.rolsuper or r.rolbypassrls)) then
-        return new;
+        return true;
     end if;
     if pyflows.current_client_id() is null or pyflows.current_engagement_id() is null then
         raise exception 'no tenant context: call pyflows.set_context first' using errcode = 'PF401';
     end if;
     raise exception 'a row of another tenant cannot be written in this context'
         using errcode = 'PF403',
-              detail = json_build_object('table', tg_table_name, 'client_id', pyflows.current_client_id(),
-                                         'engagement_id', pyflows.current_engagement_id())::text;
+              detail = json_build_object('client_id', p_client_id, 'engagement_id', p_engagement_id)::text;
+end;
+$$;
+
+-- Adds to the partition p_partition its CHECK constraint <partition>_tenant (above), NOT VALID: the
+-- rows already there were checked by the policies when they were written.
+create function pyflows._check_partition_tenant(p_partition regclass)
+returns void
+language plpgsql
+set search_path = pg_catalog, pyflows, pg_temp
+as $$
+begin
+    execute pg_catalog.format(
+        'alter table %s add constraint %I check ((client_id = pyflows.current_client_id()
+                                                  and engagement_id = pyflows.current_engagement_id())
+                                                 or pyflows._row_of_another_tenant(client_id, engagement_id)) not valid',
+        p_partition, (select c.relname from pg_catalog.pg_class as c where c.oid = p_partition) || '_tenant');
 end;
 $$;
 
@@ -312,15 +330,14 @@ begin
 end;
 $$;
 
-revoke all on function pyflows._refuse_row_of_another_tenant(), pyflows._on_copy_raw_import_records() from public;
+revoke all on function pyflows._row_of_another_tenant(uuid, uuid), pyflows._check_partition_tenant(regclass),
+    pyflows._on_copy_raw_import_records() from public;
+-- The partitions' CHECK constraints call it as the inserting role, which PostgreSQL requires may
+-- execute it (even when the comparison before it spares the call). It reveals nothing: it refuses,
+-- or lets a role through that row-level security lets through.
+grant execute on function pyflows._row_of_another_tenant(uuid, uuid) to pyflows_app;
 
-do $$ begin perform pyflows._partition_for_copy('pyflows.raw_import_records'); end $$;
-
-create trigger copy_tenant before insert on pyflows.raw_import_records_default
-    for each row
-    when (new.client_id is distinct from pyflows.current_client_id()
-          or new.engagement_id is distinct from pyflows.current_engagement_id())
-    execute function pyflows._refuse_row_of_another_tenant();
+do $$ begin perform pyflows._check_partition_tenant(pyflows._partition_for_copy('pyflows.raw_import_records')); end $$;
 create trigger copy_rules after insert on pyflows.raw_import_records_default
     referencing new table as new_rows
     for each statement execute function pyflows._on_copy_raw_import_records();

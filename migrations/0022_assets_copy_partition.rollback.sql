@@ -2,5 +2,5 @@
 -- row, under its name), and the dependency edges reference it.
 
 drop trigger copy_rules on pyflows.assets_default;
-drop trigger copy_tenant on pyflows.assets_default;
+alter table pyflows.assets_default drop constraint assets_default_tenant;
 do $$ begin perform pyflows._unpartition('pyflows.assets'); end $$;

@@ -327,6 +327,7 @@ _COPY_RECORDS = _Copy(
     lambda opened, sent: [{"add_records": {"import_id": opened["import_id"], "flow_id": opened["flow_id"],
                                            "loaded": sent, "record_count": opened["record_count"] + sent}}])
 ASSET_KEYS = ("name", "asset_type", "hostname", "ip_address", "operating_system", "attributes")
+_ASSET_KEY_SET = frozenset(ASSET_KEYS)
 
 
 def _asset_row(opened: Mapping[str, Any], n: int, asset: Any) -> tuple[Any, ...]:
@@ -334,9 +335,8 @@ def _asset_row(opened: Mapping[str, Any], n: int, asset: Any) -> tuple[Any, ...]
     checks its batch (a mapping whose keys are among ASSET_KEYS; no attributes is {})."""
     if not isinstance(asset, Mapping):
         raise InvalidRequest(f"each asset must be a mapping (got {type(asset).__name__})")
-    unknown = set(asset) - set(ASSET_KEYS)
-    if unknown:
-        raise InvalidRequest(f"a row has unknown keys: {', '.join(sorted(map(str, unknown)))}")
+    if not asset.keys() <= _ASSET_KEY_SET:
+        raise InvalidRequest(f"a row has unknown keys: {', '.join(sorted(map(str, asset.keys() - _ASSET_KEY_SET)))}")
     attributes = asset.get("attributes")
     return (opened["client_id"], opened["engagement_id"], opened["ids"][n], opened["flow_id"], asset.get("name"),
             asset.get("asset_type"), asset.get("hostname"), asset.get("ip_address"), asset.get("operating_system"),

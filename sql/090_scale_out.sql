@@ -144,7 +144,7 @@ begin
     end loop;
     for r in select c.conrelid::regclass as rel, c.conname, pg_catalog.pg_get_constraintdef(c.oid) as def
                from pg_catalog.pg_constraint as c
-              where c.contype = 'f'
+              where c.contype = 'f' and c.conparentid = 0  -- a partition's keys come with its parent's
                 and c.conrelid in (select p.table_name::regclass from pyflows._layout_plan() as p)
               order by c.conrelid::regclass::text, c.conname loop
         v_keys := v_keys || pg_catalog.format('alter table %s add constraint %I %s', r.rel, r.conname, r.def);

@@ -78,6 +78,13 @@ def test_a_bad_row_loads_nothing_and_says_why(api: ApiFactory, tenant_a: Tenant,
         lambda: flows.copy_dependencies(started.flow_id, [(ids[0], ids[1], "network"), (ids[0], ids[1], "network")]),
         lambda: flows.copy_records(started.import_id, [{"ok": 1}, "a NUL \x00 has no place in jsonb"]),
         lambda: flows.copy_assets(started.flow_id, [{"name": "x", "asset_type": "server", "ip_address": "nope"}]),
+        lambda: flows.copy_assets(started.flow_id, [("x", "server")]),  # not a mapping
+        lambda: flows.copy_assets(started.flow_id, [{"asset_type": "server"}]),  # no name
+        lambda: flows.copy_assets(started.flow_id, [{"name": "x", "asset_type": "server", "attributes": [1]}]),
+        # A bad row in the second batch: the first batch, already COPYed, goes with it.
+        lambda: flows.copy_assets(started.flow_id, [{"name": f"h{n}", "asset_type": "server"}
+                                                    for n in range(pyflows.api.BATCH_ROWS)] + [{"name": ""}]),
+        lambda: flows.copy_records(started.import_id, [*range(pyflows.api.BATCH_ROWS), {"x": object()}]),
     ]
     for load in bad_loads:
         with pytest.raises(InvalidRequest):

@@ -179,8 +179,8 @@ PARTITIONS_WITHOUT_RLS = """
     select c.oid::regclass::text, p.relrowsecurity and p.relforcerowsecurity,
            coalesce((select array_agg(a.privilege_type::text order by a.privilege_type)
                        from aclexplode(c.relacl) a where a.grantee <> c.relowner), '{}'),
-           exists (select from pg_trigger t where t.tgrelid = c.oid and not t.tgisinternal
-                     and t.tgtype & 4 <> 0 and t.tgtype & 2 <> 0 and t.tgtype & 1 <> 0)
+           exists (select from pg_constraint k where k.conrelid = c.oid and k.contype = 'c'
+                     and pg_get_constraintdef(k.oid) like '%_row_of_another_tenant(client_id, engagement_id)%')
       from pg_class c
       join pg_inherits i on i.inhrelid = c.oid
       join pg_class p on p.oid = i.inhparent
@@ -190,8 +190,8 @@ PARTITIONS_WITHOUT_RLS = """
 
 def test_every_table_with_a_tenant_column_has_row_level_security(owner: psycopg.Connection[Any]) -> None:
     """Every table with a client_id has forced row-level security, but a partition: its parent has it, it
-    grants no role but its owner anything but INSERT (nothing on Citus), and a row trigger checks every
-    inserted row before its keys do (BEFORE INSERT FOR EACH ROW)."""
+    grants no role but its owner anything but INSERT (nothing on Citus), and a CHECK constraint checks
+    every inserted row's tenant before its keys do."""
     unprotected = owner.execute("""
         select c.oid::regclass::text from pg_class c
          where c.relnamespace = 'pyflows'::regnamespace and c.relkind in ('r', 'p') and not c.relispartition
@@ -273,15 +273,15 @@ def test_no_table_statement_reaches_tenant_a(world: World, owner: psycopg.Connec
 def refused_as_it_must(exc: psycopg.Error, table: str, bound: str, victim: dict[str, Any],
                        partitions: set[str]) -> bool:
     """Tenant A's row written back as the app login was refused as it must be: by the privilege or the
-    policy (42501); a partition without row-level security by its trigger, PF403 in tenant B's context
-    and PF401 in none, whether written straight or through its parent (its row trigger runs first); a
+    policy (42501); a partition without row-level security, written straight, by its CHECK constraint,
+    PF403 in tenant B's context and PF401 in none (through its parent, the policy comes first); a
     flow row by the flow rules (never inserted as 'deleting'). On Citus an INSERT ... SELECT reaches
     the shards as a COPY, which PostgreSQL refuses on a table with row-level security before any row
     is written (docs/scale-out.md)."""
     citus_copy = exc.sqlstate == "0A000" and "COPY FROM not supported with row-level security" in str(exc)
     if citus_copy or exc.sqlstate == "42501" or (exc.sqlstate == "PF422" and victim.get("status") == "deleting"):
         return True
-    if f"pyflows.{table}" in partitions or f"pyflows.{table}_default" in partitions:
+    if f"pyflows.{table}" in partitions:
         return exc.sqlstate == ("PF403" if bound == "tenant B" else "PF401")
     return False
 

@@ -117,6 +117,10 @@ JUSTIFIED[("0016_audit_writes_on_the_shard.sql", "require-concurrent-index-creat
     "indexes for admin_metrics() inside the migration's transaction (migration 0016)")
 JUSTIFIED[("0016_audit_writes_on_the_shard.rollback.sql", "require-concurrent-index-deletion")] = (
     "the rollback drops migration 0016's indexes in its transaction")
+# Migrations 0021 and 0022 add a CHECK constraint to a partition (NOT VALID, inside a function, which
+# squawk does not read); their rollbacks drop it before the partition becomes the table again.
+for _name in ("0021_records_copy_partition.rollback.sql", "0022_assets_copy_partition.rollback.sql"):
+    JUSTIFIED[(_name, "ban-drop-constraint")] = "the rollback drops the tenant check its migration added"
 for name in (p.name for p in migrations_dir().glob("*.sql")):
     JUSTIFIED[(name, "require-lock-timeout")] = RUNNER
     JUSTIFIED[(name, "require-statement-timeout")] = RUNNER
