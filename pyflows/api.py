@@ -115,23 +115,19 @@ class _Copy:
     """The batches' rows sent by COPY instead, straight into the partition that takes it (migrations 0021
     and 0022), a batch at a time: the ``begin`` query (with the call's params and the batch's
     ``count``) locks the flow and answers where to COPY (``copy_table``; NULL where the login may not,
-    on Citus: that batch and the rest go as add_* calls) and what the rows need; ``row`` makes the
-    n-th row (from 0) of ``columns`` from that answer and a value; ``result`` makes the rows the
+    on Citus: that batch and the rest go as add_* calls) and what the rows need; ``rows`` makes the
+    batch's rows of ``columns`` from that answer and the batch's values; ``result`` makes the rows the
     batch's add_* call would have answered, from that answer and the number of rows sent."""
 
     begin: str
     columns: tuple[str, ...]
-    row: Callable[[Mapping[str, Any], int, Any], tuple[Any, ...]]
+    rows: Callable[[Mapping[str, Any], list[Any]], Iterator[tuple[Any, ...]]]
     result: Callable[[Mapping[str, Any], int], list[dict[str, Any]]]
 
     def statement(self, opened: Mapping[str, Any]) -> Composed:
         schema, table = str(opened["copy_table"]).split(".")
         return SQL("copy {} ({}) from stdin").format(Identifier(schema, table),
                                                      SQL(", ").join(map(Identifier, self.columns)))
-
-    def rows(self, opened: Mapping[str, Any], values: Iterable[Any]) -> Iterator[tuple[Any, ...]]:
-        for n, value in enumerate(values):
-            yield self.row(opened, n, value)
 
 
 @dataclass(frozen=True)
@@ -320,31 +316,41 @@ def _edge(edge: Sequence[Any] | Mapping[str, Any]) -> Any:
     return dict(zip(EDGE_KEYS, values, strict=True))
 
 
+def _record_rows(opened: Mapping[str, Any], batch: list[Any]) -> Iterator[tuple[Any, ...]]:
+    """A COPY batch's raw records, numbered from the next_row_number begin_copy_records answered."""
+    client, engagement, import_id = opened["client_id"], opened["engagement_id"], opened["import_id"]
+    for row_number, data in enumerate(batch, opened["next_row_number"]):
+        yield client, engagement, import_id, row_number, Jsonb(data, dumps=_dumps)
+
+
 _COPY_RECORDS = _Copy(
-    "begin_copy_records", ("client_id", "engagement_id", "import_id", "row_number", "data"),
-    lambda opened, n, data: (opened["client_id"], opened["engagement_id"], opened["import_id"],
-                             opened["next_row_number"] + n, Jsonb(data, dumps=_dumps)),
+    "begin_copy_records", ("client_id", "engagement_id", "import_id", "row_number", "data"), _record_rows,
     lambda opened, sent: [{"add_records": {"import_id": opened["import_id"], "flow_id": opened["flow_id"],
                                            "loaded": sent, "record_count": opened["record_count"] + sent}}])
 ASSET_KEYS = ("name", "asset_type", "hostname", "ip_address", "operating_system", "attributes")
 _ASSET_KEY_SET = frozenset(ASSET_KEYS)
 
 
-def _asset_row(opened: Mapping[str, Any], n: int, asset: Any) -> tuple[Any, ...]:
-    """The n-th asset of a COPY batch, with the n-th id begin_copy_assets drew; checked as add_assets
-    checks its batch (a mapping whose keys are among ASSET_KEYS; no attributes is {})."""
-    if not isinstance(asset, Mapping):
-        raise InvalidRequest(f"each asset must be a mapping (got {type(asset).__name__})")
-    if not asset.keys() <= _ASSET_KEY_SET:
-        raise InvalidRequest(f"a row has unknown keys: {', '.join(sorted(map(str, asset.keys() - _ASSET_KEY_SET)))}")
-    attributes = asset.get("attributes")
-    return (opened["client_id"], opened["engagement_id"], opened["ids"][n], opened["flow_id"], asset.get("name"),
-            asset.get("asset_type"), asset.get("hostname"), asset.get("ip_address"), asset.get("operating_system"),
-            Jsonb({} if attributes is None else attributes, dumps=_dumps))
+def _asset_rows(opened: Mapping[str, Any], batch: list[Any]) -> Iterator[tuple[Any, ...]]:
+    """A COPY batch's assets, each with its id as begin_copy_assets drew them, in order; checked as
+    add_assets checks its batch (a mapping whose keys are among ASSET_KEYS; no attributes is {})."""
+    client, engagement, flow_id = opened["client_id"], opened["engagement_id"], opened["flow_id"]
+    for asset_id, asset in zip(opened["ids"], batch, strict=True):
+        try:
+            keys = asset.keys()
+        except AttributeError:
+            raise InvalidRequest(f"each asset must be a mapping (got {type(asset).__name__})") from None
+        if not keys <= _ASSET_KEY_SET:
+            raise InvalidRequest(f"a row has unknown keys: {', '.join(sorted(map(str, keys - _ASSET_KEY_SET)))}")
+        get = asset.get
+        attributes = get("attributes")
+        yield (client, engagement, asset_id, flow_id, get("name"), get("asset_type"), get("hostname"),
+               get("ip_address"), get("operating_system"),
+               Jsonb({} if attributes is None else attributes, dumps=_dumps))
 
 
 _COPY_ASSETS = _Copy(
-    "begin_copy_assets", ("client_id", "engagement_id", "id", "flow_id", *ASSET_KEYS), _asset_row,
+    "begin_copy_assets", ("client_id", "engagement_id", "id", "flow_id", *ASSET_KEYS), _asset_rows,
     lambda opened, sent: [{"ids": opened["ids"]}])
 
 
