@@ -286,7 +286,8 @@ begin
     return jsonb_build_object('import_id', p_import_id, 'flow_id', v_flow_id, 'client_id', c_client,
                               'engagement_id', c_engagement, 'next_row_number', v_last + 1,
                               'record_count', v_count,
-                              'copy_table', case when pg_catalog.has_table_privilege(c_table, 'INSERT') then c_table end);
+                              'copy_table',
+                              case when pg_catalog.has_table_privilege(c_table, 'INSERT') then c_table end);
 end;
 $$;
 
