@@ -73,6 +73,9 @@ _ASYNC: tuple[type, ...] = (psycopg.AsyncConnection, AsyncConnectionPool)
 
 # How many rows a bulk load sends in one add_* call (one JSON array).
 BATCH_ROWS = 10_000
+# Rows a COPY statement (and a begin_copy_* call) takes: fewer round trips and statement triggers than
+# BATCH_ROWS, at the cost of holding that many rows of the caller's iterable at once.
+COPY_ROWS = 100_000
 
 
 def _json_value(value: Any) -> str:
@@ -96,13 +99,14 @@ class _Batches:
 
     rows: Iterable[Any]
 
-    def chunks(self) -> Iterator[list[Any]]:
-        """The rows, BATCH_ROWS at a time; at least one list (maybe empty)."""
+    def chunks(self, size: int | None = None) -> Iterator[list[Any]]:
+        """The rows, ``size`` (BATCH_ROWS) at a time; at least one list (maybe empty)."""
+        size = size or BATCH_ROWS
         rows = iter(self.rows)
         while True:
-            batch = list(itertools.islice(rows, BATCH_ROWS))
+            batch = list(itertools.islice(rows, size))
             yield batch
-            if len(batch) < BATCH_ROWS:
+            if len(batch) < size:
                 return
 
     def params(self, fixed: Mapping[str, Any], chunks: Iterable[list[Any]]) -> Iterator[dict[str, Any]]:
@@ -384,6 +388,11 @@ def _batch_errors() -> Iterator[None]:
         raise InvalidRequest(f"a row was refused: {exc.diag.message_primary}") from exc
 
 
+def _rebatched(chunk: list[Any], rest: Iterator[list[Any]]) -> Iterator[list[Any]]:
+    """A COPY batch not sent and the ones after it, as batches of BATCH_ROWS for the add_* calls."""
+    return _Batches(itertools.chain(chunk, itertools.chain.from_iterable(rest))).chunks()
+
+
 def _opened(row: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
     """A begin_copy_* answer (one jsonb), or None when it names no table to COPY into."""
     opened: Mapping[str, Any] = next(iter(row.values())) if row else {}
@@ -469,14 +478,14 @@ class Flows:
             if tenant is not None:
                 cur.execute(query("set_context"), _context_params(tenant))
             if call.batches is not None:
-                rows, rest, copying = [], call.batches.chunks(), call.copy is not None
+                rows, rest, copying = [], call.batches.chunks(COPY_ROWS), call.copy is not None
                 spec = call.copy
                 for chunk in rest if spec is not None else ():
                     assert spec is not None
                     cur.execute(query(spec.begin), {**call.params, "count": len(chunk)})
                     opened = _opened(cur.fetchone())
                     if opened is None:  # no COPY here: this batch and the rest as add_* calls
-                        rest, copying = itertools.chain([chunk], rest), False
+                        rest, copying = _rebatched(chunk, rest), False
                         break
                     with _batch_errors(), cur.copy(spec.statement(opened)) as copy:
                         for row in spec.rows(opened, chunk):
@@ -693,14 +702,14 @@ class AsyncFlows:
                     if tenant is not None:
                         await cur.execute(query("set_context"), _context_params(tenant))
                     if call.batches is not None:
-                        rows, rest, copying = [], call.batches.chunks(), call.copy is not None
+                        rows, rest, copying = [], call.batches.chunks(COPY_ROWS), call.copy is not None
                         spec = call.copy
                         for chunk in rest if spec is not None else ():
                             assert spec is not None
                             await cur.execute(query(spec.begin), {**call.params, "count": len(chunk)})
                             opened = _opened(await cur.fetchone())
                             if opened is None:  # no COPY here: this batch and the rest as add_* calls
-                                rest, copying = itertools.chain([chunk], rest), False
+                                rest, copying = _rebatched(chunk, rest), False
                                 break
                             with _batch_errors():
                                 async with cur.copy(spec.statement(opened)) as copy:

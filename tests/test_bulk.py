@@ -61,8 +61,10 @@ def test_a_flow_is_loaded_in_bulk_with_ids_for_its_edges(api: ApiFactory, tenant
                       "asset_dependencies": 200}
 
 
-def test_a_bad_row_loads_nothing_and_says_why(api: ApiFactory, tenant_a: Tenant,
-                                              owner: psycopg.Connection[Any]) -> None:
+def test_a_bad_row_loads_nothing_and_says_why(api: ApiFactory, tenant_a: Tenant, owner: psycopg.Connection[Any],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pyflows.api, "BATCH_ROWS", 5)
+    monkeypatch.setattr(pyflows.api, "COPY_ROWS", 5)
     flows = api(acting(tenant_a, "loader"))
     started = flows.start_import("cmdb.csv", "file:///uploads/cmdb.csv", 10)
     ids = flows.copy_assets(started.flow_id, [{"name": "a", "asset_type": "server"},
@@ -83,8 +85,8 @@ def test_a_bad_row_loads_nothing_and_says_why(api: ApiFactory, tenant_a: Tenant,
         lambda: flows.copy_assets(started.flow_id, [{"name": "x", "asset_type": "server", "attributes": [1]}]),
         # A bad row in the second batch: the first batch, already COPYed, goes with it.
         lambda: flows.copy_assets(started.flow_id, [{"name": f"h{n}", "asset_type": "server"}
-                                                    for n in range(pyflows.api.BATCH_ROWS)] + [{"name": ""}]),
-        lambda: flows.copy_records(started.import_id, [*range(pyflows.api.BATCH_ROWS), {"x": object()}]),
+                                                    for n in range(5)] + [{"name": ""}]),
+        lambda: flows.copy_records(started.import_id, [*range(5), {"x": object()}]),
     ]
     for load in bad_loads:
         with pytest.raises(InvalidRequest):
@@ -152,8 +154,10 @@ def test_the_staging_pattern_from_sql(owner: psycopg.Connection[Any], tenant_a: 
 
 def test_a_load_of_many_batches_keeps_the_order_the_numbers_and_the_count(
         api: ApiFactory, tenant_a: Tenant, owner: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch) -> None:
-    # Batches of 7 rows: 20 records are three add_records calls, 16 assets three add_assets calls.
+    # Batches of 7 rows: 20 records are three COPY statements (three add_records calls on Citus), 16
+    # assets three.
     monkeypatch.setattr(pyflows.api, "BATCH_ROWS", 7)
+    monkeypatch.setattr(pyflows.api, "COPY_ROWS", 7)
     flows = api(acting(tenant_a, "loader"))
     started = flows.start_import("cmdb.csv", "file:///uploads/cmdb.csv", 10)
     first = flows.copy_records(started.import_id, ({"n": n} for n in range(1, 21)))
