@@ -261,8 +261,9 @@ $$;
 -- does (PF401, PF404, PF422, PF423) and says what the rows need. Result: {import_id, flow_id,
 -- client_id, engagement_id, next_row_number, record_count, copy_table}; the caller then, in the same
 -- transaction, runs COPY <copy_table> (client_id, engagement_id, import_id, row_number, data) FROM
--- STDIN with the rows numbered from next_row_number, and commits. The partition's trigger checks every
--- row's tenant (PF403), refuses rows of a flow being deleted, and adds the rows to record_count.
+-- STDIN with the rows numbered from next_row_number, and commits. The partition's CHECK constraint
+-- checks every row's tenant (PF401, PF403); its trigger refuses rows of a flow being deleted and adds
+-- the rows to record_count.
 -- copy_table is NULL where the caller may not COPY into the partition (on Citus): add_records then.
 create or replace function pyflows.begin_copy_records(p_import_id uuid)
 returns jsonb
@@ -297,8 +298,8 @@ $$;
 -- from 0 to 1,000,000; PF422 otherwise). Result: {flow_id, client_id, engagement_id, ids,
 -- copy_table}; the caller then, in the same transaction, runs COPY <copy_table> (client_id,
 -- engagement_id, id, flow_id, name, asset_type, hostname, ip_address, operating_system, attributes)
--- FROM STDIN, the n-th asset with the n-th id, and commits. The partition's triggers check every
--- row's tenant (PF403) and refuse rows of a flow being deleted. copy_table (and ids) are NULL where
+-- FROM STDIN, the n-th asset with the n-th id, and commits. The partition's CHECK constraint checks
+-- every row's tenant (PF401, PF403); its trigger refuses rows of a flow being deleted. copy_table (and ids) are NULL where
 -- the caller may not COPY into the partition (on Citus): add_assets then.
 create or replace function pyflows.begin_copy_assets(p_flow_id uuid, p_count integer)
 returns jsonb
