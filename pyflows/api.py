@@ -29,7 +29,7 @@ from psycopg.sql import SQL, Composed, Identifier
 from psycopg.types.json import Jsonb, set_json_loads
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
-from .errors import InvalidRequest, wrap_errors
+from .errors import FlowBusy, InvalidRequest, wrap_errors
 from .models import (
     AdminAuditEvent,
     AdminFlowRow,
@@ -377,7 +377,8 @@ def _load_dependencies(flow_id: uuid.UUID, edges: Iterable[Sequence[Any] | Mappi
 @contextlib.contextmanager
 def _batch_errors() -> Iterator[None]:
     """A batch that cannot be sent (a value JSON has no type for) or that PostgreSQL refuses as a value
-    (a NUL in a JSON string) is bad input like any other: InvalidRequest, and the transaction rolls back."""
+    (a NUL in a JSON string) or a row (a COPY's key) is bad input like any other: InvalidRequest, and the
+    transaction rolls back; a COPY's bounded lock wait that ran out is FlowBusy."""
     try:
         yield
     except TypeError as exc:
@@ -386,6 +387,9 @@ def _batch_errors() -> Iterator[None]:
         raise InvalidRequest(f"a row could not be read: {exc.diag.message_primary}") from exc
     except psycopg.errors.IntegrityError as exc:  # a COPY's row (the add_* calls raise PF422 themselves)
         raise InvalidRequest(f"a row was refused: {exc.diag.message_primary}") from exc
+    except psycopg.errors.LockNotAvailable as exc:  # a COPY's wait, bounded by begin_copy_* (PF423 for add_*)
+        raise FlowBusy(f"the load waited too long for rows another transaction holds: {exc.diag.message_primary}",
+                       hint="Try again once it has finished.") from exc
 
 
 def _rebatched(chunk: list[Any], rest: Iterator[list[Any]]) -> Iterator[list[Any]]:

@@ -265,6 +265,8 @@ $$;
 -- checks every row's tenant (PF401, PF403); its trigger refuses rows of a flow being deleted and adds
 -- the rows to record_count.
 -- copy_table is NULL where the caller may not COPY into the partition (on Citus): add_records then.
+-- The transaction's lock waits are bounded by pyflows.lock_timeout from here on, so that the COPY
+-- waits for rows another transaction holds (its import) at most that long: 55P03 then.
 create or replace function pyflows.begin_copy_records(p_import_id uuid)
 returns jsonb
 language plpgsql
@@ -280,6 +282,7 @@ declare
 begin
     perform pyflows._require_context();
     v_flow_id := pyflows._import_for_loading(p_import_id);
+    perform pyflows._bound_lock_waits();  -- for the COPY that follows, in this transaction
     select coalesce(max(r.row_number), 0) into v_last from pyflows.raw_import_records as r
      where r.client_id = c_client and r.engagement_id = c_engagement and r.import_id = p_import_id;
     select i.record_count into v_count from pyflows.data_imports as i
@@ -300,7 +303,8 @@ $$;
 -- engagement_id, id, flow_id, name, asset_type, hostname, ip_address, operating_system, attributes)
 -- FROM STDIN, the n-th asset with the n-th id, and commits. The partition's CHECK constraint checks
 -- every row's tenant (PF401, PF403); its trigger refuses rows of a flow being deleted. copy_table (and ids) are NULL where
--- the caller may not COPY into the partition (on Citus): add_assets then.
+-- the caller may not COPY into the partition (on Citus): add_assets then. Lock waits are bounded from
+-- here on, as in begin_copy_records.
 create or replace function pyflows.begin_copy_assets(p_flow_id uuid, p_count integer)
 returns jsonb
 language plpgsql
@@ -320,6 +324,7 @@ begin
             using errcode = 'PF422';
     end if;
     perform pyflows._flow_for_loading(p_flow_id);
+    perform pyflows._bound_lock_waits();  -- for the COPY that follows, in this transaction
     if v_copy then
         select coalesce(array_agg(pg_catalog.nextval(v_seq) order by g), '{}')
           into v_ids from pg_catalog.generate_series(1, p_count) as g;

@@ -316,3 +316,20 @@ def test_the_copy_pattern_for_assets_from_sql(owner: psycopg.Connection[Any], te
                          (target.flow_id,)).fetchone()[0]
     conn.commit()
     assert later > ids[-1]
+
+
+def test_a_copy_waits_for_rows_another_transaction_holds_only_as_long_as_the_bound(
+        api: ApiFactory, tenant_a: Tenant, owner: psycopg.Connection[Any], pyflows_dsn: str) -> None:
+    """The rows a COPY's keys lock (its import, KEY SHARE) held FOR UPDATE by another transaction: the
+    COPY waits pyflows.lock_timeout (200 ms by default), then FlowBusy (PF423), nothing written."""
+    flows = api(acting(tenant_a, "loader"))
+    started = flows.start_import("cmdb.csv", "file:///uploads/cmdb.csv", 10)
+    before = fingerprint(owner)
+    with psycopg.connect(pyflows_dsn) as holder:
+        holder.execute("set statement_timeout = '30s'")
+        holder.execute("select 1 from pyflows.data_imports where client_id = %s and id = %s for update",
+                       (tenant_a.client_id, started.import_id))
+        with pytest.raises(FlowBusy):
+            flows.copy_records(started.import_id, [{"n": 1}])
+        holder.rollback()
+    assert fingerprint(owner) == before
