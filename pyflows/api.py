@@ -482,20 +482,20 @@ class Flows:
             if tenant is not None:
                 cur.execute(query("set_context"), _context_params(tenant))
             if call.batches is not None:
-                rows, rest, copying = [], call.batches.chunks(COPY_ROWS), call.copy is not None
-                spec = call.copy
-                for chunk in rest if spec is not None else ():
-                    assert spec is not None
-                    cur.execute(query(spec.begin), {**call.params, "count": len(chunk)})
-                    opened = _opened(cur.fetchone())
-                    if opened is None:  # no COPY here: this batch and the rest as add_* calls
-                        rest, copying = _rebatched(chunk, rest), False
-                        break
-                    with _batch_errors(), cur.copy(spec.statement(opened)) as copy:
-                        for row in spec.rows(opened, chunk):
-                            copy.write_row(row)
-                    rows.append({"rows": spec.result(opened, len(chunk))})
-                if not copying:
+                rows, spec = [], call.copy
+                rest = call.batches.chunks(COPY_ROWS if spec is not None else None)
+                if spec is not None:
+                    for chunk in rest:
+                        cur.execute(query(spec.begin), {**call.params, "count": len(chunk)})
+                        opened = _opened(cur.fetchone())
+                        if opened is None:  # no COPY here: this batch and the rest as add_* calls
+                            rest, spec = _rebatched(chunk, rest), None
+                            break
+                        with _batch_errors(), cur.copy(spec.statement(opened)) as copy:
+                            for row in spec.rows(opened, chunk):
+                                copy.write_row(row)
+                        rows.append({"rows": spec.result(opened, len(chunk))})
+                if spec is None:
                     with _batch_errors():
                         cur.executemany(query(call.query), call.batches.params(call.params, rest), returning=True)
                     rows += _batch_results(cur)
@@ -706,21 +706,21 @@ class AsyncFlows:
                     if tenant is not None:
                         await cur.execute(query("set_context"), _context_params(tenant))
                     if call.batches is not None:
-                        rows, rest, copying = [], call.batches.chunks(COPY_ROWS), call.copy is not None
-                        spec = call.copy
-                        for chunk in rest if spec is not None else ():
-                            assert spec is not None
-                            await cur.execute(query(spec.begin), {**call.params, "count": len(chunk)})
-                            opened = _opened(await cur.fetchone())
-                            if opened is None:  # no COPY here: this batch and the rest as add_* calls
-                                rest, copying = _rebatched(chunk, rest), False
-                                break
-                            with _batch_errors():
-                                async with cur.copy(spec.statement(opened)) as copy:
-                                    for row in spec.rows(opened, chunk):
-                                        await copy.write_row(row)
-                            rows.append({"rows": spec.result(opened, len(chunk))})
-                        if not copying:
+                        rows, spec = [], call.copy
+                        rest = call.batches.chunks(COPY_ROWS if spec is not None else None)
+                        if spec is not None:
+                            for chunk in rest:
+                                await cur.execute(query(spec.begin), {**call.params, "count": len(chunk)})
+                                opened = _opened(await cur.fetchone())
+                                if opened is None:  # no COPY here: this batch and the rest as add_* calls
+                                    rest, spec = _rebatched(chunk, rest), None
+                                    break
+                                with _batch_errors():
+                                    async with cur.copy(spec.statement(opened)) as copy:
+                                        for row in spec.rows(opened, chunk):
+                                            await copy.write_row(row)
+                                rows.append({"rows": spec.result(opened, len(chunk))})
+                        if spec is None:
                             with _batch_errors():
                                 await cur.executemany(query(call.query), call.batches.params(call.params, rest),
                                                       returning=True)
