@@ -302,9 +302,9 @@ $$;
 -- copy_table}; the caller then, in the same transaction, runs COPY <copy_table> (client_id,
 -- engagement_id, id, flow_id, name, asset_type, hostname, ip_address, operating_system, attributes)
 -- FROM STDIN, the n-th asset with the n-th id, and commits. The partition's CHECK constraint checks
--- every row's tenant (PF401, PF403); its trigger refuses rows of a flow being deleted. copy_table (and ids) are NULL where
--- the caller may not COPY into the partition (on Citus): add_assets then. Lock waits are bounded from
--- here on, as in begin_copy_records.
+-- every row's tenant (PF401, PF403); its trigger refuses rows of a flow being deleted. copy_table
+-- (and ids) are NULL where the caller may not COPY into the partition (on Citus): add_assets then.
+-- Lock waits are bounded from here on, as in begin_copy_records.
 create or replace function pyflows.begin_copy_assets(p_flow_id uuid, p_count integer)
 returns jsonb
 language plpgsql
