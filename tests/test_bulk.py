@@ -333,3 +333,41 @@ def test_a_copy_waits_for_rows_another_transaction_holds_only_as_long_as_the_bou
             flows.copy_records(started.import_id, [{"n": 1}])
         holder.rollback()
     assert fingerprint(owner) == before
+
+
+def test_the_tenant_check_reads_each_statements_context(owner: psycopg.Connection[Any], tenant_a: Tenant,
+                                                         tenant_b: Tenant, pyflows_connect: Any,
+                                                         pyflows_citus: Any) -> None:
+    """The partitions' tenant CHECK reads the context once a statement (migration 0023), never once for a
+    plan or a session: one transaction that changes its context between statements writes each tenant's
+    rows through add_records (a function whose plans are cached) and a prepared INSERT, and a row of the
+    earlier tenant, COPYed after the change, is PF403."""
+    with owner.transaction():
+        a = write_flow_tree(owner, tenant_a, status="paused", assets=0, records=0)
+        b = write_flow_tree(owner, tenant_b, status="paused", assets=0, records=0)
+    conn = pyflows_connect("app")
+    insert = ("insert into pyflows.raw_import_records (client_id, engagement_id, import_id, row_number, data) "
+              "values (%s, %s, %s, %s, '{}')")
+    for n, (tenant, target) in enumerate(((tenant_a, a), (tenant_b, b), (tenant_a, a))):
+        bind(conn, acting(tenant, "loader"))
+        conn.execute("select pyflows.add_records(%s, '[1]')", (target.import_id,))
+        conn.execute(insert, (tenant.client_id, tenant.engagement_id, target.import_id, 100 + n), prepare=True)
+    conn.commit()
+    counts = dict(owner.execute("select import_id, count(*) from pyflows.raw_import_records where import_id in "
+                                "(%s, %s) group by 1", (a.import_id, b.import_id)).fetchall())
+    assert counts == {a.import_id: 4, b.import_id: 2}
+    if pyflows_citus is not None:
+        return  # no COPY into the partitions on Citus (docs/scale-out.md)
+    before = fingerprint(owner)
+    bind(conn, acting(tenant_a, "loader"))
+    row = (tenant_a.client_id, tenant_a.engagement_id, a.import_id, 1000, Jsonb({}))
+    columns = ("copy pyflows.raw_import_records_default (client_id, engagement_id, import_id, row_number, data) "
+               "from stdin")
+    with conn.cursor().copy(columns) as copy:
+        copy.write_row(row)
+    bind(conn, acting(tenant_b, "loader"))
+    with pytest.raises(psycopg.Error) as caught, conn.cursor().copy(columns) as copy:
+        copy.write_row(row)
+    assert caught.value.sqlstate == "PF403", caught.value
+    conn.rollback()
+    assert fingerprint(owner) == before

@@ -171,6 +171,30 @@ def test_policy_helpers_are_inlinable(owner: psycopg.Connection[Any]) -> None:
         assert (language, volatility, security_definer, config) == ("sql", "s", False, None), name
 
 
+
+def test_functions_that_fold_the_context_are_called_by_tenant_checks_alone(owner: psycopg.Connection[Any]) -> None:
+    """An IMMUTABLE function that reads the context is folded into the value it had when a statement was
+    prepared: what the partitions' tenant CHECK constraints want (they are prepared a statement at a time,
+    migration 0023), wrong wherever a plan outlives its statement (a function's cached plans, a prepared
+    statement, a view, a policy, an index) or the planner reasons with a constraint (a validated CHECK)."""
+    folding = dict(owner.execute("""
+        select p.oid, p.proname from pg_proc p
+         where p.pronamespace in ('pyflows'::regnamespace, 'pyflows_audit'::regnamespace) and p.provolatile = 'i'
+           and p.prosrc ~ 'current_setting|current_client_id|current_engagement_id|current_actor'""").fetchall())
+    assert sorted(folding.values()) == ["_statement_client_id", "_statement_engagement_id"]
+    users = owner.execute("""
+        select pg_describe_object(d.classid, d.objid, d.objsubid),
+               coalesce(k.contype = 'c' and not k.convalidated, false)
+          from pg_depend d left join pg_constraint k on d.classid = 'pg_constraint'::regclass and k.oid = d.objid
+         where d.refclassid = 'pg_proc'::regclass and d.refobjid = any(%s)""", (list(folding),)).fetchall()
+    assert users and all(unvalidated_check for _, unvalidated_check in users), users
+    callers = owner.execute("""
+        select p.oid::regprocedure::text from pg_proc p
+         where p.pronamespace in ('pyflows'::regnamespace, 'pyflows_audit'::regnamespace) and p.oid <> all(%s)
+           and exists (select from unnest(%s::text[]) n where strpos(p.prosrc, n) > 0)""",
+                            (list(folding), list(folding.values()))).fetchall()
+    assert callers == [("pyflows._check_partition_tenant(regclass)",)]  # which writes the constraints
+
 def test_policies_use_the_tenant_index_not_a_scan(owner: psycopg.Connection[Any],
                                                   make_tenant: Callable[..., Tenant]) -> None:
     tenant = make_tenant()
