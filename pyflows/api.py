@@ -335,11 +335,16 @@ ASSET_KEYS = ("name", "asset_type", "hostname", "ip_address", "operating_system"
 _ASSET_KEY_SET = frozenset(ASSET_KEYS)
 
 
+def _drawn_ids(opened: Mapping[str, Any]) -> list[int]:
+    """The ids begin_copy_assets drew, in order, from its [first, last] pairs."""
+    return [i for first, last in opened["id_ranges"] for i in range(first, last + 1)]
+
+
 def _asset_rows(opened: Mapping[str, Any], batch: list[Any]) -> Iterator[tuple[Any, ...]]:
     """A COPY batch's assets, each with its id as begin_copy_assets drew them, in order; checked as
     add_assets checks its batch (a mapping whose keys are among ASSET_KEYS; no attributes is {})."""
     client, engagement, flow_id = opened["client_id"], opened["engagement_id"], opened["flow_id"]
-    for asset_id, asset in zip(opened["ids"], batch, strict=True):
+    for asset_id, asset in zip(_drawn_ids(opened), batch, strict=True):
         try:
             keys = asset.keys()
         except AttributeError:
@@ -355,7 +360,7 @@ def _asset_rows(opened: Mapping[str, Any], batch: list[Any]) -> Iterator[tuple[A
 
 _COPY_ASSETS = _Copy(
     "begin_copy_assets", ("client_id", "engagement_id", "id", "flow_id", *ASSET_KEYS), _asset_rows,
-    lambda opened, sent: [{"ids": opened["ids"]}])
+    lambda opened, sent: [{"ids": _drawn_ids(opened)}])
 
 
 def _load_records(import_id: uuid.UUID, rows: Iterable[Any]) -> _Call[LoadResult]:

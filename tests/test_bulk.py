@@ -298,11 +298,12 @@ def test_the_copy_pattern_for_assets_from_sql(owner: psycopg.Connection[Any], te
     bind(conn, acting(tenant_a, "loader"))
     opened = conn.execute("select pyflows.begin_copy_assets(%s, 3)", (target.flow_id,)).fetchone()[0]
     if pyflows_citus is not None:
-        assert (opened["copy_table"], opened["ids"]) == (None, None)  # add_assets instead
+        assert (opened["copy_table"], opened["id_ranges"]) == (None, None)  # add_assets instead
         return
     assert opened["copy_table"] == "pyflows.assets_default"
-    ids = opened["ids"]
-    assert len(ids) == 3 and ids == sorted(ids)
+    [(first, last)] = opened["id_ranges"]  # one run: no other session drew ids meanwhile
+    ids = list(range(first, last + 1))
+    assert len(ids) == 3
     with conn.cursor().copy("copy pyflows.assets_default (client_id, engagement_id, id, flow_id, name, asset_type) "
                             "from stdin") as copy:
         for n, asset_id in enumerate(ids):
@@ -316,6 +317,16 @@ def test_the_copy_pattern_for_assets_from_sql(owner: psycopg.Connection[Any], te
                          (target.flow_id,)).fetchone()[0]
     conn.commit()
     assert later > ids[-1]
+
+
+
+@pytest.mark.parametrize(("ids", "ranges"), [
+    ([], []), ([7], [[7, 7]]), ([5, 6, 7], [[5, 7]]), ([5, 6, 7, 10, 12, 13], [[5, 7], [10, 10], [12, 13]]),
+    ([13, 5, 12, 6], [[5, 6], [12, 13]])])
+def test_ids_drawn_while_another_session_draws_come_back_as_their_runs(
+        owner: psycopg.Connection[Any], ids: list[int], ranges: list[list[int]]) -> None:
+    # begin_copy_assets answers one [first, last] pair for ids that are one run, and these otherwise.
+    assert owner.execute("select pyflows._id_ranges(%s::bigint[])", (ids,)).fetchone() == (ranges,)
 
 
 def test_a_copy_waits_for_rows_another_transaction_holds_only_as_long_as_the_bound(

@@ -98,6 +98,8 @@ def argument(world: World, name: str, type_: str) -> Any:
         return [world.a_flow, world.a_done_flow]
     if type_ == "bigint":
         return {"p_id": world.a_queue_id, "p_event": world.a_purge_event}.get(name, world.a_event)
+    if type_ == "bigint[]":
+        return [world.a_event, world.a_purge_event, world.a_queue_id]
     text_values = {"p_status": "paused", "p_phase": "data_import", "p_filter": "all", "p_table": "assets",
                    "p_storage_uri": "file:///tmp/probe.csv", "p_filename": "probe.csv"}
     scalar: dict[str, Any] = {
