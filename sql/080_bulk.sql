@@ -295,8 +295,8 @@ begin
 end;
 $$;
 
--- The runs of consecutive ids in p_ids, as [first, last] pairs in ascending order: how
--- begin_copy_assets answers the ids it drew when they are not one run.
+-- The runs of consecutive ids in p_ids (each id once, NULLs ignored), as [first, last] pairs in
+-- ascending order: how begin_copy_assets answers the ids it drew when they are not one run.
 create or replace function pyflows._id_ranges(p_ids bigint[])
 returns jsonb
 language sql
@@ -305,8 +305,8 @@ set search_path = pg_catalog, pyflows, pg_temp
 as $$
     select coalesce(jsonb_agg(jsonb_build_array(r.first, r.last) order by r.first), '[]')
       from (select min(i.id) as first, max(i.id) as last
-              from (select u.id, u.id - row_number() over (order by u.id) as run
-                      from unnest(p_ids) as u(id)) as i
+              from (select d.id, d.id::numeric - row_number() over (order by d.id) as run
+                      from (select distinct u.id from unnest(p_ids) as u(id) where u.id is not null) as d) as i
              group by i.run) as r
 $$;
 

@@ -322,7 +322,8 @@ def test_the_copy_pattern_for_assets_from_sql(owner: psycopg.Connection[Any], te
 
 @pytest.mark.parametrize(("ids", "ranges"), [
     ([], []), ([7], [[7, 7]]), ([5, 6, 7], [[5, 7]]), ([5, 6, 7, 10, 12, 13], [[5, 7], [10, 10], [12, 13]]),
-    ([13, 5, 12, 6], [[5, 6], [12, 13]])])
+    ([13, 5, 12, 6], [[5, 6], [12, 13]]), ([None, 3, 3, 4], [[3, 4]]), (None, []),
+    ([-2**63, 2**63 - 1], [[-2**63, -2**63], [2**63 - 1, 2**63 - 1]])])
 def test_ids_drawn_while_another_session_draws_come_back_as_their_runs(
         owner: psycopg.Connection[Any], ids: list[int], ranges: list[list[int]]) -> None:
     # begin_copy_assets answers one [first, last] pair for ids that are one run, and these otherwise.

@@ -46,6 +46,7 @@ def strategy_for(type_: str, own: dict[str, Any]) -> st.SearchStrategy[Any]:
         "uuid[]": st.one_of(st.none(), st.lists(st.one_of(st.none(), st.uuids(), ids), max_size=5),
                             st.just([uuid.uuid4() for _ in range(10_001)])),
         "bigint": st.one_of(st.none(), st.integers(-2**63, 2**63 - 1), st.sampled_from(own["events"] + [0, -1])),
+        "bigint[]": st.one_of(st.none(), st.lists(st.one_of(st.none(), st.integers(-2**63, 2**63 - 1)), max_size=5)),
         "integer": st.one_of(st.none(), st.integers(-2**31, 2**31 - 1), st.sampled_from([0, 1, -1, 10_001])),
         "boolean": st.one_of(st.none(), st.booleans()),
         "text": text,
