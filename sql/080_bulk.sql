@@ -353,8 +353,8 @@ begin
     return jsonb_build_object('flow_id', p_flow_id, 'client_id', c_client, 'engagement_id', c_engagement,
                               'id_ranges',
                               case when not v_copy then null
-                                   when p_count = 0 then '[]'::jsonb
                                    -- p_count distinct ids that span p_count values are one run
+                                   -- (none drawn: _id_ranges answers [])
                                    when v_last - v_first + 1 = p_count
                                    then jsonb_build_array(jsonb_build_array(v_first, v_last))
                                    else pyflows._id_ranges(v_ids) end,
