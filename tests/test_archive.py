@@ -45,26 +45,52 @@ def test_the_archive_has_the_columns_of_its_tenant_table(owner: psycopg.Connecti
     assert kind.fetchone() == ("v",)
 
 
+def live_rows(conn: psycopg.Connection[Any], tenant: Tenant) -> dict[str, list[tuple[Any, ...]]]:
+    """The client's rows of every table below the engagement, as text, in order."""
+    return {t: conn.execute(sql.SQL("select t::text from {} as t where client_id = %s order by 1").format(
+        sql.Identifier("pyflows", t)), (tenant.client_id,)).fetchall() for t in ARCHIVE[2:]}
+
+
+def assert_archived(conn: psycopg.Connection[Any], flow_id: Any, rows: dict[str, list[tuple[Any, ...]]]) -> None:
+    """The one event of the flow holds exactly these rows, one chunk a table, and counts them."""
+    event, deleted = conn.execute("select id, deleted from pyflows_audit.events where flow_id = %s",
+                                  (flow_id,)).fetchone()
+    for table, expected in rows.items():
+        archived = conn.execute(sql.SQL("select (row({}))::{}::text from {} as a where a.event_id = %s order by 1")
+                                .format(sql.SQL(", ").join(sql.Identifier("a", c) for c, _ in
+                                                           columns(conn, f"pyflows.{table}")),
+                                        sql.Identifier("pyflows", table), sql.Identifier("pyflows_audit", table)),
+                                (event,)).fetchall()
+        assert archived == expected, table
+        chunks = conn.execute(sql.SQL("select count(*), sum(row_count) from {} where event_id = %s").format(
+            sql.Identifier("pyflows_audit", f"{table}_chunks")), (event,)).fetchone()
+        assert chunks == (1, len(expected)) and deleted[table] == len(expected), table
+
+
 def test_archived_rows_are_the_deleted_rows(owner: psycopg.Connection[Any], tenant_a: Tenant) -> None:
     with owner.transaction():
         target = write_flow_tree(owner, tenant_a, status="paused", records=4, assets=5)
-    before = {t: owner.execute(sql.SQL("select t::text from {} as t where client_id = %s order by 1").format(
-        sql.Identifier("pyflows", t)), (tenant_a.client_id,)).fetchall() for t in ARCHIVE[2:]}
+    before = live_rows(owner, tenant_a)
     with owner.transaction():
         set_raw_context(owner, tenant_a)
         owner.execute("delete from pyflows.discovery_flows where id = %s", (target.flow_id,))
-    event, deleted = owner.execute("select id, deleted from pyflows_audit.events where flow_id = %s",
-                                   (target.flow_id,)).fetchone()
-    for table, rows in before.items():
-        archived = owner.execute(sql.SQL("select (row({}))::{}::text from {} as a where a.event_id = %s order by 1")
-                                 .format(sql.SQL(", ").join(sql.Identifier("a", c) for c, _ in
-                                                            columns(owner, f"pyflows.{table}")),
-                                         sql.Identifier("pyflows", table), sql.Identifier("pyflows_audit", table)),
-                                 (event,)).fetchall()
-        assert archived == rows, table
-        chunks = owner.execute(sql.SQL("select count(*), sum(row_count) from {} where event_id = %s").format(
-            sql.Identifier("pyflows_audit", f"{table}_chunks")), (event,)).fetchone()
-        assert chunks == (1, len(rows)) and deleted[table] == len(rows), table
+    assert_archived(owner, target.flow_id, before)
+
+
+def test_one_statement_over_two_clients_archives_each_clients_rows_under_an_event_of_its_own(
+        owner: psycopg.Connection[Any], tenant_a: Tenant, tenant_b: Tenant) -> None:
+    # A trigger whose rows are one client's writes them in one statement; rows of several clients go
+    # client by client (migration 0024): both must archive exactly what was deleted.
+    with owner.transaction():
+        a = write_flow_tree(owner, tenant_a, status="paused", records=3, assets=2)
+        b = write_flow_tree(owner, tenant_b, status="paused", records=4, assets=5)
+    before = {tenant.client_id: live_rows(owner, tenant) for tenant in (tenant_a, tenant_b)}
+    with owner.transaction():
+        owner.execute("delete from pyflows.discovery_flows where id = any(%s)", ([a.flow_id, b.flow_id],))
+    for tenant, target in ((tenant_a, a), (tenant_b, b)):
+        assert owner.execute("select action, client_id from pyflows_audit.events where flow_id = %s",
+                             (target.flow_id,)).fetchall() == [("sql.delete", tenant.client_id)]
+        assert_archived(owner, target.flow_id, before[tenant.client_id])
 
 
 def test_bulk_tables_chunk_by_blocks_of_ids_and_large_rows_alone(owner: psycopg.Connection[Any],
