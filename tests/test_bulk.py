@@ -319,7 +319,6 @@ def test_the_copy_pattern_for_assets_from_sql(owner: psycopg.Connection[Any], te
     assert later > ids[-1]
 
 
-
 @pytest.mark.parametrize(("ids", "ranges"), [
     ([], []), ([7], [[7, 7]]), ([5, 6, 7], [[5, 7]]), ([5, 6, 7, 10, 12, 13], [[5, 7], [10, 10], [12, 13]]),
     ([13, 5, 12, 6], [[5, 6], [12, 13]]), ([None, 3, 3, 4], [[3, 4]]), (None, []),
