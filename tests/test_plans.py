@@ -1,7 +1,8 @@
 """Work whose cost must not hang on the statistics. Foreign-key lookups read the right index: the plans,
 read on a freshly migrated database that has rows but no statistics (autovacuum off), for every foreign
 key, both ways. A large flow's impact counts the external edges from the smaller side: the index scans
-it starts, counted under statistics another tenant's larger flow dominates."""
+it starts, counted under statistics another tenant's larger flow dominates. A load's batch finds the
+import's last row by one index entry."""
 
 from __future__ import annotations
 
@@ -166,3 +167,27 @@ def test_a_large_flows_external_edges_are_counted_the_cheap_way_whatever_the_sta
         assert started >= 1200  # by the flow's asset ids: the source and target indexes, once an asset
     else:
         assert started <= 5, f"{started} index scans on the edges"
+
+
+@pytest.mark.parametrize("call", ["begin_copy_records(%s)", "add_records(%s, '[{\"Host\": \"h\"}]')"])
+def test_a_load_finds_the_imports_last_row_by_one_index_entry_without_statistics(
+        owner: psycopg.Connection[Any], tenant_a: Tenant, call: str) -> None:
+    """Each batch of a load numbers its rows after the import's last one: it reads one entry of the import's
+    key, not every row the import already has (max() did, on a table without statistics), and the next
+    number is still the last one's successor."""
+    load_without_statistics(owner, tenant_a, 3000)
+    imported = owner.execute("select import_id from pyflows.raw_import_records where client_id = %s "
+                             "group by 1 order by count(*) desc limit 1", (tenant_a.client_id,)).fetchone()[0]
+    # The index entries this transaction's scans of the records' import key returned so far.
+    read = "select pg_stat_get_xact_tuples_returned('pyflows.raw_import_records_default_import_row_key'::regclass)"
+    with owner.transaction(force_rollback=True):
+        set_raw_context(owner, tenant_a)
+        before = owner.execute(read).fetchone()[0]
+        answer = owner.execute(sql.SQL("select pyflows.{}").format(sql.SQL(call)), (imported,)).fetchone()[0]
+        assert owner.execute(read).fetchone()[0] - before <= 2
+        numbered = owner.execute("select max(row_number) from pyflows.raw_import_records where import_id = %s",
+                                 (imported,)).fetchone()[0]
+        if call.startswith("begin"):  # it answers the next number
+            assert (answer["next_row_number"], numbered) == (3001, 3000)
+        else:  # it gave that number to the row it loaded
+            assert (answer["loaded"], numbered) == (1, 3001)
