@@ -135,8 +135,8 @@ def build_flow(conn: Conn, client: uuid.UUID, engagement: uuid.UUID, assets: int
                      "where i.client_id = %(c)s and i.engagement_id = %(e)s and i.flow_id = %(f)s", ids)
         conn.execute("insert into pyflows.assets (client_id, engagement_id, flow_id, name, asset_type) "
                      "select %(c)s, %(e)s, %(f)s, 'h' || g, 'server' from generate_series(1, %(n)s) g", ids)
-    # Without fresh statistics the edges' foreign-key checks pick a plan that is quadratic here
-    # (docs/benchmarks.md); applications bulk-loading large flows should ANALYZE too.
+    # For the plan of the self-join below, which pairs each asset with the next. (The edges' own
+    # foreign-key checks read their index whatever the statistics: migration 0011.)
     conn.execute("analyze pyflows.assets")
     with conn.transaction():
         conn.execute("insert into pyflows.asset_dependencies (client_id, engagement_id, flow_id, source_asset_id, "

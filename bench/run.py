@@ -57,6 +57,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--suite", action="append", choices=SUITES, help="Run only this suite (repeatable).")
     p.add_argument("--runs", type=int, default=5, help="Repetitions of each timed variant.")
     p.add_argument("--assets", type=int, default=100_000, help="delete: assets of the flow (about 4 rows each).")
+    p.add_argument("--fresh-assets", type=_sizes, default=[25_000],
+                   help="delete: assets of further flows deleted as fresh copies too, comma-separated.")
+    p.add_argument("--fresh-runs", type=int, default=9, help="delete: fresh copies deleted by each variant, each size.")
     p.add_argument("--growth", type=_sizes, default=[2_500, 25_000, 250_000],
                    help="growth: assets per flow, comma-separated.")
     p.add_argument("--engagements", type=int, default=10_000, help="gate: engagements.")
@@ -97,7 +100,8 @@ def suites(args: argparse.Namespace, bench_dsn: str) -> dict[str, tuple[Callable
         return run
 
     return {
-        "delete": (lambda c: delete.run_delete(c, args.assets, args.runs), delete.markdown_delete),
+        "delete": (lambda c: delete.run_delete(c, args.assets, args.runs, args.fresh_assets, args.fresh_runs),
+                   delete.markdown_delete),
         "growth": (lambda c: delete.run_growth(c, args.growth, args.runs), delete.markdown_growth),
         "gate": (with_app(lambda c, a: gate.run(c, a, args.engagements, args.flows, args.list_calls)),
                  gate.markdown),

@@ -11,7 +11,8 @@ from bench import instructions, scale
 from bench import run as bench
 from pyflows.testing import CitusCluster, ServerInfo
 
-TINY = ["--runs", "1", "--assets", "50", "--growth", "10,40", "--engagements", "20", "--flows", "200",
+TINY = ["--runs", "1", "--assets", "50", "--fresh-assets", "20", "--fresh-runs", "2", "--growth", "10,40",
+        "--engagements", "20", "--flows", "200",
         "--list-calls", "10", "--clients", "3", "--contexts", "4", "--seconds", "1", "--purge-assets", "100",
         "--batch-rows", "60", "--batch-flows", "10", "--ids", "5,20", "--records", "300", "--ingest-assets", "40",
         "--race-clients", "4", "--race-seconds", "0.5", "--peer-assets", "20", "--http-calls", "8"]
@@ -34,8 +35,12 @@ def test_delete_suite_compares_every_variant_with_the_cascade(reports: dict[str,
     assert set(report["results"]) == {"unaudited", "delete_flow", "row_jsonb", "archive_write", "impact", "restore"}
     assert report["results"]["unaudited"]["ratio"] == pytest.approx(1.0)
     assert all(r["min"] > 0 for r in report["results"].values())
-    # Fresh copies: each run's delete_flow archived exactly the copy's rows (the suite checks), both timed.
-    assert {name: r["n"] for name, r in report["fresh"].items()} == {"unaudited": 1, "delete_flow": 1}
+    # Fresh copies of each size: each run's delete_flow archived exactly the copy's rows (the suite checks),
+    # both variants timed, in pairs.
+    assert [p["rows"] for p in report["fresh"]] == [20 + 2 * 19 + 20 + 4 + 1 + 1, report["rows"]]
+    for point in report["fresh"]:
+        assert {name: r["n"] for name, r in point["results"].items()} == {"unaudited": 2, "delete_flow": 2}
+        assert point["paired"] > 0
 
 
 def test_growth_measures_each_size(reports: dict[str, dict]) -> None:
