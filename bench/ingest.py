@@ -127,7 +127,9 @@ def insert_rows(conn: Conn, schema: str, name: str, rows: Sequence[Sequence[Any]
             conn.execute(statement, [v for row in chunk for v in row])
 
 
-def timed_alone(fn: Callable[[], Any]) -> tuple[float, Any]:
+def timed(owner: Conn, fn: Callable[[], Any]) -> tuple[float, Any]:
+    """Seconds fn took, and its value; started after a CHECKPOINT, so that it pays for no other load's pages."""
+    owner.execute("checkpoint")
     started = time.perf_counter()
     value = fn()
     return time.perf_counter() - started, value
@@ -138,8 +140,7 @@ def restore_once(owner: Conn, app: Conn, client: uuid.UUID, engagement: uuid.UUI
     """Delete the flow, then time restoring it; every loaded row must come back."""
     flows = Flows(app).tenant(client, engagement, "ingest")
     event = flows.delete(flow, "bench: restore beside loading", force=True).event_id
-    owner.execute("checkpoint")
-    seconds, restored = timed_alone(lambda: flows.restore(event))
+    seconds, restored = timed(owner, lambda: flows.restore(event))
     if {t: restored.restored.get(t) for t in loaded} != loaded:
         raise AssertionError(f"restore gave back {restored.restored}, the bulk path loaded {loaded}")
     return float(seconds)
@@ -152,17 +153,12 @@ def load_once(owner: Conn, app: Conn, variant: str, client: uuid.UUID, engagemen
     context = ("select pyflows.set_context(%s, %s, 'ingest')", (client, engagement))
     out: dict[str, float] = {}
     recs, items = records(n_records), assets(n_assets)
-
-    def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-        owner.execute("checkpoint")
-        return timed_alone(fn)
-
     if variant == "bulk":
         flows = Flows(app).tenant(client, engagement, "ingest")
-        out["raw_import_records"], _ = timed(lambda: flows.copy_records(imported, recs))
-        out["assets"], asset_ids = timed(lambda: flows.copy_assets(flow, items))
+        out["raw_import_records"], _ = timed(owner, lambda: flows.copy_records(imported, recs))
+        out["assets"], asset_ids = timed(owner, lambda: flows.copy_assets(flow, items))
         graph = edges(asset_ids)
-        out["asset_dependencies"], _ = timed(lambda: flows.copy_dependencies(flow, graph))
+        out["asset_dependencies"], _ = timed(owner, lambda: flows.copy_dependencies(flow, graph))
         out["restore"] = restore_once(owner, app, client, engagement, flow, {
             "raw_import_records": len(recs), "assets": len(items), "asset_dependencies": len(graph)})
         return out
@@ -175,9 +171,9 @@ def load_once(owner: Conn, app: Conn, variant: str, client: uuid.UUID, engagemen
         else:
             copy_rows(conn, schema, name, rows)
 
-    out["raw_import_records"], _ = timed(lambda: load("raw_import_records", (
+    out["raw_import_records"], _ = timed(owner, lambda: load("raw_import_records", (
         (client, engagement, imported, i, Jsonb(r)) for i, r in enumerate(recs, 1))))
-    out["assets"], _ = timed(lambda: load("assets", (
+    out["assets"], _ = timed(owner, lambda: load("assets", (
         (client, engagement, flow, a["name"], a["asset_type"], a["hostname"], Jsonb(a["attributes"])) for a in items)))
     with owner.transaction():
         owner.execute("select set_config('pyflows.client_id', %s, true), set_config('pyflows.engagement_id', %s, true)",
@@ -185,7 +181,7 @@ def load_once(owner: Conn, app: Conn, variant: str, client: uuid.UUID, engagemen
         asset_ids = [r[0] for r in owner.execute(sql.SQL("select id from {}.assets where flow_id = %s order by id")
                                                  .format(sql.Identifier(schema)), (flow,)).fetchall()]
     graph = [(client, engagement, flow, s, t, kind) for s, t, kind in edges(asset_ids)]
-    out["asset_dependencies"], _ = timed(lambda: load("asset_dependencies", graph))
+    out["asset_dependencies"], _ = timed(owner, lambda: load("asset_dependencies", graph))
     return out
 
 
