@@ -89,15 +89,22 @@ def _json_value(value: Any) -> str:
 _dumps = functools.partial(json.dumps, default=_json_value, ensure_ascii=False)
 
 
+def _json_rows(batch: list[Any]) -> dict[str, Any]:
+    """A batch as one JSON array (the ``rows`` parameter of add_records, add_mappings and add_assets)."""
+    return {"rows": Jsonb(batch, dumps=_dumps)}
+
+
 @dataclass(frozen=True)
 class _Batches:
-    """Rows for the bulk path: sent as JSON arrays of at most BATCH_ROWS rows, one add_* call each, with
+    """Rows for the bulk path: sent in batches of at most BATCH_ROWS rows, one add_* call each (each batch's
+    parameters made by ``encode``: one JSON array unless the call takes arrays of columns), with
     psycopg's executemany, which pipelines them: the client encodes a batch while the server inserts
     the one before, all in the call's one transaction (PostgreSQL refuses COPY into a table with
     row-level security; sql/080_bulk.sql). Always at least one call, so that an empty load is checked
     like any other. The call's ``build`` gets one row per batch, ``{"rows": <that call's rows>}``."""
 
     rows: Iterable[Any]
+    encode: Callable[[list[Any]], dict[str, Any]] = _json_rows
 
     def chunks(self, size: int | None = None) -> Iterator[list[Any]]:
         """The rows, ``size`` (BATCH_ROWS) at a time; at least one list (maybe empty)."""
@@ -111,7 +118,7 @@ class _Batches:
 
     def params(self, fixed: Mapping[str, Any], chunks: Iterable[list[Any]]) -> Iterator[dict[str, Any]]:
         for batch in chunks:
-            yield {**fixed, "rows": Jsonb(batch, dumps=_dumps)}
+            yield {**fixed, **self.encode(batch)}
 
 
 @dataclass(frozen=True)
@@ -310,14 +317,32 @@ def _in_order(batches: Rows) -> list[int]:
     return ids
 
 
-def _edge(edge: Sequence[Any] | Mapping[str, Any]) -> Any:
-    """An edge as add_dependencies takes it: a mapping as it is, a (source, target, type) sequence as one."""
+def _edge(edge: Sequence[Any] | Mapping[str, Any]) -> tuple[Any, ...]:
+    """An edge as (source_asset_id, target_asset_id, dependency_type), from that sequence or a mapping with
+    those keys: two asset ids (int) and a type (str), checked here because they are sent as arrays,
+    where a float would be rounded to an id. A value missing (None, or a key left out) is NULL, which
+    the load refuses; anything else is InvalidRequest."""
     if isinstance(edge, Mapping):
-        return edge
-    values = tuple(edge)
-    if len(values) != len(EDGE_KEYS):
-        raise InvalidRequest(f"an edge is (source_asset_id, target_asset_id, dependency_type), got {values!r}")
-    return dict(zip(EDGE_KEYS, values, strict=True))
+        unknown = sorted(str(k) for k in edge if k not in EDGE_KEYS)
+        if unknown:
+            raise InvalidRequest(f"an edge has unknown keys: {', '.join(unknown)} (it takes {', '.join(EDGE_KEYS)})")
+        values = tuple(edge.get(k) for k in EDGE_KEYS)
+    else:
+        values = tuple(edge)
+    if len(values) != len(EDGE_KEYS) or not (_asset_id(values[0]) and _asset_id(values[1])
+                                             and (values[2] is None or isinstance(values[2], str))):
+        raise InvalidRequest("an edge is (source_asset_id, target_asset_id, dependency_type): two asset ids "
+                             f"(integers) and a type (text), got {values!r}")
+    return values
+
+
+def _asset_id(value: Any) -> bool:
+    return value is None or (isinstance(value, int) and not isinstance(value, bool))
+
+
+def _edge_columns(batch: list[tuple[Any, ...]]) -> dict[str, Any]:
+    """A batch of edges as the three arrays add_dependencies takes (sent in binary: no JSON to parse)."""
+    return {"sources": [e[0] for e in batch], "targets": [e[1] for e in batch], "types": [e[2] for e in batch]}
 
 
 def _record_rows(opened: Mapping[str, Any], batch: list[Any]) -> Iterator[tuple[Any, ...]]:
@@ -376,7 +401,8 @@ def _load_assets(flow_id: uuid.UUID, assets: Iterable[Mapping[str, Any]]) -> _Ca
 
 
 def _load_dependencies(flow_id: uuid.UUID, edges: Iterable[Sequence[Any] | Mapping[str, Any]]) -> _Call[LoadResult]:
-    return _Call("add_dependencies", {"flow_id": flow_id}, _loaded, batches=_Batches(map(_edge, edges)))
+    return _Call("add_dependencies", {"flow_id": flow_id}, _loaded,
+                 batches=_Batches(map(_edge, edges), _edge_columns))
 
 
 @contextlib.contextmanager

@@ -245,7 +245,9 @@ select coalesce(array_agg(a.asset_id order by a.ord), '{}') as ids
 select pyflows.begin_copy_assets(p_flow_id => %(flow_id)s, p_count => %(count)s)
 
 -- name: add_dependencies
-select pyflows.add_dependencies(p_flow_id => %(flow_id)s, p_edges => %(rows)s)
+-- The edges as three arrays, sent in PostgreSQL's binary format: nothing for the server to parse.
+select pyflows.add_dependencies(p_flow_id => %(flow_id)s, p_source_asset_ids => %(sources)b::bigint[],
+                                p_target_asset_ids => %(targets)b::bigint[], p_dependency_types => %(types)b::text[])
 
 -- name: add_client
 select pyflows.add_client(p_name => %(name)s, p_client_id => %(client_id)s)

@@ -544,11 +544,39 @@ begin
 end;
 $$;
 
--- The dependency edges of a flow, from the staging table p_stage or, when it is NULL, the JSON array
--- p_rows (source_asset_id, target_asset_id, dependency_type): ids of assets of the context (this
--- flow's or another flow's). Result: {flow_id, loaded}. The body of load_dependencies and
--- add_dependencies.
-create or replace function pyflows._load_dependencies(p_flow_id uuid, p_stage text, p_rows jsonb)
+-- The edges of an add_dependencies call given as arrays, checked: none NULL, each of one dimension (or
+-- empty), all three of one length (an edge a position). PF422 otherwise.
+create or replace function pyflows._edge_arrays(p_sources bigint[], p_targets bigint[], p_types text[])
+returns void
+language plpgsql
+immutable
+set search_path = pg_catalog, pyflows, pg_temp
+as $$
+begin
+    if p_sources is null or p_targets is null or p_types is null then
+        raise exception 'edges as arrays need all three: source_asset_ids, target_asset_ids, dependency_types'
+            using errcode = 'PF422';
+    end if;
+    if coalesce(pg_catalog.array_ndims(p_sources), 1) <> 1 or coalesce(pg_catalog.array_ndims(p_targets), 1) <> 1
+       or coalesce(pg_catalog.array_ndims(p_types), 1) <> 1 then
+        raise exception 'the arrays of edges must have one dimension' using errcode = 'PF422';
+    end if;
+    if pg_catalog.cardinality(p_targets) <> pg_catalog.cardinality(p_sources)
+       or pg_catalog.cardinality(p_types) <> pg_catalog.cardinality(p_sources) then
+        raise exception 'the arrays of edges must be of one length (got %, %, %)', pg_catalog.cardinality(p_sources),
+            pg_catalog.cardinality(p_targets), pg_catalog.cardinality(p_types)
+            using errcode = 'PF422', hint = 'Position n of each array is edge n.';
+    end if;
+end;
+$$;
+
+drop function if exists pyflows._load_dependencies(uuid, text, jsonb);
+-- The dependency edges of a flow, from the staging table p_stage, the JSON array p_rows (when p_stage is
+-- NULL) or, with p_arrays, the arrays p_sources, p_targets, p_types (checked by _edge_arrays; edge n
+-- at position n of each): ids of assets of the context (this flow's or another flow's) and the edge's
+-- type. Result: {flow_id, loaded}. The body of load_dependencies and both add_dependencies.
+create or replace function pyflows._load_dependencies(p_flow_id uuid, p_stage text, p_rows jsonb, p_arrays boolean,
+                                                      p_sources bigint[], p_targets bigint[], p_types text[])
 returns jsonb
 language plpgsql
 set search_path = pg_catalog, pyflows, pg_temp
@@ -560,13 +588,24 @@ declare
     v_message    text;
     v_constraint text;
     v_stage      regclass;
+    v_from       text;
     v_wait       text;
 begin
     perform pyflows._require_context();
     perform pyflows._flow_for_loading(p_flow_id);
-    v_stage := pyflows._stage_or_batch(
-        p_stage, array['source_asset_id bigint', 'target_asset_id bigint', 'dependency_type text'],
-        p_rows, array['source_asset_id', 'target_asset_id', 'dependency_type']);
+    if p_arrays then
+        perform pyflows._edge_arrays(p_sources, p_targets, p_types);
+        v_from := 'rows from (pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8)) '
+                  'as s(source_asset_id, target_asset_id, dependency_type)';
+    else
+        v_stage := pyflows._stage_or_batch(
+            p_stage, array['source_asset_id bigint', 'target_asset_id bigint', 'dependency_type text'],
+            p_rows, array['source_asset_id', 'target_asset_id', 'dependency_type']);
+        v_from := case when v_stage is null
+                       then 'pg_catalog.jsonb_to_recordset($5) as s(source_asset_id bigint, '
+                            'target_asset_id bigint, dependency_type text)'
+                       else format('%s as s', v_stage) end;
+    end if;
     v_wait := pyflows._bound_lock_waits();
     begin
         execute format('with inserted as (
@@ -574,12 +613,8 @@ begin
                                                                     source_asset_id, target_asset_id, dependency_type)
                             select $1, $2, $3, s.source_asset_id, s.target_asset_id, s.dependency_type from %s
                             returning 1)
-                        select count(*) from inserted',
-                       case when v_stage is null
-                            then 'pg_catalog.jsonb_to_recordset($5) as s(source_asset_id bigint, '
-                                 'target_asset_id bigint, dependency_type text)'
-                            else format('%s as s', v_stage) end)
-          using c_client, c_engagement, p_flow_id, null::bigint, p_rows
+                        select count(*) from inserted', v_from)
+          using c_client, c_engagement, p_flow_id, null::bigint, p_rows, p_sources, p_targets, p_types
           into v_n;
     exception when not_null_violation or check_violation or unique_violation or foreign_key_violation
                    or data_exception then
@@ -603,7 +638,7 @@ language plpgsql
 set search_path = pg_catalog, pyflows, pg_temp
 as $$
 begin
-    return pyflows._load_dependencies(p_flow_id, p_stage, null);
+    return pyflows._load_dependencies(p_flow_id, p_stage, null, false, null, null, null);
 end;
 $$;
 
@@ -615,7 +650,24 @@ language plpgsql
 set search_path = pg_catalog, pyflows, pg_temp
 as $$
 begin
-    return pyflows._load_dependencies(p_flow_id, null, coalesce(p_edges, 'null'));
+    return pyflows._load_dependencies(p_flow_id, null, coalesce(p_edges, 'null'), false, null, null, null);
+end;
+$$;
+
+-- The dependency edges of a flow from three arrays, edge n at position n of each: its source asset's
+-- id, its target asset's id and its type (all three of one length; PF422 otherwise). The same load as
+-- add_dependencies(p_flow_id, p_edges) without JSON: a worker that can send arrays (in PostgreSQL's
+-- binary format, where its driver can) spares the server parsing a JSON batch. Result: as
+-- load_dependencies.
+create or replace function pyflows.add_dependencies(p_flow_id uuid, p_source_asset_ids bigint[],
+                                                    p_target_asset_ids bigint[], p_dependency_types text[])
+returns jsonb
+language plpgsql
+set search_path = pg_catalog, pyflows, pg_temp
+as $$
+begin
+    return pyflows._load_dependencies(p_flow_id, null, null, true, p_source_asset_ids, p_target_asset_ids,
+                                      p_dependency_types);
 end;
 $$;
 
@@ -623,7 +675,9 @@ revoke all on function pyflows._stage(text, text[]), pyflows._batch(jsonb, text[
     pyflows._stage_or_batch(text, text[], jsonb, text[]), pyflows._flow_for_loading(uuid),
     pyflows._import_for_loading(uuid), pyflows._refuse_rows(text, text, text), pyflows._last_row_number(uuid),
     pyflows._load_records(uuid, text, jsonb), pyflows._load_mappings(uuid, text, jsonb),
-    pyflows._load_assets(uuid, text, jsonb), pyflows._load_dependencies(uuid, text, jsonb),
+    pyflows._load_assets(uuid, text, jsonb),
+    pyflows._load_dependencies(uuid, text, jsonb, boolean, bigint[], bigint[], text[]),
+    pyflows._edge_arrays(bigint[], bigint[], text[]), pyflows.add_dependencies(uuid, bigint[], bigint[], text[]),
     pyflows.load_records(uuid, text), pyflows.load_mappings(uuid, text), pyflows.load_assets(uuid, text),
     pyflows.load_dependencies(uuid, text), pyflows.add_records(uuid, jsonb), pyflows.add_mappings(uuid, jsonb),
     pyflows.add_assets(uuid, jsonb), pyflows.add_dependencies(uuid, jsonb), pyflows.begin_copy_records(uuid),
@@ -634,7 +688,9 @@ grant execute on function pyflows._stage(text, text[]), pyflows._batch(jsonb, te
     pyflows._stage_or_batch(text, text[], jsonb, text[]), pyflows._flow_for_loading(uuid),
     pyflows._import_for_loading(uuid), pyflows._refuse_rows(text, text, text), pyflows._last_row_number(uuid),
     pyflows._load_records(uuid, text, jsonb), pyflows._load_mappings(uuid, text, jsonb),
-    pyflows._load_assets(uuid, text, jsonb), pyflows._load_dependencies(uuid, text, jsonb),
+    pyflows._load_assets(uuid, text, jsonb),
+    pyflows._load_dependencies(uuid, text, jsonb, boolean, bigint[], bigint[], text[]),
+    pyflows._edge_arrays(bigint[], bigint[], text[]), pyflows.add_dependencies(uuid, bigint[], bigint[], text[]),
     pyflows.load_records(uuid, text), pyflows.load_mappings(uuid, text), pyflows.load_assets(uuid, text),
     pyflows.load_dependencies(uuid, text), pyflows.add_records(uuid, jsonb), pyflows.add_mappings(uuid, jsonb),
     pyflows.add_assets(uuid, jsonb), pyflows.add_dependencies(uuid, jsonb), pyflows.begin_copy_records(uuid),

@@ -78,6 +78,15 @@ def test_a_bad_row_loads_nothing_and_says_why(api: ApiFactory, tenant_a: Tenant,
         lambda: flows.copy_mappings(started.import_id, [{"source_field": "Host", "confidence": 7}]),
         lambda: flows.copy_dependencies(started.flow_id, [(ids[0], 999_999_999, "network")]),
         lambda: flows.copy_dependencies(started.flow_id, [(ids[0], ids[1], "network"), (ids[0], ids[1], "network")]),
+        # Edges go as arrays of ids: a float that would round to an asset's id, a bool, a type that is not
+        # text, a key that names no column, a bad edge in the second batch.
+        lambda: flows.copy_dependencies(started.flow_id, [(ids[0], ids[1] + 0.25, "network")]),
+        lambda: flows.copy_dependencies(started.flow_id, [(ids[0], True, "network")]),
+        lambda: flows.copy_dependencies(started.flow_id, [(ids[0], ids[1], 7)]),
+        lambda: flows.copy_dependencies(started.flow_id, [{"source_asset_id": ids[0], "target_asset_id": ids[1],
+                                                           "dependency_type": "network", "weight": 2}]),
+        lambda: flows.copy_dependencies(started.flow_id, [(ids[0], ids[1], f"t{n}") for n in range(5)]
+                                        + [(ids[0], ids[1], None)]),
         lambda: flows.copy_records(started.import_id, [{"ok": 1}, "a NUL \x00 has no place in jsonb"]),
         lambda: flows.copy_assets(started.flow_id, [{"name": "x", "asset_type": "server", "ip_address": "nope"}]),
         lambda: flows.copy_assets(started.flow_id, [("x", "server")]),  # not a mapping
@@ -201,7 +210,8 @@ def test_values_json_has_no_type_for(api: ApiFactory, tenant_a: Tenant, owner: p
 
 
 def test_the_batch_pattern_from_sql(owner: psycopg.Connection[Any], tenant_a: Tenant, pyflows_connect: Any) -> None:
-    # What a backend in any language does without a staging table: one JSON array a call.
+    # What a backend in any language does without a staging table: one JSON array a call (for edges, or
+    # three arrays).
     with owner.transaction():
         target = write_flow_tree(owner, tenant_a, status="paused", assets=0, records=0)
     conn = pyflows_connect("app")
@@ -215,6 +225,13 @@ def test_the_batch_pattern_from_sql(owner: psycopg.Connection[Any], tenant_a: Te
     edges = conn.execute("select pyflows.add_dependencies(%s, %s)", (target.flow_id, Jsonb(
         [{"source_asset_id": ids[0][1], "target_asset_id": ids[1][1], "dependency_type": "network"}]))).fetchone()[0]
     assert edges["loaded"] == 1
+    # Or the edges as three arrays, edge n at position n of each.
+    edges = conn.execute("select pyflows.add_dependencies(%s, %s, %s, %s)", (
+        target.flow_id, [ids[1][1], ids[2][1]], [ids[2][1], ids[0][1]], ["network", "database"])).fetchone()[0]
+    assert edges["loaded"] == 2
+    assert conn.execute("select array_agg(array[source_asset_id, target_asset_id] order by id) "
+                        "from pyflows.asset_dependencies where flow_id = %s", (target.flow_id,)).fetchone()[0] == [
+        [ids[0][1], ids[1][1]], [ids[1][1], ids[2][1]], [ids[2][1], ids[0][1]]]
     conn.commit()
     before = fingerprint(owner)
     bind(conn, acting(tenant_a, "loader"))
@@ -227,6 +244,20 @@ def test_the_batch_pattern_from_sql(owner: psycopg.Connection[Any], tenant_a: Te
             conn.execute(sql.SQL("select * from pyflows.{}(%s, %s::jsonb)").format(sql.Identifier(call)),
                          (target_id, batch))
         assert caught.value.sqlstate == "PF422", (call, batch)
+        conn.rollback()
+        bind(conn, acting(tenant_a, "loader"))
+    a, b = ids[0][1], ids[1][1]
+    for sources, targets, types, says in (
+            (None, [b], ["network"], "need all three"),
+            ([a], [b], None, "need all three"),
+            ([a, a], [b], ["network", "x"], "of one length (got 2, 1, 2)"),
+            ([[a]], [[b]], [["network"]], "one dimension"),
+            ([a], [a], ["network"], "asset_dependencies_not_self"),
+            ([a], [b], [None], "not-null")):
+        with pytest.raises(psycopg.Error) as caught:
+            conn.execute("select pyflows.add_dependencies(%s, %s::bigint[], %s::bigint[], %s::text[])",
+                         (target.flow_id, sources, targets, types))
+        assert (caught.value.sqlstate, says in str(caught.value)) == ("PF422", True), (sources, targets, types)
         conn.rollback()
         bind(conn, acting(tenant_a, "loader"))
     assert fingerprint(owner) == before
