@@ -4,8 +4,8 @@ Each table's rows are loaded five ways, interleaved, each into a flow (and impor
 
 - ``bulk``: the bulk path (``TenantFlows.copy_records``/``copy_assets``/``copy_dependencies``), as the app
   login: records and assets by COPY into the partitions that take it (migrations 0021, 0022; a
-  ``begin_copy_*`` call and a COPY a batch of ``COPY_ROWS``, 100,000), edges in batches of rows as JSON arrays, one
-  ``add_dependencies`` call each, pipelined, inserted under RLS;
+  ``begin_copy_*`` call and a COPY a batch of ``COPY_ROWS``, 100,000), edges in batches of 10,000, each as three
+  arrays in binary, one ``add_dependencies`` call each, pipelined, inserted under RLS;
 - ``insert``: plain multi-row INSERTs of 1,000 rows a statement, as the app login;
 - ``keys (copy)`` and ``keys (insert)``: the same rows by COPY and by the same INSERTs into copies of
   the tables that keep only their keys, indexes and foreign keys (what a team would keep anyway: no
