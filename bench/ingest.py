@@ -1,6 +1,6 @@
 """Loading a flow: raw records, assets and dependency edges, as an application login under RLS.
 
-Each table's rows are loaded five ways, interleaved, each into a flow (and import) of its own:
+Each table's rows are loaded five ways, each into a flow (and import) of its own:
 
 - ``bulk``: the bulk path (``TenantFlows.copy_records``/``copy_assets``/``copy_dependencies``), as the app
   login: records and assets by COPY into the partitions that take it (migrations 0021, 0022; a
@@ -13,13 +13,17 @@ Each table's rows are loaded five ways, interleaved, each into a flow (and impor
 - ``plain copy``: COPY into copies with no index or key at all: the floor.
 
 Every round runs twice: on a database migrated for the suite whose tables have no statistics
-(autovacuum off: a new install, or rows loaded inside one transaction), then after ANALYZE. The
-result is each table's time per variant and the ratios bulk / keys (copy) and insert / keys (insert).
+(autovacuum off: a new install, or rows loaded inside one transaction), then after ANALYZE.
 
-Each variant starts from the same state: before its flow, the database is VACUUMed (without ANALYZE,
-so the first round keeps no statistics), which clears the rows the previous restore's delete left dead
-in pyflows' tables (the copies have none), and before each timed load a CHECKPOINT writes out what the
-loads before it left dirty, so that no load pays for another's pages.
+A run loads the raw records of all five variants, then their assets, then their edges, each load right
+after the one it is compared with (bulk beside keys (copy), insert beside keys (insert)), and which of
+a pair goes first swaps from one run to the next. On a shared machine the same load's time drifts by
+15-25 % over the minutes of a run; so each run's ratio is taken between two loads made side by side,
+and the result is the median of those ratios (and the medians of the times). Each run starts on a
+VACUUMed database (without ANALYZE, so that the first round keeps no statistics), which clears the
+rows the previous run's delete left dead in pyflows' tables (the copies have none), and each timed
+load after a CHECKPOINT, which writes out what the loads before it left dirty, so that no load pays
+for another's pages.
 
 Side by side with loading, restoring: each flow the bulk path loaded is deleted (``delete_flow``,
 not timed) and put back by ``restore_flow`` (timed, as the app login), and the restore's time is
@@ -28,9 +32,11 @@ set beside the time the bulk path took to load that very flow; the restore must 
 
 from __future__ import annotations
 
+import statistics
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -42,6 +48,10 @@ from pyflows.api import Flows
 from .common import Conn, app_dsn, ensure_tenant, scratch_database, table, tenant
 
 VARIANTS = ("bulk", "insert", "keys (copy)", "keys (insert)", "plain copy")
+SCHEMA = {"bulk": "pyflows", "insert": "pyflows", "plain copy": "bench_plain"}  # the others: bench_keys
+BASE = {"bulk": "keys (copy)", "keys (copy)": "keys (copy)", "plain copy": "keys (copy)", "insert": "keys (insert)",
+        "keys (insert)": "keys (insert)"}  # what each variant is compared with
+NAMES = ("raw_import_records", "assets", "asset_dependencies")
 COPIED = ("discovery_flows", "data_imports", "raw_import_records", "assets", "asset_dependencies")
 COLUMNS = {
     "raw_import_records": ("client_id", "engagement_id", "import_id", "row_number", "data"),
@@ -127,11 +137,12 @@ def insert_rows(conn: Conn, schema: str, name: str, rows: Sequence[Sequence[Any]
             conn.execute(statement, [v for row in chunk for v in row])
 
 
-def timed(owner: Conn, fn: Callable[[], Any]) -> tuple[float, Any]:
-    """Seconds fn took, and its value; started after a CHECKPOINT, so that it pays for no other load's pages."""
+def timed(owner: Conn, fn: Callable[..., Any], *args: Any) -> tuple[float, Any]:
+    """Seconds fn(*args) took, and its value; started after a CHECKPOINT, so that it pays for no other load's
+    pages."""
     owner.execute("checkpoint")
     started = time.perf_counter()
-    value = fn()
+    value = fn(*args)
     return time.perf_counter() - started, value
 
 
@@ -140,54 +151,79 @@ def restore_once(owner: Conn, app: Conn, client: uuid.UUID, engagement: uuid.UUI
     """Delete the flow, then time restoring it; every loaded row must come back."""
     flows = Flows(app).tenant(client, engagement, "ingest")
     event = flows.delete(flow, "bench: restore beside loading", force=True).event_id
-    seconds, restored = timed(owner, lambda: flows.restore(event))
+    seconds, restored = timed(owner, flows.restore, event)
     if {t: restored.restored.get(t) for t in loaded} != loaded:
         raise AssertionError(f"restore gave back {restored.restored}, the bulk path loaded {loaded}")
     return float(seconds)
 
 
-def load_once(owner: Conn, app: Conn, variant: str, client: uuid.UUID, engagement: uuid.UUID,
-              n_records: int, n_assets: int) -> dict[str, float]:
-    schema = {"bulk": "pyflows", "insert": "pyflows", "plain copy": "bench_plain"}.get(variant, "bench_keys")
-    flow, imported = new_flow(owner, client, engagement, schema)
-    context = ("select pyflows.set_context(%s, %s, 'ingest')", (client, engagement))
-    out: dict[str, float] = {}
-    recs, items = records(n_records), assets(n_assets)
-    if variant == "bulk":
-        flows = Flows(app).tenant(client, engagement, "ingest")
-        out["raw_import_records"], _ = timed(owner, lambda: flows.copy_records(imported, recs))
-        out["assets"], asset_ids = timed(owner, lambda: flows.copy_assets(flow, items))
-        graph = edges(asset_ids)
-        out["asset_dependencies"], _ = timed(owner, lambda: flows.copy_dependencies(flow, graph))
-        out["restore"] = restore_once(owner, app, client, engagement, flow, {
-            "raw_import_records": len(recs), "assets": len(items), "asset_dependencies": len(graph)})
-        return out
-    conn = app if variant == "insert" else owner
+@dataclass
+class Target:
+    """One variant's flow and import in a run, and how that variant loads a table into them."""
 
-    def load(name: str, rows: Iterable[Sequence[Any]]) -> None:
+    variant: str
+    client: uuid.UUID
+    engagement: uuid.UUID
+    flow: uuid.UUID
+    imported: uuid.UUID
+
+    @property
+    def schema(self) -> str:
+        return SCHEMA.get(self.variant, "bench_keys")
+
+    def load(self, owner: Conn, app: Conn, name: str, rows: list[Any]) -> Any:
+        """Load rows (records' data, assets' dicts or edges' (source, target, type)) into table name; the
+        bulk path answers what its call answers (the assets' ids), the others nothing."""
+        if self.variant == "bulk":
+            flows = Flows(app).tenant(self.client, self.engagement, "ingest")
+            return {"raw_import_records": lambda: flows.copy_records(self.imported, rows),
+                    "assets": lambda: flows.copy_assets(self.flow, rows),
+                    "asset_dependencies": lambda: flows.copy_dependencies(self.flow, rows)}[name]()
+        c, e = self.client, self.engagement
         # The rows are made as they are sent, as the bulk path makes its staged rows.
-        if variant in ("insert", "keys (insert)"):
-            insert_rows(conn, schema, name, list(rows), *(context if variant == "insert" else (None, ())))
+        made: Iterable[Sequence[Any]] = {
+            "raw_import_records": lambda: ((c, e, self.imported, i, Jsonb(r)) for i, r in enumerate(rows, 1)),
+            "assets": lambda: ((c, e, self.flow, a["name"], a["asset_type"], a["hostname"], Jsonb(a["attributes"]))
+                               for a in rows),
+            "asset_dependencies": lambda: ((c, e, self.flow, s, t, kind) for s, t, kind in rows)}[name]()
+        if self.variant == "insert":
+            insert_rows(app, self.schema, name, list(made), "select pyflows.set_context(%s, %s, 'ingest')", (c, e))
+        elif self.variant == "keys (insert)":
+            insert_rows(owner, self.schema, name, list(made))
         else:
-            copy_rows(conn, schema, name, rows)
+            copy_rows(owner, self.schema, name, made)
+        return None
 
-    out["raw_import_records"], _ = timed(owner, lambda: load("raw_import_records", (
-        (client, engagement, imported, i, Jsonb(r)) for i, r in enumerate(recs, 1))))
-    out["assets"], _ = timed(owner, lambda: load("assets", (
-        (client, engagement, flow, a["name"], a["asset_type"], a["hostname"], Jsonb(a["attributes"])) for a in items)))
-    with owner.transaction():
-        owner.execute("select set_config('pyflows.client_id', %s, true), set_config('pyflows.engagement_id', %s, true)",
-                      (str(client), str(engagement)))
-        asset_ids = [r[0] for r in owner.execute(sql.SQL("select id from {}.assets where flow_id = %s order by id")
-                                                 .format(sql.Identifier(schema)), (flow,)).fetchall()]
-    graph = [(client, engagement, flow, s, t, kind) for s, t, kind in edges(asset_ids)]
-    out["asset_dependencies"], _ = timed(owner, lambda: load("asset_dependencies", graph))
+    def asset_ids(self, owner: Conn) -> list[int]:
+        with owner.transaction():
+            owner.execute("select set_config('pyflows.client_id', %s, true), "
+                          "set_config('pyflows.engagement_id', %s, true)", (str(self.client), str(self.engagement)))
+            return [r[0] for r in owner.execute(sql.SQL("select id from {}.assets where flow_id = %s order by id")
+                                                .format(sql.Identifier(self.schema)), (self.flow,)).fetchall()]
+
+
+def run_once(owner: Conn, app: Conn, targets: list[Target], n_records: int,
+             n_assets: int) -> dict[str, dict[str, float]]:
+    """One run: each table loaded by every target in turn (in the order of targets), then the bulk path's
+    flow restored. Seconds per variant and table."""
+    out: dict[str, dict[str, float]] = {t.variant: {} for t in targets}
+    given: dict[str, Any] = {"raw_import_records": records(n_records), "assets": assets(n_assets)}
+    graphs: dict[str, list[tuple[int, int, str]]] = {}
+    for name in NAMES:
+        for t in targets:
+            rows = graphs[t.variant] if name == "asset_dependencies" else given[name]
+            out[t.variant][name], answer = timed(owner, t.load, owner, app, name, rows)
+            if name == "assets":
+                graphs[t.variant] = edges(answer if t.variant == "bulk" else t.asset_ids(owner))
+    bulk = next(t for t in targets if t.variant == "bulk")
+    out["bulk"]["restore"] = restore_once(owner, app, bulk.client, bulk.engagement, bulk.flow, {
+        "raw_import_records": n_records, "assets": n_assets, "asset_dependencies": len(graphs["bulk"])})
     return out
 
 
 def run(dsn: str, n_records: int, n_assets: int, runs: int) -> dict[str, Any]:
     """dsn: a superuser's connection to the server; the suite migrates a database of its own."""
-    results: dict[str, dict[str, dict[str, list[float]]]] = {}
+    results: dict[str, list[dict[str, dict[str, float]]]] = {}
     with scratch_database(dsn, suffix="ingest") as ingest_dsn, psycopg.connect(ingest_dsn, autocommit=True) as owner, \
             psycopg.connect(app_dsn(ingest_dsn), autocommit=True) as app:
         make_copies(owner)
@@ -200,45 +236,60 @@ def run(dsn: str, n_records: int, n_assets: int, runs: int) -> dict[str, Any]:
         for round_ in ("no statistics", "analyzed"):
             if round_ == "analyzed":
                 owner.execute("analyze")
-            per_variant = results.setdefault(round_, {v: {} for v in VARIANTS})
-            for _ in range(runs):
-                for variant in VARIANTS:
+            for run_ in range(runs):
+                owner.execute("vacuum")
+                if round_ == "no statistics" and owner.execute(
+                        "select count(*) from pg_stats where schemaname like any (array['pyflows', 'bench_%'])"
+                ).fetchone()[0]:
+                    raise AssertionError("the ingest database has statistics in its first round")
+                targets = []
+                for variant in order(run_):
                     n += 1
-                    owner.execute("vacuum")
-                    if round_ == "no statistics" and owner.execute(
-                            "select count(*) from pg_stats where schemaname like any (array['pyflows', 'bench_%'])"
-                    ).fetchone()[0]:
-                        raise AssertionError("the ingest database has statistics in its first round")
-                    for name, seconds in load_once(owner, app, variant, tenant(0x1A), tenant(0x1A00 + n),
-                                                   n_records, n_assets).items():
-                        per_variant[variant].setdefault(name, []).append(seconds)
-    medians = {round_: {v: {t: sorted(s)[len(s) // 2] for t, s in tables_.items()} for v, tables_ in variants.items()}
-               for round_, variants in results.items()}
+                    client, engagement = tenant(0x1A), tenant(0x1A00 + n)
+                    targets.append(Target(variant, client, engagement,
+                                          *new_flow(owner, client, engagement, SCHEMA.get(variant, "bench_keys"))))
+                results.setdefault(round_, []).append(run_once(owner, app, targets, n_records, n_assets))
     return {"records": n_records, "assets": n_assets, "edges": len(edges(range(n_assets))), "runs": runs,
-            "medians": medians}
+            "medians": {round_: {v: {t: statistics.median(r[v][t] for r in rs) for t in rs[0][v]} for v in VARIANTS}
+                        for round_, rs in results.items()},
+            "paired": {round_: {v: {t: statistics.median(ratios(r, v)[t] for r in rs) for t in rs[0][v]}
+                                for v in VARIANTS}
+                       for round_, rs in results.items()}}
+
+
+def ratios(run_: dict[str, dict[str, float]], variant: str) -> dict[str, float]:
+    """One run's ratios for a variant: each table's time against its base's (BASE) for the same table, loaded
+    beside it; the bulk path's restore against that run's bulk load of the same flow."""
+    out = {t: run_[variant][t] / run_[BASE[variant]][t] for t in NAMES}
+    if "restore" in run_[variant]:
+        out["restore"] = run_[variant]["restore"] / sum(run_[variant][t] for t in NAMES)
+    return out
+
+
+def order(run_: int) -> list[str]:
+    """The variants of a run, each beside the one it is compared with; who goes first swaps every run."""
+    pairs = [("bulk", "keys (copy)"), ("insert", "keys (insert)")]
+    return [v for pair in pairs for v in (pair if run_ % 2 == 0 else pair[::-1])] + ["plain copy"]
 
 
 def markdown(report: dict[str, Any]) -> list[str]:
-    names = ("raw_import_records", "assets", "asset_dependencies")
     restores = []
     lines = [f"### Loading a flow as the app login: {report['records']:,} raw records, {report['assets']:,} assets, "
              f"{report['edges']:,} edges", "",
-             f"Medians of {report['runs']} run(s) per variant, each into a flow of its own, interleaved; seconds.", ""]
+             f"Seconds, medians of {report['runs']} run(s), each variant into a flow of its own; in brackets, the "
+             "median of the runs' ratios against the keys-and-foreign-keys copy loaded the same way, beside it "
+             "(bulk and plain copy against keys (copy), insert against keys (insert)).", ""]
     for round_, variants in report["medians"].items():
-        keys_copy, keys_insert = variants["keys (copy)"], variants["keys (insert)"]
-        rows = []
-        for variant, times in variants.items():
-            base = keys_copy if variant in ("bulk", "keys (copy)", "plain copy") else keys_insert
-            rows.append([variant, *(f"{times[t]:.2f} ({times[t] / base[t]:.2f}×)" for t in names),
-                         f"{sum(times[t] for t in names):.2f}"])
+        paired = report["paired"][round_]
+        rows = [[variant, *(f"{times[t]:.2f} ({paired[variant][t]:.2f}×)" for t in NAMES),
+                 f"{sum(times[t] for t in NAMES):.2f}"] for variant, times in variants.items()]
         bulk = variants["bulk"]
-        restores.append(f"{round_}: {bulk['restore']:.2f} s against {sum(bulk[t] for t in names):.2f} s to load it "
-                        f"(**{bulk['restore'] / sum(bulk[t] for t in names):.2f}×**)")
-        lines += [f"**{round_}** (ratios against the keys-and-foreign-keys copies loaded the same way)", "",
-                  *table(["variant", *names, "all"], rows), ""]
+        restores.append(f"{round_}: {bulk['restore']:.2f} s against {sum(bulk[t] for t in NAMES):.2f} s to load it "
+                        f"(**{paired['bulk']['restore']:.2f}×**)")
+        lines += [f"**{round_}**", "", *table(["variant", *NAMES, "all"], rows), ""]
     fresh, analyzed = report["medians"]["no statistics"]["bulk"], report["medians"]["analyzed"]["bulk"]
     lines.append(f"- Bulk path without statistics / analyzed: "
-                 f"**{sum(fresh[t] for t in names) / sum(analyzed[t] for t in names):.2f}×** (1.00× would be equal).")
-    lines.append("- `restore_flow` of the flow the bulk path loaded (after `delete_flow`), beside that load: "
-                 + "; ".join(restores) + ".")
+                 f"**{sum(fresh[t] for t in NAMES) / sum(analyzed[t] for t in NAMES):.2f}×** (1.00× would be equal).")
+    lines.append("- `restore_flow` of the flow the bulk path loaded (after `delete_flow`), beside that load (the "
+                 "median of the runs' ratios): " + "; ".join(restores) + ".")
     return lines

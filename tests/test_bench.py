@@ -106,6 +106,11 @@ def test_ingest_loads_every_variant_in_both_rounds(reports: dict[str, dict]) -> 
         tables = {"raw_import_records", "assets", "asset_dependencies"}
         assert all(set(times) == tables for name, times in variants.items() if name != "bulk")
         assert set(variants["bulk"]) == tables | {"restore"} and variants["bulk"]["restore"] > 0
+        # Each run's ratio is taken between loads made side by side; the bases are 1 against themselves.
+        paired = report["paired"][round_]
+        assert set(paired) == set(variants) and all(set(paired[v]) == set(variants[v]) for v in variants)
+        assert paired["keys (copy)"] == paired["keys (insert)"] == {t: 1.0 for t in tables}
+        assert all(r > 0 for ratios in paired.values() for r in ratios.values())
 
 
 def test_race_keeps_one_incomplete_flow_with_pyflows(reports: dict[str, dict]) -> None:
