@@ -48,7 +48,8 @@ from pyflows.api import Flows
 from .common import Conn, app_dsn, ensure_tenant, scratch_database, table, tenant
 
 VARIANTS = ("bulk", "insert", "keys (copy)", "keys (insert)", "plain copy")
-SCHEMA = {"bulk": "pyflows", "insert": "pyflows", "plain copy": "bench_plain"}  # the others: bench_keys
+SCHEMA = {"bulk": "pyflows", "insert": "pyflows", "keys (copy)": "bench_keys", "keys (insert)": "bench_keys",
+          "plain copy": "bench_plain"}  # where each variant loads
 BASE = {"bulk": "keys (copy)", "keys (copy)": "keys (copy)", "plain copy": "keys (copy)", "insert": "keys (insert)",
         "keys (insert)": "keys (insert)"}  # what each variant is compared with
 NAMES = ("raw_import_records", "assets", "asset_dependencies")
@@ -169,7 +170,7 @@ class Target:
 
     @property
     def schema(self) -> str:
-        return SCHEMA.get(self.variant, "bench_keys")
+        return SCHEMA[self.variant]
 
     def load(self, owner: Conn, app: Conn, name: str, rows: list[Any]) -> Any:
         """Load rows (records' data, assets' dicts or edges' (source, target, type)) into table name; the
@@ -247,7 +248,7 @@ def run(dsn: str, n_records: int, n_assets: int, runs: int) -> dict[str, Any]:
                     n += 1
                     client, engagement = tenant(0x1A), tenant(0x1A00 + n)
                     targets.append(Target(variant, client, engagement,
-                                          *new_flow(owner, client, engagement, SCHEMA.get(variant, "bench_keys"))))
+                                          *new_flow(owner, client, engagement, SCHEMA[variant])))
                 results.setdefault(round_, []).append(run_once(owner, app, targets, n_records, n_assets))
     return {"records": n_records, "assets": n_assets, "edges": len(edges(range(n_assets))), "runs": runs,
             "medians": {round_: {v: {t: statistics.median(r[v][t] for r in rs) for t in rs[0][v]} for v in VARIANTS}
