@@ -158,23 +158,32 @@ begin
               into v_n;
             v_counts := v_counts || jsonb_build_object(v_table, v_n);
         end loop;
+        -- The edges: those of the restored flow between its restored assets (all but a few) need no
+        -- lookup to come back, a hashed set of the archived asset ids answers; an edge of another flow,
+        -- or to another flow's asset, comes back if that flow and asset exist (one index lookup each).
         execute format(
-            'with inserted as (
+            'with restored_assets as (
+                 select r.id from pyflows_audit.assets_chunks as c cross join lateral unnest(c.rows) as r
+                  where c.client_id = $2 and c.event_id = $1 and r.engagement_id = $3),
+             inserted as (
                  insert into pyflows.asset_dependencies (%1$s)
                  select %1$s from (select r.* from pyflows_audit.asset_dependencies_chunks as c
                                     cross join lateral unnest(c.rows) as r
                                    where c.client_id = $2 and c.event_id = $1) as d
                   where d.client_id = $2 and d.engagement_id = $3
-                    and exists (select from pyflows.discovery_flows as f
-                                 where f.client_id = $2 and f.engagement_id = $3 and f.id = d.flow_id)
-                    and exists (select from pyflows.assets as a
-                                 where a.client_id = $2 and a.engagement_id = $3 and a.id = d.source_asset_id)
-                    and exists (select from pyflows.assets as a
-                                 where a.client_id = $2 and a.engagement_id = $3 and a.id = d.target_asset_id)
+                    and (d.flow_id = $4
+                         or exists (select from pyflows.discovery_flows as f
+                                     where f.client_id = $2 and f.engagement_id = $3 and f.id = d.flow_id))
+                    and (d.source_asset_id in (select id from restored_assets)
+                         or exists (select from pyflows.assets as a
+                                     where a.client_id = $2 and a.engagement_id = $3 and a.id = d.source_asset_id))
+                    and (d.target_asset_id in (select id from restored_assets)
+                         or exists (select from pyflows.assets as a
+                                     where a.client_id = $2 and a.engagement_id = $3 and a.id = d.target_asset_id))
                  returning 1)
              select count(*) from inserted',
             pyflows._column_list('asset_dependencies'))
-          using p_event_id, c_client, c_engagement
+          using p_event_id, c_client, c_engagement, v_flow_id
           into v_n;
         v_counts := v_counts || jsonb_build_object('asset_dependencies', v_n);
     exception when lock_not_available or deadlock_detected then

@@ -78,6 +78,45 @@ def test_delete_then_restore_is_identical_row_by_row(api: ApiFactory, tenant_a: 
     assert event.details["restored_event_id"] == deleted.event_id
 
 
+def test_restore_skips_exactly_the_edges_whose_flow_or_asset_is_gone(api: ApiFactory, tenant_a: Tenant,
+                                                                     owner: psycopg.Connection[Any]) -> None:
+    """An edge of another flow that the deletion took along comes back only if its flow and both its assets
+    exist again: each of the three is checked (the restored flow's own assets and flow need no lookup)."""
+    target = tree(owner, tenant_a, status="paused", records=1, assets=3)
+    a0, a1, a2 = target.asset_ids
+    gone, kept = insert_flow(owner, tenant_a, "cancelled", "gone"), insert_flow(owner, tenant_a, "cancelled", "kept")
+    c, e = tenant_a.client_id, tenant_a.engagement_id
+
+    def asset(flow: uuid.UUID, name: str) -> int:
+        return int(owner.execute("insert into pyflows.assets (client_id, engagement_id, flow_id, name, asset_type) "
+                                 "values (%s, %s, %s, %s, 'x') returning id", (c, e, flow, name)).fetchone()[0])
+
+    def edge(flow: uuid.UUID, source: int, target_: int) -> None:
+        owner.execute("insert into pyflows.asset_dependencies (client_id, engagement_id, flow_id, source_asset_id, "
+                      "target_asset_id, dependency_type) values (%s, %s, %s, %s, %s, 'x')",
+                      (c, e, flow, source, target_))
+
+    with owner.transaction():
+        set_raw_context(owner, tenant_a)
+        lost_source, lost_target, there = asset(kept, "lost-source"), asset(kept, "lost-target"), asset(kept, "there")
+        edge(gone, a0, a1)           # its flow will be gone, both assets come back
+        edge(kept, lost_source, a1)  # its source will be gone
+        edge(kept, a2, lost_target)  # its target will be gone
+        edge(kept, there, a2)        # all there: comes back
+    flows = api(tenant_a)
+    deleted = flows.delete(target.flow_id, "oops")
+    assert deleted.deleted["asset_dependencies"] == 2 + 4  # the flow's own chain and the four above
+    flows.delete(gone, "the other flow goes too", force=True)
+    with owner.transaction():
+        set_raw_context(owner, tenant_a)
+        owner.execute("delete from pyflows.assets where id = any(%s)", ([lost_source, lost_target],))
+    restored = flows.restore(deleted.event_id)
+    assert restored.skipped == {"asset_dependencies": 3}
+    assert restored.restored["asset_dependencies"] == 3
+    assert sorted(owner.execute("select source_asset_id, target_asset_id from pyflows.asset_dependencies "
+                                "where client_id = %s", (c,)).fetchall()) == sorted([(a0, a1), (a1, a2), (there, a2)])
+
+
 def test_restore_refusals_write_nothing(api: ApiFactory, tenant_a: Tenant, tenant_b: Tenant,
                                         owner: psycopg.Connection[Any]) -> None:
     flows = api(tenant_a)
