@@ -101,6 +101,11 @@ def edges(ids: Sequence[int]) -> list[tuple[int, int, str]]:
     return [(ids[i], ids[j], "network") for i in range(len(ids)) for j in (i + 1, i + 2) if j < len(ids)]
 
 
+def edge_count(n: int) -> int:
+    """How many edges ``edges`` makes for n assets."""
+    return max(0, 2 * n - 3)
+
+
 def new_flow(conn: Conn, client: uuid.UUID, engagement: uuid.UUID, schema: str) -> tuple[uuid.UUID, uuid.UUID]:
     """A flow and its import in schema (pyflows or one of the copies), written by the owner."""
     with conn.transaction():
@@ -199,9 +204,9 @@ def restore_beside_load(owner: Conn, app: Conn, bulk: Target, given: dict[str, A
     the bulk path (who goes first swaps every run); every loaded row must come back."""
     flows = Flows(app).tenant(bulk.client, bulk.engagement, "ingest")
     loaded = {"raw_import_records": len(given["raw_import_records"]), "assets": len(given["assets"]),
-              "asset_dependencies": len(edges(range(len(given["assets"]))))}
+              "asset_dependencies": edge_count(len(given["assets"]))}
     event = flows.delete(bulk.flow, "bench: restore beside loading", force=True).event_id
-    engagement = uuid.UUID(int=bulk.engagement.int + 0x100000)  # the same number, 0x10 before it
+    engagement = uuid.UUID(int=bulk.engagement.int + 0x100000)  # a new engagement of the same client
     again = Target("bulk", bulk.client, engagement, *new_flow(owner, bulk.client, engagement, SCHEMA["bulk"]))
 
     def load() -> None:
@@ -266,7 +271,7 @@ def run(dsn: str, n_records: int, n_assets: int, runs: int) -> dict[str, Any]:
                     targets.append(Target(variant, client, engagement,
                                           *new_flow(owner, client, engagement, SCHEMA[variant])))
                 results.setdefault(round_, []).append(run_once(owner, app, targets, n_records, n_assets, run_))
-    return {"records": n_records, "assets": n_assets, "edges": len(edges(range(n_assets))), "runs": runs,
+    return {"records": n_records, "assets": n_assets, "edges": edge_count(n_assets), "runs": runs,
             "medians": {round_: {v: {t: statistics.median(r[v][t] for r in rs) for t in rs[0][v]} for v in VARIANTS}
                         for round_, rs in results.items()},
             "paired": {round_: {v: {t: statistics.median(ratios(r, v)[t] for r in rs) for t in rs[0][v]}
