@@ -218,11 +218,7 @@ def restore_beside_load(owner: Conn, app: Conn, bulk: Target, given: dict[str, A
         if {t: restored.get(t) for t in loaded} != loaded:
             raise AssertionError(f"restore gave back {restored}, the bulk path loaded {loaded}")
 
-    out = {}
-    for name, fn in ([("restore", restore), ("reload", load)] if run_ % 2 == 0 else
-                     [("reload", load), ("restore", restore)]):
-        out[name] = timed(owner, fn)[0]
-    return out
+    return {name: timed(owner, fn)[0] for name, fn in in_turn((("restore", restore), ("reload", load)), run_)}
 
 
 def run_once(owner: Conn, app: Conn, targets: list[Target], n_records: int, n_assets: int,
@@ -290,10 +286,15 @@ def ratios(run_: dict[str, dict[str, float]], variant: str) -> dict[str, float]:
     return out
 
 
+def in_turn(pair: tuple[Any, Any], run_: int) -> tuple[Any, Any]:
+    """A pair measured side by side, in the order of run run_: who goes first swaps every run."""
+    return pair if run_ % 2 == 0 else pair[::-1]
+
+
 def order(run_: int) -> list[str]:
     """The variants of a run, each beside the one it is compared with; who goes first swaps every run."""
     pairs = [("bulk", "keys (copy)"), ("insert", "keys (insert)")]
-    return [v for pair in pairs for v in (pair if run_ % 2 == 0 else pair[::-1])] + ["plain copy"]
+    return [v for pair in pairs for v in in_turn(pair, run_)] + ["plain copy"]
 
 
 def markdown(report: dict[str, Any]) -> list[str]:
