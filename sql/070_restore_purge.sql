@@ -35,6 +35,7 @@ declare
     c_client     constant uuid := pyflows.current_client_id();
     c_engagement constant uuid := pyflows.current_engagement_id();
     c_children   constant text[] := array['data_imports', 'raw_import_records', 'import_field_mappings', 'assets'];
+    c_citus      constant boolean := exists (select from pg_catalog.pg_extension as x where x.extname = 'citus');
     v_event      pyflows_audit.events;
     v_flow       jsonb;
     v_row        pyflows_audit.discovery_flows_row;  -- the archived flow row, column for column
@@ -42,6 +43,7 @@ declare
     v_flow_id    uuid;
     v_status     text;
     v_table      text;
+    v_sql        text;
     v_n          bigint;
     v_counts     jsonb := '{}'::jsonb;
     v_skipped    bigint;
@@ -141,51 +143,53 @@ begin
                 using errcode = 'PF422', detail = json_build_object('flow_id', v_flow_id)::text;
         end;
         v_counts := jsonb_build_object('discovery_flows', 1);
-        -- Each INSERT ... SELECT counts what it inserted through RETURNING: on Citus, which inserts the
-        -- archived rows from the coordinator, an error on a worker (a lock wait past its bound) then
-        -- keeps its SQLSTATE; without RETURNING it comes back as an internal error (XX000).
-        foreach v_table in array c_children loop
-            execute format('with inserted as (
-                                insert into pyflows.%1$I (%2$s)
-                                select %2$s from (select r.* from pyflows_audit.%3$I as c
-                                                   cross join lateral unnest(c.rows) as r
-                                                   where c.client_id = $2 and c.event_id = $1) as a
-                                 where a.client_id = $2 and a.engagement_id = $3
-                                returning 1)
-                            select count(*) from inserted',
-                           v_table, pyflows._column_list(v_table), v_table || '_chunks')
-              using p_event_id, c_client, c_engagement
-              into v_n;
+        -- The children, then the edges, each in one INSERT ... SELECT from the archive. The edges of the
+        -- restored flow between its restored assets (all but a few) need no lookup to come back, a
+        -- hashed set of the archived asset ids answers; an edge of another flow, or to another flow's
+        -- asset, comes back if that flow and asset exist (one index lookup each).
+        -- Each counts what it inserted: on Citus through RETURNING (Citus inserts the archived rows
+        -- from the coordinator, and an error on a worker, a lock wait past its bound, keeps its
+        -- SQLSTATE only then; without RETURNING it comes back as an internal error, XX000); elsewhere
+        -- by ROW_COUNT, which keeps no row of what it inserted.
+        foreach v_table in array c_children || 'asset_dependencies'::text loop
+            if v_table <> 'asset_dependencies' then
+                v_sql := format('insert into pyflows.%1$I (%2$s)
+                                 select %2$s from (select r.* from pyflows_audit.%3$I as c
+                                                    cross join lateral unnest(c.rows) as r
+                                                    where c.client_id = $2 and c.event_id = $1) as a
+                                  where a.client_id = $2 and a.engagement_id = $3',
+                                v_table, pyflows._column_list(v_table), v_table || '_chunks');
+            else
+                v_sql := format(
+                    'with restored_assets as (
+                         select r.id from pyflows_audit.assets_chunks as c cross join lateral unnest(c.rows) as r
+                          where c.client_id = $2 and c.event_id = $1 and r.engagement_id = $3)
+                     insert into pyflows.asset_dependencies (%1$s)
+                     select %1$s from (select r.* from pyflows_audit.asset_dependencies_chunks as c
+                                        cross join lateral unnest(c.rows) as r
+                                       where c.client_id = $2 and c.event_id = $1) as d
+                      where d.client_id = $2 and d.engagement_id = $3
+                        and (d.flow_id = $4
+                             or exists (select from pyflows.discovery_flows as f
+                                         where f.client_id = $2 and f.engagement_id = $3 and f.id = d.flow_id))
+                        and (d.source_asset_id in (select id from restored_assets)
+                             or exists (select from pyflows.assets as a
+                                         where a.client_id = $2 and a.engagement_id = $3 and a.id = d.source_asset_id))
+                        and (d.target_asset_id in (select id from restored_assets)
+                             or exists (select from pyflows.assets as a
+                                         where a.client_id = $2 and a.engagement_id = $3 and a.id = d.target_asset_id))',
+                    pyflows._column_list('asset_dependencies'));
+            end if;
+            if c_citus then
+                execute format('with inserted as (%s returning 1) select count(*) from inserted', v_sql)
+                  using p_event_id, c_client, c_engagement, v_flow_id
+                  into v_n;
+            else
+                execute v_sql using p_event_id, c_client, c_engagement, v_flow_id;
+                get diagnostics v_n = row_count;
+            end if;
             v_counts := v_counts || jsonb_build_object(v_table, v_n);
         end loop;
-        -- The edges: those of the restored flow between its restored assets (all but a few) need no
-        -- lookup to come back, a hashed set of the archived asset ids answers; an edge of another flow,
-        -- or to another flow's asset, comes back if that flow and asset exist (one index lookup each).
-        execute format(
-            'with restored_assets as (
-                 select r.id from pyflows_audit.assets_chunks as c cross join lateral unnest(c.rows) as r
-                  where c.client_id = $2 and c.event_id = $1 and r.engagement_id = $3),
-             inserted as (
-                 insert into pyflows.asset_dependencies (%1$s)
-                 select %1$s from (select r.* from pyflows_audit.asset_dependencies_chunks as c
-                                    cross join lateral unnest(c.rows) as r
-                                   where c.client_id = $2 and c.event_id = $1) as d
-                  where d.client_id = $2 and d.engagement_id = $3
-                    and (d.flow_id = $4
-                         or exists (select from pyflows.discovery_flows as f
-                                     where f.client_id = $2 and f.engagement_id = $3 and f.id = d.flow_id))
-                    and (d.source_asset_id in (select id from restored_assets)
-                         or exists (select from pyflows.assets as a
-                                     where a.client_id = $2 and a.engagement_id = $3 and a.id = d.source_asset_id))
-                    and (d.target_asset_id in (select id from restored_assets)
-                         or exists (select from pyflows.assets as a
-                                     where a.client_id = $2 and a.engagement_id = $3 and a.id = d.target_asset_id))
-                 returning 1)
-             select count(*) from inserted',
-            pyflows._column_list('asset_dependencies'))
-          using p_event_id, c_client, c_engagement, v_flow_id
-          into v_n;
-        v_counts := v_counts || jsonb_build_object('asset_dependencies', v_n);
     exception when lock_not_available or deadlock_detected then
         perform pyflows._refuse_busy(v_flow_id, 'restored', sqlerrm);
     end;
