@@ -29,7 +29,8 @@ Side by side with loading, restoring: at the end of a run the flow the bulk path
 (``delete_flow``, not timed) and put back by ``restore_flow`` (as the app login), right beside a load of
 the same rows (records, assets, edges, one after the other) into a new flow through the bulk path; which
 of the two goes first swaps every run, each starts after a CHECKPOINT, and the restore must give back
-every row. The restore's figure is the median of the runs' ratios of the two.
+every row. The restore's figure is the median of the runs' ratios of the two; beside it, the WAL each of
+the two wrote (``pg_current_wal_lsn()`` before and after, in MB) and the median of the runs' ratios of that.
 """
 
 from __future__ import annotations
@@ -201,7 +202,8 @@ class Target:
 
 def restore_beside_load(owner: Conn, app: Conn, bulk: Target, given: dict[str, Any], run_: int) -> dict[str, float]:
     """Delete the bulk path's flow, then time restoring it beside loading the same rows into a new flow through
-    the bulk path (who goes first swaps every run); every loaded row must come back."""
+    the bulk path (who goes first swaps every run), and count the WAL each writes; every loaded row must come
+    back."""
     flows = Flows(app).tenant(bulk.client, bulk.engagement, "ingest")
     loaded = {"raw_import_records": len(given["raw_import_records"]), "assets": len(given["assets"]),
               "asset_dependencies": edge_count(len(given["assets"]))}
@@ -218,7 +220,18 @@ def restore_beside_load(owner: Conn, app: Conn, bulk: Target, given: dict[str, A
         if {t: restored.get(t) for t in loaded} != loaded:
             raise AssertionError(f"restore gave back {restored}, the bulk path loaded {loaded}")
 
-    return {name: timed(owner, fn)[0] for name, fn in in_turn((("restore", restore), ("reload", load)), run_)}
+    def walled(fn: Callable[[], None]) -> Callable[[], float]:
+        """fn, answering the MB of WAL it wrote."""
+        def run() -> float:
+            start = owner.execute("select pg_current_wal_lsn()").fetchone()[0]
+            fn()
+            return float(owner.execute("select (pg_current_wal_lsn() - %s::pg_lsn) / 1048576", (start,)).fetchone()[0])
+        return run
+
+    out: dict[str, float] = {}
+    for name, fn in in_turn((("restore", restore), ("reload", load)), run_):
+        out[name], out[f"{name} WAL MB"] = timed(owner, walled(fn))
+    return out
 
 
 def run_once(owner: Conn, app: Conn, targets: list[Target], n_records: int, n_assets: int,
@@ -281,8 +294,9 @@ def ratios(run_: dict[str, dict[str, float]], variant: str) -> dict[str, float]:
     against itself)."""
     out = {t: run_[variant][t] / run_[BASE[variant]][t] for t in NAMES}
     if "restore" in run_[variant]:
-        out["restore"] = run_[variant]["restore"] / run_[variant]["reload"]
-        out["reload"] = 1.0
+        for measure in ("", " WAL MB"):
+            out[f"restore{measure}"] = run_[variant][f"restore{measure}"] / run_[variant][f"reload{measure}"]
+            out[f"reload{measure}"] = 1.0
     return out
 
 
@@ -310,7 +324,8 @@ def markdown(report: dict[str, Any]) -> list[str]:
                  f"{sum(times[t] for t in NAMES):.2f}"] for variant, times in variants.items()]
         bulk = variants["bulk"]
         restores.append(f"{round_}: {bulk['restore']:.2f} s against {bulk['reload']:.2f} s to load the same rows "
-                        f"(**{paired['bulk']['restore']:.2f}×**)")
+                        f"(**{paired['bulk']['restore']:.2f}×**), writing {bulk['restore WAL MB']:.0f} MB of WAL "
+                        f"against {bulk['reload WAL MB']:.0f} MB ({paired['bulk']['restore WAL MB']:.2f}×)")
         lines += [f"**{round_}**", "", *table(["variant", *NAMES, "all"], rows), ""]
     fresh, analyzed = report["medians"]["no statistics"]["bulk"], report["medians"]["analyzed"]["bulk"]
     lines.append(f"- Bulk path without statistics / analyzed: "

@@ -105,13 +105,15 @@ def test_ingest_loads_every_variant_in_both_rounds(reports: dict[str, dict]) -> 
         assert set(variants) == {"bulk", "insert", "keys (copy)", "keys (insert)", "plain copy"}
         tables = {"raw_import_records", "assets", "asset_dependencies"}
         assert all(set(times) == tables for name, times in variants.items() if name != "bulk")
-        assert set(variants["bulk"]) == tables | {"restore", "reload"}
+        assert set(variants["bulk"]) == tables | {"restore", "reload", "restore WAL MB", "reload WAL MB"}
         assert variants["bulk"]["restore"] > 0 and variants["bulk"]["reload"] > 0
+        assert variants["bulk"]["restore WAL MB"] > 0 and variants["bulk"]["reload WAL MB"] > 0
         # Each run's ratio is taken between loads made side by side; the bases are 1 against themselves.
         paired = report["paired"][round_]
         assert set(paired) == set(variants) and all(set(paired[v]) == set(variants[v]) for v in variants)
         assert paired["keys (copy)"] == paired["keys (insert)"] == {t: 1.0 for t in tables}
         assert paired["bulk"]["reload"] == 1.0  # the restore is set beside the reload, in the same run
+        assert paired["bulk"]["reload WAL MB"] == 1.0
         assert all(r > 0 for ratios in paired.values() for r in ratios.values())
 
 
