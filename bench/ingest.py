@@ -19,11 +19,13 @@ A run loads the raw records of all five variants, then their assets, then their 
 after the one it is compared with (bulk beside keys (copy), insert beside keys (insert)), and which of
 a pair goes first swaps from one run to the next. On a shared machine the same load's time drifts by
 15-25 % over the minutes of a run; so each run's ratio is taken between two loads made side by side,
-and the result is the median of those ratios (and the medians of the times). Each run starts on a
-VACUUMed database (without ANALYZE, so that the first round keeps no statistics), which clears the
-rows the previous run's delete left dead in pyflows' tables (the copies have none), and each timed
-load after a CHECKPOINT, which writes out what the loads before it left dirty, so that no load pays
-for another's pages.
+and the result is the median of those ratios (and the medians of the times). Each run starts with the
+loaded tables empty, pyflows' and the copies' alike (TRUNCATE: a run leaves more rows in pyflows' tables
+than in the copies, its reload's and the dead rows of its delete, and a load into a table holding more
+rows, or into the space a delete freed, costs more), on a VACUUMed database (without ANALYZE, so that the
+first round keeps no statistics; the analyzed round keeps the statistics of the last run before it), and
+each timed load after a CHECKPOINT, which writes out what the loads before it left dirty, so that no
+load pays for another's pages.
 
 Side by side with loading, restoring: at the end of a run the flow the bulk path loaded is deleted
 (``delete_flow``, not timed) and put back by ``restore_flow`` (as the app login), right beside a load of
@@ -252,6 +254,16 @@ def run_once(owner: Conn, app: Conn, targets: list[Target], n_records: int, n_as
     return out
 
 
+def empty_tables(owner: Conn) -> None:
+    """Empty the loaded tables, pyflows' and the copies', so that a run's loads go into tables holding the same
+    rows on both sides of each comparison. (As the owner, with the triggers of pyflows' guard against TRUNCATE
+    off for the transaction: a superuser's session_replication_role.)"""
+    with owner.transaction():
+        owner.execute("set local session_replication_role = replica")
+        owner.execute(sql.SQL("truncate {}").format(sql.SQL(", ").join(
+            sql.Identifier(schema, name) for schema in sorted(set(SCHEMA.values())) for name in NAMES)))
+
+
 def run(dsn: str, n_records: int, n_assets: int, runs: int) -> dict[str, Any]:
     """dsn: a superuser's connection to the server; the suite migrates a database of its own."""
     results: dict[str, list[dict[str, dict[str, float]]]] = {}
@@ -268,6 +280,7 @@ def run(dsn: str, n_records: int, n_assets: int, runs: int) -> dict[str, Any]:
             if round_ == "analyzed":
                 owner.execute("analyze")
             for run_ in range(runs):
+                empty_tables(owner)
                 owner.execute("vacuum")
                 if round_ == "no statistics" and owner.execute(
                         "select count(*) from pg_stats where schemaname like any (array['pyflows', 'bench_%'])"

@@ -5,9 +5,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import psycopg
 import pytest
+from psycopg import sql
 
-from bench import instructions, scale
+from bench import ingest, instructions, scale
 from bench import run as bench
 from pyflows.testing import CitusCluster, ServerInfo
 
@@ -115,6 +117,25 @@ def test_ingest_loads_every_variant_in_both_rounds(reports: dict[str, dict]) -> 
         assert paired["bulk"]["reload"] == 1.0  # the restore is set beside the reload, in the same run
         assert paired["bulk"]["reload WAL MB"] == 1.0
         assert all(r > 0 for ratios in paired.values() for r in ratios.values())
+
+
+def test_ingest_runs_start_on_empty_tables_and_keep_the_truncate_guard(pyflows_server: ServerInfo) -> None:
+    dsn = pyflows_server.conninfo(pyflows_server.maintenance_dbname)
+    with ingest.scratch_database(dsn, suffix="empty") as scratch, psycopg.connect(scratch, autocommit=True) as owner:
+        ingest.make_copies(owner)
+        client, engagement = ingest.tenant(0x1B), ingest.tenant(0x1B00)
+        for schema in ("pyflows", "bench_keys", "bench_plain"):
+            flow, _ = ingest.new_flow(owner, client, engagement, schema)
+            with owner.transaction():  # a context, for pyflows' tenant check
+                owner.execute("select pyflows.set_context(%s, %s, 'bench')", (client, engagement))
+                ingest.copy_rows(owner, schema, "assets", [(client, engagement, flow, "a", "server", None, "{}")])
+        counted = sql.SQL(" + ").join(sql.SQL("(select count(*) from {})").format(sql.Identifier(schema, name))
+                                      for schema in ("pyflows", "bench_keys", "bench_plain") for name in ingest.NAMES)
+        assert owner.execute(sql.SQL("select {}").format(counted)).fetchone()[0] == 3
+        ingest.empty_tables(owner)
+        assert owner.execute(sql.SQL("select {}").format(counted)).fetchone()[0] == 0
+        with pytest.raises(psycopg.Error, match="would remove rows without auditing them"):
+            owner.execute("truncate pyflows.assets cascade")
 
 
 def test_race_keeps_one_incomplete_flow_with_pyflows(reports: dict[str, dict]) -> None:
