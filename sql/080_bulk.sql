@@ -285,9 +285,10 @@ $$;
 -- does (PF401, PF404, PF422, PF423) and says what the rows need. Result: {import_id, flow_id,
 -- client_id, engagement_id, next_row_number, record_count, copy_table}; the caller then, in the same
 -- transaction, runs COPY <copy_table> (client_id, engagement_id, import_id, row_number, data) FROM
--- STDIN with the rows numbered from next_row_number, and commits. The partition's CHECK constraint
--- checks every row's tenant (PF401, PF403); its trigger refuses rows of a flow being deleted and adds
--- the rows to record_count.
+-- STDIN with the rows numbered from next_row_number, all of this import, and commits. The partition's
+-- CHECK constraints check every row's tenant (PF401, PF403) and import (PF422); its statement triggers
+-- refuse a COPY no begin_copy_records opened (PF422) and rows of a flow being deleted (PF404), and add
+-- the rows to record_count (migration 0025).
 -- copy_table is NULL where the caller may not COPY into the partition (on Citus): add_records then.
 -- The transaction's lock waits are bounded by pyflows.lock_timeout from here on, so that the COPY
 -- waits for rows another transaction holds (its import) at most that long: 55P03 then.
@@ -299,7 +300,7 @@ as $$
 declare
     c_client     constant uuid := pyflows.current_client_id();
     c_engagement constant uuid := pyflows.current_engagement_id();
-    c_table      constant text := 'pyflows.raw_import_records_default';
+    c_table      text := 'pyflows.raw_import_records_default';
     v_flow_id    uuid;
     v_last       integer;
     v_count      bigint;
@@ -310,11 +311,15 @@ begin
     v_last := pyflows._last_row_number(p_import_id);
     select i.record_count into v_count from pyflows.data_imports as i
      where i.client_id = c_client and i.engagement_id = c_engagement and i.id = p_import_id;
+    if pg_catalog.has_table_privilege(c_table, 'INSERT') then
+        -- The import the partition's COPY statements of this transaction take rows of (migration 0025).
+        perform pg_catalog.set_config('pyflows.copy_import', p_import_id::text, true);
+    else
+        c_table := null;
+    end if;
     return jsonb_build_object('import_id', p_import_id, 'flow_id', v_flow_id, 'client_id', c_client,
                               'engagement_id', c_engagement, 'next_row_number', v_last + 1,
-                              'record_count', v_count,
-                              'copy_table',
-                              case when pg_catalog.has_table_privilege(c_table, 'INSERT') then c_table end);
+                              'record_count', v_count, 'copy_table', c_table);
 end;
 $$;
 
@@ -341,8 +346,9 @@ $$;
 -- session drew ids of the sequence meanwhile: 100,000 ids as an array took 0.14 s to draw and answer,
 -- as a pair 0.06 s); the caller then, in the same transaction, runs COPY <copy_table> (client_id,
 -- engagement_id, id, flow_id, name, asset_type, hostname, ip_address, operating_system, attributes)
--- FROM STDIN, the n-th asset with the n-th id, and commits. The partition's CHECK constraint checks
--- every row's tenant (PF401, PF403); its trigger refuses rows of a flow being deleted. copy_table
+-- FROM STDIN, the n-th asset with the n-th id, all of this flow, and commits. The partition's CHECK
+-- constraints check every row's tenant (PF401, PF403) and flow (PF422); its statement triggers refuse
+-- a COPY no begin_copy_assets opened (PF422) and rows of a flow being deleted (PF404). copy_table
 -- (and id_ranges) are NULL where the caller may not COPY into the partition (on Citus): add_assets
 -- then. Lock waits are bounded from here on, as in begin_copy_records.
 create or replace function pyflows.begin_copy_assets(p_flow_id uuid, p_count integer)
@@ -370,6 +376,8 @@ begin
     if v_copy then
         select array_agg(d.id), min(d.id), max(d.id) into v_ids, v_first, v_last
           from (select pg_catalog.nextval(v_seq) as id from pg_catalog.generate_series(1, p_count)) as d;
+        -- The flow the partition's COPY statements of this transaction take rows of (migration 0025).
+        perform pg_catalog.set_config('pyflows.copy_flow', p_flow_id::text, true);
     end if;
     update pyflows.discovery_flows as f set last_activity_at = now()
      where f.client_id = c_client and f.engagement_id = c_engagement and f.id = p_flow_id;

@@ -300,15 +300,46 @@ def test_the_copy_pattern_from_sql(owner: psycopg.Connection[Any], tenant_a: Ten
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute(statement)
         conn.rollback()
-    # A row of an import whose flow is being deleted: PF404 (as through the parent), nothing written.
-    bind(conn, acting(tenant_a, "loader"))
-    with pytest.raises(psycopg.Error) as caught, conn.cursor().copy(
-            "copy pyflows.raw_import_records_default (client_id, engagement_id, import_id, row_number, data) "
-            "from stdin") as copy:
-        copy.write_row((tenant_a.client_id, tenant_a.engagement_id, purged.import_id, 1, Jsonb({})))
-    assert caught.value.sqlstate == "PF404", caught.value
-    conn.rollback()
+    # Refused, nothing written: a COPY no begin_copy_records opened, or without a context (PF422, PF401); a row
+    # of another import than the one opened (PF422); a row of an import whose flow is being deleted, with the
+    # setting begin_copy_records writes set by hand (which begin_copy_records refuses: PF404, as through the
+    # parent).
+    columns = ("copy pyflows.raw_import_records_default (client_id, engagement_id, import_id, row_number, data) "
+               "from stdin")
+    other = write_flow_tree(owner, tenant_a, status="cancelled", name="other", assets=0, records=0)
+    owner.commit()
+    before = fingerprint(owner)
+    cases: list[tuple[str, Any, uuid.UUID, str]] = [
+        ("select 1", (), target.import_id, "PF422"),
+        ("select pyflows.clear_context()", (), target.import_id, "PF401"),
+        ("select pyflows.begin_copy_records(%s)", (target.import_id,), other.import_id, "PF422"),
+        ("select set_config('pyflows.copy_import', %s, true)", (str(purged.import_id),), purged.import_id, "PF404"),
+        ("select set_config('pyflows.copy_import', 'not a uuid', true)", (), target.import_id, "PF422"),
+    ]
+    for opening, params, import_id, code in cases:
+        bind(conn, acting(tenant_a, "loader"))
+        conn.execute(opening, params)
+        with pytest.raises(psycopg.Error) as caught, conn.cursor().copy(columns) as copy:
+            copy.write_row((tenant_a.client_id, tenant_a.engagement_id, import_id, 100, Jsonb({})))
+        assert caught.value.sqlstate == code, (opening, caught.value)
+        conn.rollback()
     assert fingerprint(owner) == before
+    # A second COPY of the same transaction is counted by itself, and an INSERT through the parent after them
+    # takes a row of another import of the context.
+    bind(conn, acting(tenant_a, "loader"))
+    conn.execute("select pyflows.begin_copy_records(%s)", (target.import_id,))
+    for first in (100, 200):
+        with conn.cursor().copy(columns) as copy:
+            for n in range(3):
+                copy.write_row((tenant_a.client_id, tenant_a.engagement_id, target.import_id, first + n, Jsonb({})))
+    conn.execute("insert into pyflows.raw_import_records (client_id, engagement_id, import_id, row_number, data) "
+                 "values (%s, %s, %s, 1, '{}')", (tenant_a.client_id, tenant_a.engagement_id, other.import_id))
+    conn.commit()
+    assert owner.execute("select record_count, (select count(*) from pyflows.raw_import_records where import_id = "
+                         "i.id) from pyflows.data_imports i where id = %s", (target.import_id,)).fetchone() == (
+        start + 5 + 6, 2 + 5 + 6)
+    assert owner.execute("select count(*) from pyflows.raw_import_records where import_id = %s",
+                         (other.import_id,)).fetchone() == (1,)
 
 
 def test_the_copy_pattern_for_assets_from_sql(owner: psycopg.Connection[Any], tenant_a: Tenant,
@@ -402,6 +433,7 @@ def test_the_tenant_check_reads_each_statements_context(owner: psycopg.Connectio
         return  # no COPY into the partitions on Citus (docs/scale-out.md)
     before = fingerprint(owner)
     bind(conn, acting(tenant_a, "loader"))
+    conn.execute("select pyflows.begin_copy_records(%s)", (a.import_id,))
     row = (tenant_a.client_id, tenant_a.engagement_id, a.import_id, 1000, Jsonb({}))
     columns = ("copy pyflows.raw_import_records_default (client_id, engagement_id, import_id, row_number, data) "
                "from stdin")

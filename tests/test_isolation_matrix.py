@@ -242,8 +242,11 @@ def test_no_table_statement_reaches_tenant_a(world: World, owner: psycopg.Connec
         # Inserting tenant A's own row back: refused by the policy (or the privilege) before any
         # uniqueness check could tell that the row exists; or by the flow row rules, which judge the
         # values passed in (a flow is never inserted as 'deleting') and know nothing of tenant A.
+        open_as_victim = f"pyflows.{table}" in partitions
         if bound == "tenant B":
             bind(conn, world.b)
+        if open_as_victim:
+            opened_for_victim(conn, victim[0])
         try:
             conn.execute(sql.SQL("insert into {} select * from jsonb_populate_record(null::{}, %s)").format(
                 target, target), (Jsonb(victim[0]),))
@@ -256,6 +259,8 @@ def test_no_table_statement_reaches_tenant_a(world: World, owner: psycopg.Connec
         # takes it checks the rows by trigger.
         if bound == "tenant B":
             bind(conn, world.b)
+        if open_as_victim:
+            opened_for_victim(conn, victim[0])
         with owner.cursor().copy(sql.SQL("copy (select * from {} where {} = %s limit 1) to stdout").format(
                 target, sql.Identifier(column)), (world.a.client_id,)) as out:
             line = b"".join(bytes(chunk) for chunk in out)
@@ -272,11 +277,20 @@ def test_no_table_statement_reaches_tenant_a(world: World, owner: psycopg.Connec
     assert fingerprint(owner) == before
 
 
+def opened_for_victim(conn: psycopg.Connection[Any], victim: dict[str, Any]) -> None:
+    """A COPY into a partition opened, by hand, for the victim row's own import and flow (the settings that
+    begin_copy_* writes, which a client can set itself): the partition's own check of which import (flow) a
+    COPY takes is passed, and the tenant check is what must refuse the row."""
+    conn.execute("select set_config('pyflows.copy_import', %s, true), set_config('pyflows.copy_flow', %s, true)",
+                 (victim.get("import_id") or "", victim.get("flow_id") or ""))
+
+
 def refused_as_it_must(exc: psycopg.Error, table: str, bound: str, victim: dict[str, Any],
                        partitions: set[str]) -> bool:
     """Tenant A's row written back as the app login was refused as it must be: by the privilege or the
-    policy (42501); a partition without row-level security, written straight, by its CHECK constraint,
-    PF403 in tenant B's context and PF401 in none (through its parent, the policy comes first); a
+    policy (42501); a partition without row-level security, written straight with a COPY opened for the
+    row's own import (flow), by its tenant CHECK constraint, PF403 in tenant B's context, and PF401 in
+    none (by its statement trigger, before any row) (through its parent, the policy comes first); a
     flow row by the flow rules (never inserted as 'deleting'). On Citus an INSERT ... SELECT reaches
     the shards as a COPY, which PostgreSQL refuses on a table with row-level security before any row
     is written (docs/scale-out.md)."""

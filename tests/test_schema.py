@@ -173,15 +173,16 @@ def test_policy_helpers_are_inlinable(owner: psycopg.Connection[Any]) -> None:
 
 
 def test_functions_that_fold_the_context_are_called_by_tenant_checks_alone(owner: psycopg.Connection[Any]) -> None:
-    """An IMMUTABLE function that reads the context is folded into the value it had when a statement was
-    prepared: what the partitions' tenant CHECK constraints want (they are prepared a statement at a time,
-    migration 0023), wrong wherever a plan outlives its statement (a function's cached plans, a prepared
-    statement, a view, a policy, an index) or the planner reasons with a constraint (a validated CHECK)."""
+    """An IMMUTABLE function that reads the context (or the COPY a statement was opened for) is folded into
+    the value it had when a statement was prepared: what the partitions' CHECK constraints want (they are
+    prepared a statement at a time, migrations 0023 and 0025), wrong wherever a plan outlives its statement
+    (a function's cached plans, a prepared statement, a view, a policy, an index) or the planner reasons
+    with a constraint (a validated CHECK)."""
     folding = dict(owner.execute("""
         select p.oid, p.proname from pg_proc p
          where p.pronamespace in ('pyflows'::regnamespace, 'pyflows_audit'::regnamespace) and p.provolatile = 'i'
            and p.prosrc ~ 'current_setting|current_client_id|current_engagement_id|current_actor'""").fetchall())
-    assert sorted(folding.values()) == ["_statement_client_id", "_statement_engagement_id"]
+    assert sorted(folding.values()) == ["_statement_client_id", "_statement_copy_key", "_statement_engagement_id"]
     users = owner.execute("""
         select pg_describe_object(d.classid, d.objid, d.objsubid),
                coalesce(k.contype = 'c' and not k.convalidated, false)

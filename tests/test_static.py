@@ -86,6 +86,10 @@ JUSTIFIED: dict[tuple[str, str], str] = {
     ("0024_archive_in_one_statement.sql", "ban-drop-function"): (
         "_archive_statement is internal (no role but the owner may execute it) and made again in the same "
         "migration with one more argument, which has a default: every call of it reads the same"),
+    ("0025_copy_counted_without_transition_tables.sql", "ban-drop-function"): (
+        "the trigger function dropped (_on_copy_raw_import_records) is internal (no role but the owner may "
+        "execute it) and its trigger is dropped in the same migration; the rollback makes both again"),
+    ("0025_copy_counted_without_transition_tables.rollback.sql", "ban-drop-constraint"): ROLLBACK,
 }
 # Migration 0011 rebuilds the keys and foreign-key indexes of the flow-owned tables in another column
 # order. Every one of these findings is what rebuilding a key in one transaction is: the tables are
