@@ -342,6 +342,71 @@ def test_the_copy_pattern_from_sql(owner: psycopg.Connection[Any], tenant_a: Ten
                          (other.import_id,)).fetchone() == (1,)
 
 
+_COPY_RECORDS = ("copy pyflows.raw_import_records_default (client_id, engagement_id, import_id, row_number, data) "
+                 "from stdin")
+
+
+def test_a_copy_opened_by_hand_waits_for_locks_only_as_long_as_the_bound(
+        owner: psycopg.Connection[Any], tenant_a: Tenant, pyflows_connect: Any, pyflows_dsn: str,
+        pyflows_citus: Any) -> None:
+    """A client that sets pyflows.copy_import itself and COPYs without begin_copy_records, its session's
+    lock_timeout 0 (wait forever): the partition's statement trigger bounds the COPY's lock waits to
+    pyflows.lock_timeout (55P03 with nothing written when the import's row is held FOR UPDATE), and
+    puts the session's lock_timeout back after a COPY that succeeds."""
+    if pyflows_citus is not None:
+        pytest.skip("no COPY into the partitions on Citus (docs/scale-out.md)")
+    with owner.transaction():
+        target = write_flow_tree(owner, tenant_a, status="paused", assets=0, records=0)
+    conn = pyflows_connect("app")
+    # A failure to bound the wait fails the test here, after 20 s, instead of hanging it.
+    conn.execute("set statement_timeout = '20s'")
+    conn.commit()
+    row = (tenant_a.client_id, tenant_a.engagement_id, target.import_id, 1, Jsonb({}))
+    before = fingerprint(owner)
+    with psycopg.connect(pyflows_dsn) as holder:
+        holder.execute("select 1 from pyflows.data_imports where id = %s for update", (target.import_id,))
+        bind(conn, acting(tenant_a, "loader"))
+        conn.execute("select set_config('pyflows.copy_import', %s, true), set_config('pyflows.lock_timeout', "
+                     "'300ms', true)", (str(target.import_id),))
+        with pytest.raises(psycopg.errors.LockNotAvailable), conn.cursor().copy(_COPY_RECORDS) as copy:
+            copy.write_row(row)
+        conn.rollback()
+        holder.rollback()
+    assert fingerprint(owner) == before
+    bind(conn, acting(tenant_a, "loader"))
+    conn.execute("select set_config('pyflows.copy_import', %s, true)", (str(target.import_id),))
+    with conn.cursor().copy(_COPY_RECORDS) as copy:
+        copy.write_row(row)
+    assert conn.execute("show lock_timeout").fetchone() == ("0",)
+    conn.commit()
+    assert owner.execute("select record_count from pyflows.data_imports where id = %s",
+                         (target.import_id,)).fetchone() == (1,)
+
+
+def test_a_copy_with_the_statistics_off_counts_the_imports_rows(
+        owner: psycopg.Connection[Any], tenant_a: Tenant, pyflows_connect: Any, pyflows_citus: Any) -> None:
+    """With track_counts off (a superuser's setting) the server counts no rows a statement inserts: the
+    partition's AFTER STATEMENT trigger counts the import's rows instead, and record_count stays true."""
+    if pyflows_citus is not None:
+        pytest.skip("no COPY into the partitions on Citus (docs/scale-out.md)")
+    with owner.transaction():
+        target = write_flow_tree(owner, tenant_a, status="paused", assets=0, records=2)
+    conn = pyflows_connect("owner")
+    bind(conn, acting(tenant_a, "loader"))
+    conn.execute("select pyflows.begin_copy_records(%s)", (target.import_id,))
+    conn.execute("set local track_counts = off")
+    for first in (10, 20):
+        with conn.cursor().copy(_COPY_RECORDS) as copy:
+            for n in range(4):
+                copy.write_row((tenant_a.client_id, tenant_a.engagement_id, target.import_id, first + n, Jsonb({})))
+    # Nothing counted by the server: the statement's own count would have added nothing.
+    assert conn.execute("select pg_stat_get_xact_tuples_inserted('pyflows.raw_import_records_default'::regclass)"
+                        ).fetchone() == (0,)
+    conn.commit()
+    assert owner.execute("select record_count, (select count(*) from pyflows.raw_import_records where import_id = "
+                         "i.id) from pyflows.data_imports i where id = %s", (target.import_id,)).fetchone() == (10, 10)
+
+
 def test_the_copy_pattern_for_assets_from_sql(owner: psycopg.Connection[Any], tenant_a: Tenant,
                                               pyflows_connect: Any, pyflows_citus: Any) -> None:
     """begin_copy_assets draws the ids first, in order, then the caller COPYs each asset with its id into
