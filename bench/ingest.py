@@ -19,7 +19,9 @@ A run loads the raw records of all five variants, then their assets, then their 
 after the one it is compared with (bulk beside keys (copy), insert beside keys (insert)), and which of
 a pair goes first swaps from one run to the next. On a shared machine the same load's time drifts by
 15-25 % over the minutes of a run; so each run's ratio is taken between two loads made side by side,
-and the result is the median of those ratios (and the medians of the times). Each run starts with the
+and the result is the median, over pairs of consecutive runs (one with each of a pair going first), of
+the geometric mean of the two runs' ratios (``crossover``: going second costs a load 5-20 % here, whichever
+it is), and the medians of the times. Each run starts with the
 loaded tables empty, pyflows' and the copies' alike (TRUNCATE: a run leaves more rows in pyflows' tables
 than in the copies, its reload's and the dead rows of its delete, and a load into a table holding more
 rows, or into the space a delete freed, costs more), on a VACUUMed database (without ANALYZE, so that the
@@ -31,12 +33,13 @@ Side by side with loading, restoring: at the end of a run the flow the bulk path
 (``delete_flow``, not timed) and put back by ``restore_flow`` (as the app login), right beside a load of
 the same rows (records, assets, edges, one after the other) into a new flow through the bulk path; which
 of the two goes first swaps every run, each starts after a CHECKPOINT, and the restore must give back
-every row. The restore's figure is the median of the runs' ratios of the two; beside it, the WAL each of
-the two wrote (``pg_current_wal_lsn()`` before and after, in MB) and the median of the runs' ratios of that.
+every row. The restore's figure is the ratio of the two, paired as above; beside it, the WAL each of the two
+wrote (``pg_current_wal_lsn()`` before and after, in MB) and the ratio of that, paired the same way.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 import uuid
@@ -296,9 +299,20 @@ def run(dsn: str, n_records: int, n_assets: int, runs: int) -> dict[str, Any]:
     return {"records": n_records, "assets": n_assets, "edges": edge_count(n_assets), "runs": runs,
             "medians": {round_: {v: {t: statistics.median(r[v][t] for r in rs) for t in rs[0][v]} for v in VARIANTS}
                         for round_, rs in results.items()},
-            "paired": {round_: {v: {t: statistics.median(ratios(r, v)[t] for r in rs) for t in rs[0][v]}
+            "paired": {round_: {v: {t: statistics.median(crossover([ratios(r, v)[t] for r in rs])) for t in rs[0][v]}
                                 for v in VARIANTS}
                        for round_, rs in results.items()}}
+
+
+def crossover(per_run: Sequence[float]) -> list[float]:
+    """The ratios of runs taken two by two, the first pair's variant going first in one and second in the other
+    (in_turn): the geometric mean of each pair, in which a load's cost of going first or second cancels out.
+    (On this machine the second of two 1M-record COPYs made side by side costs 5-20 % more than the first,
+    whichever it is: a median of single runs leans to the order that had more of them.) An odd run left over
+    is left out, unless it is the only one."""
+    if len(per_run) == 1:
+        return list(per_run)
+    return [math.sqrt(a * b) for a, b in zip(per_run[0:len(per_run) // 2 * 2:2], per_run[1::2], strict=True)]
 
 
 def ratios(run_: dict[str, dict[str, float]], variant: str) -> dict[str, float]:
@@ -329,8 +343,9 @@ def markdown(report: dict[str, Any]) -> list[str]:
     lines = [f"### Loading a flow as the app login: {report['records']:,} raw records, {report['assets']:,} assets, "
              f"{report['edges']:,} edges", "",
              f"Seconds, medians of {report['runs']} run(s), each variant into a flow of its own; in brackets, the "
-             "median of the runs' ratios against the keys-and-foreign-keys copy loaded the same way, beside it "
-             "(bulk and plain copy against keys (copy), insert against keys (insert)).", ""]
+             "ratio against the keys-and-foreign-keys copy loaded the same way, beside it (bulk and plain copy "
+             "against keys (copy), insert against keys (insert)): the median over pairs of runs, one with each "
+             "going first, of the geometric mean of the pair's two ratios.", ""]
     for round_, variants in report["medians"].items():
         paired = report["paired"][round_]
         rows = [[variant, *(f"{times[t]:.2f} ({paired[variant][t]:.2f}×)" for t in NAMES),
@@ -344,6 +359,6 @@ def markdown(report: dict[str, Any]) -> list[str]:
     lines.append(f"- Bulk path without statistics / analyzed: "
                  f"**{sum(fresh[t] for t in NAMES) / sum(analyzed[t] for t in NAMES):.2f}×** (1.00× would be equal).")
     lines.append("- `restore_flow` of the flow the bulk path loaded (after `delete_flow`), beside a load of the same "
-                 "rows into a new flow through the bulk path (medians; in bold the median of the runs' ratios): "
+                 "rows into a new flow through the bulk path (medians; in bold the ratio, paired as above): "
                  + "; ".join(restores) + ".")
     return lines

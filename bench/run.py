@@ -74,7 +74,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ids", type=_sizes, default=[1_000, 10_000, 100_000], help="memory: id counts, comma-separated.")
     p.add_argument("--records", type=int, default=1_000_000, help="ingest: raw records of the flow.")
     p.add_argument("--ingest-assets", type=int, default=100_000, help="ingest: assets (2 edges each).")
-    p.add_argument("--ingest-runs", type=int, default=1, help="ingest: runs of each variant in each round.")
+    p.add_argument("--ingest-runs", type=int, default=2,
+                   help="ingest: runs of each variant in each round (even: runs are compared two by two, one with "
+                        "each of a pair of loads going first).")
     p.add_argument("--race-clients", type=int, default=16, help="race: concurrent uploaders.")
     p.add_argument("--race-seconds", type=float, default=5.0, help="race: how long they upload.")
     p.add_argument("--peer-assets", type=int, default=62_500, help="peers: assets of the flow (about 4 rows each).")

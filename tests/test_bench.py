@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import statistics
 from pathlib import Path
 
 import psycopg
@@ -117,6 +118,14 @@ def test_ingest_loads_every_variant_in_both_rounds(reports: dict[str, dict]) -> 
         assert paired["bulk"]["reload"] == 1.0  # the restore is set beside the reload, in the same run
         assert paired["bulk"]["reload WAL MB"] == 1.0
         assert all(r > 0 for ratios in paired.values() for r in ratios.values())
+
+
+def test_ingest_ratios_cancel_the_cost_of_going_second() -> None:
+    # A load compared with its base at 1.10x, each run's second load 1.2x dearer: runs alternate who goes first.
+    runs = [1.1 / 1.2, 1.1 * 1.2, 1.1 / 1.2, 1.1 * 1.2, 1.1 / 1.2]
+    assert [round(r, 9) for r in ingest.crossover(runs)] == [1.1, 1.1]  # the odd run out is left out
+    assert ingest.crossover([1.3]) == [1.3]
+    assert round(statistics.median(runs[:3]), 9) == round(1.1 / 1.2, 9)  # what a median of single runs said
 
 
 def test_ingest_runs_start_on_empty_tables_and_keep_the_truncate_guard(pyflows_server: ServerInfo) -> None:
