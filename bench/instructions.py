@@ -31,6 +31,11 @@ of its own, each variant run twice in one backend, rolled back each time; the se
 - ``archive only``: the archive statement of each table (``pyflows_audit._archive_statement``, the
   triggers' own chunking) over the flow's rows, nothing deleted: what writing the archive costs alone.
 
+Then loading a flow (issue 13's item 3, which the ingest suite times): on a cluster of its own, each table's
+rows loaded through the bulk path as an app login under RLS, beside a COPY of the same rows into the
+ingest suite's keys-and-foreign-keys copies as the owner, without statistics and analyzed (``run_ingest``):
+the server's share of the distance the ingest suite measures, without the client's or the machine's.
+
 Instructions per call = (the variant's difference − the baseline's) / calls. Instructions are not
 seconds (a cache miss costs more than an add), but for the same work on the same machine they move
 together, and they are the same on a loaded machine as on an idle one. Needs valgrind.
@@ -38,6 +43,7 @@ together, and they are the same on a loaded machine as on an idle one. Needs val
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -196,6 +202,128 @@ def run_large(assets: int) -> dict[str, Any]:
             "results": {v: {"instructions": n, "ratio": n / base} for v, n in totals.items()}}
 
 
+INGEST_TABLES = ("raw_import_records", "assets", "asset_dependencies")
+INGEST_ROLE = "bench_ingest_app"  # the app login of the ingest cluster: pyflows_app, and reads the row files
+# The ingest suite's 1,000,000 records and 100,000 assets, a fiftieth: the same per-row work, in minutes.
+INGEST_RECORDS = 20_000
+INGEST_ASSETS = 2_000
+EDGE_BATCH = 10_000  # edges an add_dependencies call takes, as TenantFlows.copy_dependencies sends them
+
+
+def _copy_file(path: Path, rows: Sequence[Sequence[Any]]) -> None:
+    """rows as COPY's text format, readable by the server's user."""
+    def text(value: Any) -> str:
+        out = json.dumps(value, ensure_ascii=False) if isinstance(value, dict) else str(value)
+        if any(c in out for c in "\\\t\n\r"):
+            raise ValueError(f"a value COPY's text format would need escaped: {out!r}")
+        return out
+
+    path.write_text("".join("\t".join(map(text, row)) + "\n" for row in rows))
+    path.chmod(0o644)
+
+
+def run_ingest(n_records: int, n_assets: int) -> dict[str, Any]:
+    """The server's instructions for loading each table of a flow through the bulk path, as the app login under
+    RLS, beside a COPY of the same rows into the keys-and-foreign-keys copies (bench/ingest.py's), as the owner;
+    on a cluster whose tables have no statistics, then analyzed. The bulk path as pyflows' API runs it: raw
+    records and assets by begin_copy_* and a COPY into the partition, edges by add_dependencies calls of
+    EDGE_BATCH edges in three arrays (here written out in the statement). Each load in its own rolled-back
+    transaction, counted on its second run in a backend."""
+    from . import ingest
+
+    bin_dir = bindir()
+    client, engagement = tenant(0x1C), tenant(0x1C01)
+    with cluster(bin_dir) as root:
+        def make(conn: Conn) -> dict[str, Any]:
+            ingest.make_copies(conn)
+            conn.execute(f"create role {INGEST_ROLE} in role pyflows_app, pg_read_server_files")
+            made: dict[str, Any] = {}
+            for schema in ("pyflows", "bench_keys"):
+                flow, imported = ingest.new_flow(conn, client, engagement, schema)
+                # The assets the edges join: loaded here, in their own flow's table.
+                with conn.transaction():
+                    conn.execute("select pyflows.set_context(%s, %s, 'bench')", (client, engagement))
+                    ids = [r[0] for r in conn.execute(
+                        f"insert into {schema}.assets (client_id, engagement_id, flow_id, name, asset_type) "
+                        "select %s, %s, %s, 'edge-' || g, 'server' from generate_series(1, %s) g returning id",
+                        (client, engagement, flow, n_assets)).fetchall()]
+                made[schema] = {"flow": flow, "import": imported, "edges": ingest.edges(sorted(ids))}
+            drawn = conn.execute("select nextval(pg_get_serial_sequence('pyflows.assets', 'id'))").fetchone()
+            made["next_asset"] = int(drawn[0]) + 1 if drawn else 1  # the first id begin_copy_assets draws
+            return made
+
+        made = _build(bin_dir, root, make)
+        os.chmod(root, 0o755)
+        records, assets = ingest.records(n_records), ingest.assets(n_assets)
+        for schema in ("pyflows", "bench_keys"):
+            flow, imported = made[schema]["flow"], made[schema]["import"]
+            ids = (range(made["next_asset"], made["next_asset"] + n_assets) if schema == "pyflows"
+                   else [None] * n_assets)
+            _copy_file(root / f"{schema}.raw_import_records",
+                       [(client, engagement, imported, i, r) for i, r in enumerate(records, 1)])
+            _copy_file(root / f"{schema}.assets",
+                       [(client, engagement, *([i] if i else []), flow, a["name"], a["asset_type"], a["hostname"],
+                         a["attributes"]) for i, a in zip(ids, assets, strict=True)])
+            _copy_file(root / f"{schema}.asset_dependencies", [(client, engagement, flow, *e)
+                                                                 for e in made[schema]["edges"]])
+
+        def load(variant: str, name: str) -> str:
+            schema = "pyflows" if variant == "bulk" else "bench_keys"
+            flow, imported = made[schema]["flow"], made[schema]["import"]
+            columns = list(ingest.COLUMNS[name])
+            if variant == "keys (copy)":
+                return f"copy bench_keys.{name} ({', '.join(columns)}) from '{root / f'{schema}.{name}'}';\n"
+            if name == "asset_dependencies":
+                edges = made[schema]["edges"]
+                return "".join(
+                    f"select pyflows.add_dependencies('{flow}', '{{{','.join(str(e[0]) for e in batch)}}}', "
+                    f"'{{{','.join(str(e[1]) for e in batch)}}}', '{{{','.join(e[2] for e in batch)}}}');\n"
+                    for batch in (edges[i:i + EDGE_BATCH] for i in range(0, len(edges), EDGE_BATCH)))
+            if name == "assets":
+                columns.insert(2, "id")
+                opened = f"select pyflows.begin_copy_assets('{flow}', {n_assets});\n"
+            else:
+                opened = f"select pyflows.begin_copy_records('{imported}');\n"
+            return opened + f"copy pyflows.{name}_default ({', '.join(columns)}) from '{root / f'{schema}.{name}'}';\n"
+
+        def script(variant: str, name: str, analyze: bool, times: int) -> str:
+            role = f"set role {INGEST_ROLE};\n" if variant == "bulk" else ""
+            return ("analyze;\n" if analyze else "") + (
+                f"begin;\n{role}select pyflows.set_context('{client}', '{engagement}', 'bench');\n"
+                f"{load(variant, name)}rollback;\n") * times
+
+        # The second of two loads in one backend, each rolled back: counted without what the first paid to
+        # compile pyflows' functions and fill the backend's caches, as a pooled connection has done.
+        results: dict[str, dict[str, dict[str, int]]] = {}
+        for round_, analyze in (("no statistics", False), ("analyzed", True)):
+            for variant in ("bulk", "keys (copy)"):
+                results.setdefault(round_, {})[variant] = {
+                    name: count(bin_dir, root, script(variant, name, analyze, 2))
+                    - count(bin_dir, root, script(variant, name, analyze, 1)) for name in INGEST_TABLES}
+    rows = {"raw_import_records": n_records, "assets": n_assets, "asset_dependencies": ingest.edge_count(n_assets)}
+    return {"rows": rows, "results": results,
+            "ratios": {round_: {name: r["bulk"][name] / r["keys (copy)"][name] for name in INGEST_TABLES}
+                       for round_, r in results.items()}}
+
+
+def markdown_ingest(report: dict[str, Any]) -> list[str]:
+    rows = report["rows"]
+    lines = [f"### Loading a flow, in the server's instructions: {rows['raw_import_records']:,} raw records, "
+             f"{rows['assets']:,} assets, {rows['asset_dependencies']:,} edges", "",
+             "Each load in a rolled-back transaction of a single-user backend under callgrind, on a fresh copy of "
+             "the same stopped cluster, counted on its second run in the backend (the script with two runs less "
+             "the script with one): the bulk path as the app login "
+             "under RLS (begin_copy_* and a COPY into the partition; edges by add_dependencies, "
+             f"{EDGE_BATCH:,} a call) beside a COPY into the keys-and-foreign-keys copies, as the owner. The "
+             "server's side alone: what the client spends making the rows is not in it.", ""]
+    for round_, results in report["results"].items():
+        lines += [f"**{round_}**", "", *table(
+            ["table", "bulk (per row)", "keys (copy) (per row)", "bulk / keys (copy)"],
+            [[name, f"{results['bulk'][name] / rows[name]:,.0f}", f"{results['keys (copy)'][name] / rows[name]:,.0f}",
+              f"{report['ratios'][round_][name]:.2f}×"] for name in INGEST_TABLES]), ""]
+    return lines
+
+
 def count(bin_dir: Path, root: Path, text: str) -> int:
     """Instructions of a single-user backend running text on a fresh copy of the stopped cluster."""
     data, out = root / "run", root / "callgrind.out"
@@ -217,7 +345,8 @@ def count(bin_dir: Path, root: Path, text: str) -> int:
     return int(totals.group(1))
 
 
-def run(calls: int, warm: int = 20, flows: int = FLOWS, large_assets: int = LARGE_ASSETS) -> dict[str, Any]:
+def run(calls: int, warm: int = 20, flows: int = FLOWS, large_assets: int = LARGE_ASSETS,
+        ingest_records: int = INGEST_RECORDS, ingest_assets: int = INGEST_ASSETS) -> dict[str, Any]:
     if shutil.which("valgrind") is None:
         raise RuntimeError("the instructions suite needs valgrind (Debian: apt-get install valgrind)")
     bin_dir = bindir()
@@ -233,7 +362,7 @@ def run(calls: int, warm: int = 20, flows: int = FLOWS, large_assets: int = LARG
     base = per_call["DELETE, unaudited"]
     return {"calls": calls, "warm": warm, "server": version, "totals": totals,
             "results": {v: {"per_call": n, "ratio": n / base} for v, n in per_call.items()},
-            "large": run_large(large_assets)}
+            "large": run_large(large_assets), "ingest": run_ingest(ingest_records, ingest_assets)}
 
 
 def markdown(report: dict[str, Any]) -> list[str]:
@@ -249,7 +378,7 @@ def markdown(report: dict[str, Any]) -> list[str]:
                 f"(the issue's 1.5 ms against a 0.4 ms bare `DELETE` is {TARGET:.2f}×).",
             f"- `delete_flows`, each flow of a batch / bare unaudited `DELETE` of one flow: "
             f"**{results['delete_flows']['ratio']:.2f}×** (the issue's 0.5 ms a flow against 0.4 ms is "
-            f"{BATCH_TARGET:.2f}×).", "", *markdown_large(report["large"])]
+            f"{BATCH_TARGET:.2f}×).", "", *markdown_large(report["large"]), "", *markdown_ingest(report["ingest"])]
 
 
 def markdown_large(large: dict[str, Any]) -> list[str]:

@@ -87,6 +87,10 @@ def parser() -> argparse.ArgumentParser:
                    help="instructions: calls of each variant under valgrind (one small flow each).")
     p.add_argument("--instruction-assets", type=int, default=instructions.LARGE_ASSETS,
                    help="instructions: assets of the large flow (about 4 rows each).")
+    p.add_argument("--instruction-records", type=int, default=instructions.INGEST_RECORDS,
+                   help="instructions: raw records loaded (bulk path beside the keys-only COPY).")
+    p.add_argument("--instruction-ingest-assets", type=int, default=instructions.INGEST_ASSETS,
+                   help="instructions: assets loaded (2 edges each).")
     p.add_argument("--citus", default=os.environ.get("PYFLOWS_CITUS_DIR", str(ROOT.parent / "shared" / "citus")),
                    help="scale: the folder with Citus' install.sh and cluster.sh (a local 3-node cluster).")
     p.add_argument("--record", action="store_true", help="Write the results into docs/benchmarks.md.")
@@ -121,7 +125,9 @@ def suites(args: argparse.Namespace, bench_dsn: str) -> dict[str, tuple[Callable
         "scale": (lambda c: scale.run(args.dsn, args.citus, args.engagements, args.flows, args.list_calls,
                                       args.clients, args.contexts, args.seconds, args.assets, args.runs),
                   scale.markdown),
-        "instructions": (lambda c: instructions.run(args.instruction_calls, large_assets=args.instruction_assets),
+        "instructions": (lambda c: instructions.run(args.instruction_calls, large_assets=args.instruction_assets,
+                                                    ingest_records=args.instruction_records,
+                                                    ingest_assets=args.instruction_ingest_assets),
                          instructions.markdown),
     }
 

@@ -187,7 +187,7 @@ needs_valgrind = pytest.mark.skipif(shutil.which("valgrind") is None, reason="th
 
 @needs_valgrind
 def test_instructions_count_each_variant_beside_the_bare_delete() -> None:
-    report = instructions.run(calls=2, warm=1, flows=6, large_assets=40)
+    report = instructions.run(calls=2, warm=1, flows=6, large_assets=40, ingest_records=60, ingest_assets=12)
     results = report["results"]
     assert list(results) == ["DELETE, unaudited", "DELETE, audited", "delete_flow", "delete_flows"]
     assert results["DELETE, unaudited"]["ratio"] == pytest.approx(1.0)
@@ -204,6 +204,14 @@ def test_instructions_count_each_variant_beside_the_bare_delete() -> None:
     assert large["results"]["archive only"]["instructions"] > 0
     assert large["results"]["delete_flow"]["instructions"] > large["results"]["DELETE, audited"]["instructions"]
     assert "A large flow's delete, in instructions" in "\n".join(instructions.markdown(report))
+    # Loading: every table's rows, both ways, in both rounds; a load that wrote nothing would count next to
+    # nothing (a failed statement fails the count itself).
+    ingest = report["ingest"]
+    assert ingest["rows"] == {"raw_import_records": 60, "assets": 12, "asset_dependencies": 21}
+    for round_ in ("no statistics", "analyzed"):
+        for variant in ("bulk", "keys (copy)"):
+            assert all(ingest["results"][round_][variant][t] > 2_000 * n for t, n in ingest["rows"].items())
+    assert "Loading a flow, in the server's instructions" in "\n".join(instructions.markdown(report))
 
 
 @needs_valgrind
