@@ -312,7 +312,7 @@ def crossover(per_run: Sequence[float]) -> list[float]:
     is left out, unless it is the only one."""
     if len(per_run) == 1:
         return list(per_run)
-    return [math.sqrt(a * b) for a, b in zip(per_run[0:len(per_run) // 2 * 2:2], per_run[1::2], strict=True)]
+    return [math.sqrt(a * b) for a, b in zip(per_run[0::2], per_run[1::2], strict=False)]
 
 
 def ratios(run_: dict[str, dict[str, float]], variant: str) -> dict[str, float]:

@@ -59,7 +59,7 @@ from psycopg.conninfo import make_conninfo
 
 from pyflows import migrations
 
-from . import batches
+from . import batches, ingest
 from .common import Conn, build_flow, table, tenant
 from .delete import total_rows
 
@@ -229,8 +229,6 @@ def run_ingest(n_records: int, n_assets: int) -> dict[str, Any]:
     records and assets by begin_copy_* and a COPY into the partition, edges by add_dependencies calls of
     EDGE_BATCH edges in three arrays (here written out in the statement). Each load in its own rolled-back
     transaction, counted on its second run in a backend."""
-    from . import ingest
-
     bin_dir = bindir()
     client, engagement = tenant(0x1C), tenant(0x1C01)
     with cluster(bin_dir) as root:
