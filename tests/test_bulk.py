@@ -446,6 +446,31 @@ def test_the_copy_pattern_for_assets_from_sql(owner: psycopg.Connection[Any], te
     assert later > ids[-1]
 
 
+def test_begin_copy_assets_answers_the_ids_it_drew_as_their_runs(owner: psycopg.Connection[Any], tenant_a: Tenant,
+                                                                  pyflows_connect: Any, pyflows_citus: Any) -> None:
+    """No ids for a count of 0; ids that are not one run (here the sequence steps by 2, as when another session
+    draws between two of them) come back as runs of their own, in the order drawn."""
+    if pyflows_citus is not None:
+        pytest.skip("no COPY into the partition on Citus: begin_copy_assets draws no ids there")
+    with owner.transaction():
+        target = write_flow_tree(owner, tenant_a, status="paused", assets=0, records=0)
+    conn = pyflows_connect("app")
+    bind(conn, acting(tenant_a, "loader"))
+    assert conn.execute("select pyflows.begin_copy_assets(%s, 0) -> 'id_ranges'", (target.flow_id,)).fetchone() \
+        == ([],)
+    conn.rollback()
+    owner.execute("alter sequence pyflows.assets_id_seq increment by 2")
+    try:
+        bind(conn, acting(tenant_a, "loader"))
+        ranges = conn.execute("select pyflows.begin_copy_assets(%s, 3) -> 'id_ranges'",
+                              (target.flow_id,)).fetchone()[0]
+        conn.rollback()
+    finally:
+        owner.execute("alter sequence pyflows.assets_id_seq increment by 1")
+    first = ranges[0][0]
+    assert ranges == [[first, first], [first + 2, first + 2], [first + 4, first + 4]]
+
+
 @pytest.mark.parametrize(("ids", "ranges"), [
     ([], []), ([7], [[7, 7]]), ([5, 6, 7], [[5, 7]]), ([5, 6, 7, 10, 12, 13], [[5, 7], [10, 10], [12, 13]]),
     ([13, 5, 12, 6], [[5, 6], [12, 13]]), ([None, 3, 3, 4], [[3, 4]]), (None, []),
