@@ -255,22 +255,27 @@ def run_ingest(n_records: int, n_assets: int) -> dict[str, Any]:
         records, assets = ingest.records(n_records), ingest.assets(n_assets)
         for schema in ("pyflows", "bench_keys"):
             flow, imported = made[schema]["flow"], made[schema]["import"]
-            ids = (range(made["next_asset"], made["next_asset"] + n_assets) if schema == "pyflows"
-                   else [None] * n_assets)
             _copy_file(root / f"{schema}.raw_import_records",
                        [(client, engagement, imported, i, r) for i, r in enumerate(records, 1)])
-            _copy_file(root / f"{schema}.assets",
-                       [(client, engagement, *([i] if i else []), flow, a["name"], a["asset_type"], a["hostname"],
-                         a["attributes"]) for i, a in zip(ids, assets, strict=True)])
             _copy_file(root / f"{schema}.asset_dependencies", [(client, engagement, flow, *e)
                                                                  for e in made[schema]["edges"]])
+            # The bulk path's assets carry the ids begin_copy_assets draws, new ones each run in a backend (the
+            # sequence does not roll back), as the keys-only copy's identity draws new ones: a run that COPYs the
+            # ids of the run before it would meet that run's aborted index entries, which no real load does.
+            for run_ in (1, 2):
+                first = made["next_asset"] + (run_ - 1) * n_assets
+                ids = range(first, first + n_assets) if schema == "pyflows" else [None] * n_assets
+                _copy_file(root / f"{schema}.assets.{run_}",
+                           [(client, engagement, *([i] if i else []), flow, a["name"], a["asset_type"],
+                             a["hostname"], a["attributes"]) for i, a in zip(ids, assets, strict=True)])
 
-        def load(variant: str, name: str) -> str:
+        def load(variant: str, name: str, run_: int) -> str:
             schema = "pyflows" if variant == "bulk" else "bench_keys"
             flow, imported = made[schema]["flow"], made[schema]["import"]
             columns = list(ingest.COLUMNS[name])
+            source = root / (f"{schema}.{name}.{run_}" if name == "assets" else f"{schema}.{name}")
             if variant == "keys (copy)":
-                return f"copy bench_keys.{name} ({', '.join(columns)}) from '{root / f'{schema}.{name}'}';\n"
+                return f"copy bench_keys.{name} ({', '.join(columns)}) from '{source}';\n"
             if name == "asset_dependencies":
                 edges = made[schema]["edges"]
                 return "".join(
@@ -282,13 +287,13 @@ def run_ingest(n_records: int, n_assets: int) -> dict[str, Any]:
                 opened = f"select pyflows.begin_copy_assets('{flow}', {n_assets});\n"
             else:
                 opened = f"select pyflows.begin_copy_records('{imported}');\n"
-            return opened + f"copy pyflows.{name}_default ({', '.join(columns)}) from '{root / f'{schema}.{name}'}';\n"
+            return opened + f"copy pyflows.{name}_default ({', '.join(columns)}) from '{source}';\n"
 
         def script(variant: str, name: str, analyze: bool, times: int) -> str:
             role = f"set role {INGEST_ROLE};\n" if variant == "bulk" else ""
-            return ("analyze;\n" if analyze else "") + (
+            return ("analyze;\n" if analyze else "") + "".join(
                 f"begin;\n{role}select pyflows.set_context('{client}', '{engagement}', 'bench');\n"
-                f"{load(variant, name)}rollback;\n") * times
+                f"{load(variant, name, run_)}rollback;\n" for run_ in range(1, times + 1))
 
         # The second of two loads in one backend, each rolled back: counted without what the first paid to
         # compile pyflows' functions and fill the backend's caches, as a pooled connection has done.
