@@ -14,12 +14,14 @@ Every variant deletes the very same rows inside a transaction that is rolled bac
 Then the two that matter most, measured a second way: each run deletes a fresh copy of the same flow
 (every row copied with new ids into an engagement of its own, vacuumed and checkpointed, so that no
 write of the copy's is still on its way to the disk when the clock starts; then deleted and committed),
-``unaudited`` and ``delete_flow`` alternating. This is what a delete costs on rows no earlier delete
-touched, with the commit.
+``unaudited`` and ``delete_flow`` side by side in each run, who goes first swapping every run, their ratio
+taken over pairs of runs as the ingest suite takes its (``crossover``). This is what a delete costs on rows
+no earlier delete touched, with the commit.
 """
 
 from __future__ import annotations
 
+import statistics
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -32,9 +34,11 @@ from .common import (
     Conn,
     Timings,
     build_flow,
+    crossover,
     disable_triggers,
     enable_triggers,
     ensure_tenant,
+    in_turn,
     interleaved,
     set_context,
     table,
@@ -138,12 +142,15 @@ select d.client_id, %(e)s, %(g)s, s.new, t.new, d.dependency_type
 
 
 def fresh_copies(conn: Conn, client: uuid.UUID, flow: uuid.UUID, rows: int, runs: int) -> dict[str, Any]:
-    """unaudited and delete_flow, alternating, each on a fresh copy of `flow` (`rows` rows), committed:
-    {"results": each variant's summary and median / unaudited, "paired": the median of each run's
-    delete_flow / the unaudited delete just before it}."""
+    """unaudited and delete_flow, each on a fresh copy of `flow` (`rows` rows), committed, side by side in each
+    run, who goes first swapping every run: {"results": each variant's summary and median / unaudited,
+    "per_run": each run's delete_flow / unaudited, "first": the variant that went first in each run, "paired": the
+    median over pairs of runs (one with each going first) of the geometric mean of the two runs' ratios}."""
     results = {name: Timings(name) for name in ("unaudited", "delete_flow")}
+    first = []
     for n in range(runs):
-        for name, timings in results.items():
+        first.append(in_turn(("unaudited", "delete_flow"), n)[0])
+        for name in in_turn(("unaudited", "delete_flow"), n):
             engagement, copy = tenant(0xAF00 + 2 * n + list(results).index(name)), uuid.uuid4()
             with conn.transaction():
                 ensure_tenant(conn, client, engagement)
@@ -163,14 +170,14 @@ def fresh_copies(conn: Conn, client: uuid.UUID, flow: uuid.UUID, rows: int, runs
                 else:
                     deleted = conn.execute("select pyflows.delete_flow(%s, 'bench', true) -> 'deleted'",
                                            (copy,)).fetchone()[0]
-                timings.add(time.perf_counter() - started)
+                results[name].add(time.perf_counter() - started)
                 if name == "delete_flow" and sum(deleted.values()) != rows:
                     raise AssertionError(f"the copy of the flow held {deleted}, not {rows} rows")
                 if name == "unaudited":
                     enable_triggers(conn)
-    paired = Timings("paired", [d / u for u, d in zip(results["unaudited"].seconds, results["delete_flow"].seconds,
-                                                      strict=True)])
-    return {"results": ratios(results), "paired": paired.median}
+    per_run = [d / u for u, d in zip(results["unaudited"].seconds, results["delete_flow"].seconds, strict=True)]
+    return {"results": ratios(results), "per_run": per_run, "first": first,
+            "paired": statistics.median(crossover(per_run))}
 
 
 def run_audited(conn: Conn, assets: int, runs: int) -> dict[str, Any]:
@@ -223,9 +230,10 @@ def markdown_delete(report: dict[str, Any]) -> list[str]:
               f"- `deletion_impact`: **{100 * report['impact_share_of_delete']:.1f} %** of `delete_flow` "
               "(target ≤ 5 %).",
               f"- `restore_flow` of that delete: **{report['restore_vs_delete']:.2f}×** `delete_flow`'s time.",
-              "", f"Fresh copies of a flow, {report['fresh_runs']} runs of each variant alternating, each delete "
-                  "committed (the paired ratio: the median of each run's `delete_flow` over the unaudited delete "
-                  "just before it):", ""]
+              "", f"Fresh copies of a flow, {report['fresh_runs']} runs of each variant, each delete committed, the "
+                  "two side by side in each run, who goes first swapping every run (the paired ratio: the median "
+                  "over pairs of runs, one with each going first, of the geometric mean of the two runs' "
+                  "`delete_flow` / unaudited):", ""]
     rows = []
     for point in report["fresh"]:
         for n, r in point["results"].items():

@@ -39,7 +39,6 @@ wrote (``pg_current_wal_lsn()`` before and after, in MB) and the ratio of that, 
 
 from __future__ import annotations
 
-import math
 import statistics
 import time
 import uuid
@@ -53,7 +52,7 @@ from psycopg.types.json import Jsonb
 
 from pyflows.api import Flows
 
-from .common import Conn, app_dsn, ensure_tenant, scratch_database, table, tenant
+from .common import Conn, app_dsn, crossover, ensure_tenant, in_turn, scratch_database, table, tenant
 
 VARIANTS = ("bulk", "insert", "keys (copy)", "keys (insert)", "plain copy")
 SCHEMA = {"bulk": "pyflows", "insert": "pyflows", "keys (copy)": "bench_keys", "keys (insert)": "bench_keys",
@@ -304,17 +303,6 @@ def run(dsn: str, n_records: int, n_assets: int, runs: int) -> dict[str, Any]:
                        for round_, rs in results.items()}}
 
 
-def crossover(per_run: Sequence[float]) -> list[float]:
-    """The ratios of runs taken two by two, the first pair's variant going first in one and second in the other
-    (in_turn): the geometric mean of each pair, in which a load's cost of going first or second cancels out.
-    (On this machine the second of two 1M-record COPYs made side by side costs 5-20 % more than the first,
-    whichever it is: a median of single runs leans to the order that had more of them.) An odd run left over
-    is left out, unless it is the only one."""
-    if len(per_run) == 1:
-        return list(per_run)
-    return [math.sqrt(a * b) for a, b in zip(per_run[0::2], per_run[1::2], strict=False)]
-
-
 def ratios(run_: dict[str, dict[str, float]], variant: str) -> dict[str, float]:
     """One run's ratios for a variant: each table's time against its base's (BASE) for the same table, loaded
     beside it; the bulk path's restore against the bulk load of the same rows beside it (and that load
@@ -325,11 +313,6 @@ def ratios(run_: dict[str, dict[str, float]], variant: str) -> dict[str, float]:
             out[f"restore{measure}"] = run_[variant][f"restore{measure}"] / run_[variant][f"reload{measure}"]
             out[f"reload{measure}"] = 1.0
     return out
-
-
-def in_turn(pair: tuple[Any, Any], run_: int) -> tuple[Any, Any]:
-    """A pair measured side by side, in the order of run run_: who goes first swaps every run."""
-    return pair if run_ % 2 == 0 else pair[::-1]
 
 
 def order(run_: int) -> list[str]:

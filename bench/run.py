@@ -59,7 +59,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--assets", type=int, default=100_000, help="delete: assets of the flow (about 4 rows each).")
     p.add_argument("--fresh-assets", type=_sizes, default=[25_000],
                    help="delete: assets of further flows deleted as fresh copies too, comma-separated.")
-    p.add_argument("--fresh-runs", type=int, default=9, help="delete: fresh copies deleted by each variant, each size.")
+    p.add_argument("--fresh-runs", type=int, default=10,
+                   help="delete: fresh copies deleted by each variant, each size (even: runs are paired).")
     p.add_argument("--growth", type=_sizes, default=[2_500, 25_000, 250_000],
                    help="growth: assets per flow, comma-separated.")
     p.add_argument("--engagements", type=int, default=10_000, help="gate: engagements.")

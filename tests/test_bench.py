@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 import statistics
 from pathlib import Path
@@ -10,7 +11,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from bench import ingest, instructions, scale
+from bench import common, ingest, instructions, scale
 from bench import run as bench
 from pyflows.testing import CitusCluster, ServerInfo
 
@@ -39,11 +40,12 @@ def test_delete_suite_compares_every_variant_with_the_cascade(reports: dict[str,
     assert report["results"]["unaudited"]["ratio"] == pytest.approx(1.0)
     assert all(r["min"] > 0 for r in report["results"].values())
     # Fresh copies of each size: each run's delete_flow archived exactly the copy's rows (the suite checks),
-    # both variants timed, in pairs.
+    # both variants timed, side by side, who goes first swapping; the ratio taken over the two runs as a pair.
     assert [p["rows"] for p in report["fresh"]] == [20 + 2 * 19 + 20 + 4 + 1 + 1, report["rows"]]
     for point in report["fresh"]:
         assert {name: r["n"] for name, r in point["results"].items()} == {"unaudited": 2, "delete_flow": 2}
-        assert point["paired"] > 0
+        assert point["first"] == ["unaudited", "delete_flow"]
+        assert point["paired"] == pytest.approx(math.sqrt(point["per_run"][0] * point["per_run"][1]))
 
 
 def test_growth_measures_each_size(reports: dict[str, dict]) -> None:
@@ -123,8 +125,8 @@ def test_ingest_loads_every_variant_in_both_rounds(reports: dict[str, dict]) -> 
 def test_ingest_ratios_cancel_the_cost_of_going_second() -> None:
     # A load compared with its base at 1.10x, each run's second load 1.2x dearer: runs alternate who goes first.
     runs = [1.1 / 1.2, 1.1 * 1.2, 1.1 / 1.2, 1.1 * 1.2, 1.1 / 1.2]
-    assert [round(r, 9) for r in ingest.crossover(runs)] == [1.1, 1.1]  # the odd run out is left out
-    assert ingest.crossover([1.3]) == [1.3]
+    assert [round(r, 9) for r in common.crossover(runs)] == [1.1, 1.1]  # the odd run out is left out
+    assert common.crossover([1.3]) == [1.3]
     assert round(statistics.median(runs[:3]), 9) == round(1.1 / 1.2, 9)  # what a median of single runs said
 
 
