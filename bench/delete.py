@@ -149,8 +149,9 @@ def fresh_copies(conn: Conn, client: uuid.UUID, flow: uuid.UUID, rows: int, runs
     results = {name: Timings(name) for name in ("unaudited", "delete_flow")}
     first = []
     for n in range(runs):
-        first.append(in_turn(("unaudited", "delete_flow"), n)[0])
-        for name in in_turn(("unaudited", "delete_flow"), n):
+        names = in_turn(("unaudited", "delete_flow"), n)
+        first.append(names[0])
+        for name in names:
             engagement, copy = tenant(0xAF00 + 2 * n + list(results).index(name)), uuid.uuid4()
             with conn.transaction():
                 ensure_tenant(conn, client, engagement)
